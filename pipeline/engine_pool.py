@@ -1,0 +1,86 @@
+"""One engine per model per process: loaded on the first cache miss, released when another model
+is needed. Every generation goes through `generate`, which caches and resumes it."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import time
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from engines import build_engine, resolve_engine_kind
+from engines.base import Chat, Engine, EngineStats, Generation, Sampling
+from pipeline.cache import StepCache
+
+log = logging.getLogger(__name__)
+
+
+def model_identity(model_cfg: Any) -> dict:
+    """What decides a model's outputs (not where it runs or how much memory it may take)."""
+    keys = ("name", "hf_id", "path", "gguf", "revision", "chat_template")
+    return {
+        k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+        for k in keys
+        if (v := model_cfg.get(k)) is not None
+    }
+
+
+class EnginePool:
+    def __init__(self, engine_cfg: Any, cache: StepCache, cache_dir: str):
+        self.engine_cfg = engine_cfg
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.kind = resolve_engine_kind(engine_cfg.kind)
+        self.stats = EngineStats()
+        self._loaded: tuple[str, Engine] | None = None
+
+    def engine_for(self, model_cfg: Any) -> Engine:
+        name = model_cfg.name
+        if self._loaded and self._loaded[0] == name:
+            return self._loaded[1]
+        self.release()
+        log.info("loading %s with the %s engine", name, self.kind)
+        cfg = OmegaConf.merge(self.engine_cfg, {"kind": self.kind})
+        self._loaded = (name, build_engine(cfg, model_cfg, self.cache_dir))
+        return self._loaded[1]
+
+    def release(self) -> None:
+        if self._loaded:
+            self._loaded[1].close()
+            self._loaded = None
+            gc.collect()
+
+    def generate(
+        self,
+        step: str,
+        model_cfg: Any,
+        items: list[tuple[str, Chat | str, Sampling]],
+        desc: str | None = None,
+    ) -> dict[str, Generation]:
+        """Generations for (id, prompt, sampling) items; cached by everything they depend on."""
+        by_id = {i: (prompt, sampling) for i, prompt, sampling in items}
+        dtype = self.engine_cfg.get("dtype") or model_cfg.get("dtype")
+        payload = {
+            "model": model_identity(model_cfg),
+            "engine": self.kind,
+            "dtype": dtype,
+            "items": [(i, p, dataclasses.asdict(s)) for i, p, s in items],
+        }
+
+        def compute(ids: list[str]) -> list[dict]:
+            engine = self.engine_for(model_cfg)
+            t0 = time.perf_counter()
+            gens = engine.generate([by_id[i][0] for i in ids], [by_id[i][1] for i in ids])
+            self.stats.calls += 1
+            self.stats.prompts += len(ids)
+            self.stats.generated_tokens += sum(g.num_tokens for g in gens)
+            self.stats.seconds += time.perf_counter() - t0
+            self.stats.by_stage[step] = self.stats.by_stage.get(step, 0) + len(ids)
+            return [dataclasses.asdict(g) for g in gens]
+
+        chunk = int(self.engine_cfg.get("chunk_size", 64))
+        raw = self.cache.run(step, payload, list(by_id), compute, chunk, desc=desc)
+        return {i: Generation(**r) for i, r in raw.items()}

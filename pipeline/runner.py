@@ -1,0 +1,172 @@
+"""The stage runner: compose seeds -> evolve -> respond -> report, with caching and resume.
+
+Stages are small and pure (evolvers/, metrics/, ...); this module owns the run directory, the cache,
+the engines and the counts. DESIGN.md › Run directory gives the files it writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from engines.base import Chat, Generation, Sampling
+from evolvers import build_scenario
+from evolvers.respond import Responder, respond_counts, responded_record
+from pipeline.cache import StepCache
+from pipeline.config import model_for_role
+from pipeline.data import load_seeds
+from pipeline.engine_pool import EnginePool
+from pipeline.errors import ConfigError, UserFacingError, unknown_option
+from pipeline.records import Record, write_json_atomic, write_jsonl_atomic
+from pipeline.summary import build_summary, print_summary
+
+log = logging.getLogger(__name__)
+
+STAGES = ("evolve", "respond", "report")
+
+# Jobs of this process that failed with a user-facing error (run.py exits non-zero if any).
+FAILED_JOBS: list[dict] = []
+
+
+def sampling(cfg: Any, seed: int | None = None) -> Sampling:
+    return Sampling(
+        temperature=float(cfg.temperature),
+        top_p=float(cfg.get("top_p", 1.0)),
+        max_tokens=int(cfg.max_tokens),
+        seed=seed,
+    )
+
+
+def item_seed(run_seed: int, item_id: str) -> int:
+    """A per-item sampling seed that survives resume and reordering."""
+    digest = hashlib.sha256(f"{run_seed}:{item_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class Run:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        self.cache = StepCache(Path(cfg.cache_dir))
+        self.pool = EnginePool(cfg.engine, self.cache, cfg.cache_dir)
+        self.metrics: dict[str, dict] = {}  # set name -> {stage: counts}
+        self.t0 = time.perf_counter()
+
+    def generator(self, step: str, model_cfg: Any, params: Any, desc: str):
+        """A `generate(items)` for scenarios: [(id, prompt)] -> {id: Generation}, cached."""
+
+        def generate(items: list[tuple[str, Chat | str]]) -> dict[str, Generation]:
+            full = [
+                (
+                    i,
+                    p,
+                    sampling(
+                        params, None if params.temperature == 0 else item_seed(self.cfg.seed, i)
+                    ),
+                )
+                for i, p in items
+            ]
+            return self.pool.generate(step, model_cfg, full, desc=desc)
+
+        return generate
+
+    def write_set(self, name: str, filename: str, records: list[Record]) -> None:
+        write_jsonl_atomic(self.dir / name / filename, records)
+
+    def add_metrics(self, name: str, stage: str, counts: dict) -> None:
+        self.metrics.setdefault(name, {})[stage] = counts
+        write_json_atomic(self.dir / name / "metrics.json", self.metrics[name])
+        log.info("%s %s: %s", name, stage, _one_line(counts))
+
+    # -- stages -------------------------------------------------------------------------------
+    def evolve(self, seeds: list[Record]) -> dict[str, list[Record]]:
+        scenario = build_scenario(self.cfg.scenario)
+        parents, sets = seeds, {}
+        for r in range(1, int(self.cfg.rounds) + 1):
+            if not parents:
+                log.warning("round %d: nothing left to evolve (every parent failed)", r)
+                break
+            generate = self.generator(
+                f"evolve_{self.cfg.scenario.name}",
+                self.cfg.model,
+                self.cfg.generation.evolve,
+                desc=f"round {r} evolve",
+            )
+            evolved = scenario.evolve_round(parents, r, self.cfg.model.name, generate)
+            name = f"round_{r}"
+            self.write_set(name, "evolved.jsonl", evolved)
+            self.add_metrics(name, "evolve", scenario.counts(evolved))
+            sets[name] = evolved
+            parents = [e for e in evolved if e["meta"]["parse_ok"]]  # failures end their lineage
+        return sets
+
+    def respond(self, sets: dict[str, list[Record]]) -> None:
+        model_cfg = model_for_role(self.cfg, self.cfg.respond.model)
+        responder = Responder(self.cfg.scenario.get("templates", {}).get("respond"))
+        for name, records in sets.items():
+            todo = [r for r in records if r["meta"].get("parse_ok", True)]
+            generate = self.generator(
+                "respond", model_cfg, self.cfg.generation.greedy, desc=f"{name} respond"
+            )
+            gens = generate([(r["id"], responder.prompt(r)) for r in todo])
+            out = [responded_record(r, gens[r["id"]], model_cfg.name) for r in todo]
+            self.write_set(name, "responded.jsonl", out)
+            self.add_metrics(name, "respond", respond_counts(out))
+            sets[name] = out
+
+    def run(self) -> dict:
+        stages = list(self.cfg.stages)
+        for s in stages:
+            if s not in STAGES:
+                raise unknown_option("stage", s, STAGES)
+        seeds = load_seeds(self.cfg.data, int(self.cfg.seed))
+        write_jsonl_atomic(self.dir / "seeds.jsonl", seeds)
+        log.info("seeds: %d records from %s", len(seeds), self.cfg.data.name)
+        try:
+            sets = self.evolve(seeds) if "evolve" in stages else {"input": seeds}
+            if "respond" in stages:
+                self.respond(sets)
+        finally:
+            self.pool.release()
+        summary = build_summary(self.cfg, self.metrics, self.pool, self.cache, len(seeds))
+        summary["seconds"] = round(time.perf_counter() - self.t0, 2)
+        write_json_atomic(self.dir / "summary.json", summary)
+        if "report" in stages:
+            print_summary(summary, self.dir)
+        return summary
+
+
+def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Run one job; a user-facing error is logged as one line and recorded, never a traceback."""
+    try:
+        _check_config(cfg)
+        return Run(cfg, run_dir).run()
+    except UserFacingError as e:
+        log.error("%s", e)
+        FAILED_JOBS.append({"dir": str(run_dir), "error": str(e)})
+        write_json_atomic(Path(run_dir) / "summary.json", {"status": "failed", "error": str(e)})
+        return None
+
+
+def _check_config(cfg: DictConfig) -> None:
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        hint = " (e.g. data.path=seeds.jsonl)" if "data.path" in missing else ""
+        raise ConfigError(f"missing value for {', '.join(sorted(missing))}{hint}")
+    if int(cfg.rounds) < 1 and "evolve" in cfg.stages:
+        raise ConfigError(f"rounds must be >= 1 (got {cfg.rounds})")
+
+
+def _one_line(counts: dict) -> str:
+    parts = []
+    for k, v in counts.items():
+        if isinstance(v, float):
+            v = round(v, 2)
+        if not isinstance(v, dict):
+            parts.append(f"{k}={v}")
+    return ", ".join(parts)
