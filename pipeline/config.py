@@ -17,6 +17,15 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("bundled", bundled_path, replace=True)
 
 
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The config run.py would get, composed without starting a Hydra job (tests, benches)."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides or [])
+
+
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 

@@ -47,6 +47,11 @@ class EnginePool:
         self._loaded = (name, build_engine(cfg, model_cfg, self.models_dir))
         return self._loaded[1]
 
+    def adopt(self, model_name: str, engine: Engine) -> None:
+        """Use an engine loaded elsewhere (benchmarks, notebooks) for `model_name`."""
+        self.release()
+        self._loaded = (model_name, engine)
+
     def release(self) -> None:
         if self._loaded:
             self._loaded[1].close()

@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from pipeline.config import CONF_DIR, register_resolvers
+from pipeline.config import compose_config, register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 # The materialised bundled model is shared with `make demo` (and across test runs) via the user
@@ -22,8 +21,7 @@ register_resolvers()
 
 
 def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides or [])
+    return compose_config(overrides)
 
 
 def run_cli(args: list[str], env: dict | None = None, timeout: int = 600, cwd=ROOT):
