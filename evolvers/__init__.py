@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import unknown_option
 
 SCENARIOS = ("evol_instruct",)
+TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
 def build_scenario(scenario_cfg: Any):

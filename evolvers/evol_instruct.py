@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from engines.base import Chat, Generation
-from evolvers.templates import fill, load_template, load_yaml
+from evolvers import TEMPLATE_DIR
 from pipeline.records import Record, make_record
+from pipeline.templates import fill, load_template, load_yaml
 
 BREADTH = "breadth"
 
@@ -43,14 +44,18 @@ class EvolInstruct:
     def __init__(self, scenario_cfg: Any):
         templates = scenario_cfg.get("templates") or {}
         self.methods = method_names(scenario_cfg)
-        self.method_text = load_yaml("evol_instruct/methods.yaml", templates.get("methods"))
+        self.method_text = load_yaml(
+            TEMPLATE_DIR, "evol_instruct/methods.yaml", templates.get("methods")
+        )
         for m in self.methods:
             if m != BREADTH and m not in self.method_text:
                 from pipeline.errors import unknown_option
 
                 raise unknown_option("Evol-Instruct method", m, [*self.method_text, BREADTH])
-        self.depth = load_template("evol_instruct/depth.txt", templates.get("depth"))
-        self.breadth = load_template("evol_instruct/breadth.txt", templates.get("breadth"))
+        self.depth = load_template(TEMPLATE_DIR, "evol_instruct/depth.txt", templates.get("depth"))
+        self.breadth = load_template(
+            TEMPLATE_DIR, "evol_instruct/breadth.txt", templates.get("breadth")
+        )
 
     def templates(self) -> dict[str, str]:
         return {"depth": self.depth, "breadth": self.breadth, **self.method_text}

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from engines.base import Chat, Generation
-from evolvers.templates import fill, load_template
+from evolvers import TEMPLATE_DIR
 from pipeline.records import Record
+from pipeline.templates import fill, load_template
 
 
 class Responder:
     def __init__(self, template_override: str | None = None):
-        self.template = load_template("respond.txt", template_override)
+        self.template = load_template(TEMPLATE_DIR, "respond.txt", template_override)
 
     def prompt(self, record: Record) -> Chat:
         inp = record.get("input") or ""

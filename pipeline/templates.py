@@ -1,4 +1,5 @@
-"""Prompt templates: data files under evolvers/templates/, loaded by name, overridable by path."""
+"""Prompt templates are data files beside the package that uses them (evolvers/templates/,
+metrics/templates/), loaded by name and overridable by a path in the config. Leaf module."""
 
 from __future__ import annotations
 
@@ -10,24 +11,22 @@ import yaml
 
 from pipeline.errors import ConfigError
 
-TEMPLATE_DIR = Path(__file__).parent / "templates"
-
 
 @lru_cache(maxsize=64)
 def _read(path: str) -> str:
     return Path(path).read_text(encoding="utf-8").rstrip() + "\n"
 
 
-def load_template(name: str, override: str | None = None) -> str:
-    """`name` is relative to evolvers/templates (e.g. "evol_instruct/depth.txt")."""
-    path = Path(override).expanduser() if override else TEMPLATE_DIR / name
+def load_template(base: Path, name: str, override: str | None = None) -> str:
+    """`name` is relative to `base` (e.g. "evol_instruct/depth.txt"); `override` is a path."""
+    path = Path(override).expanduser() if override else Path(base) / name
     if not path.is_file():
         raise ConfigError(f"prompt template {path} not found (template {name!r})")
     return _read(str(path))
 
 
-def load_yaml(name: str, override: str | None = None) -> dict:
-    return yaml.safe_load(load_template(name, override)) or {}
+def load_yaml(base: Path, name: str, override: str | None = None) -> dict:
+    return yaml.safe_load(load_template(base, name, override)) or {}
 
 
 def fill(template: str, **slots: str) -> str:

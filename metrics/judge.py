@@ -1,0 +1,60 @@
+"""LLM judges (SPEC §5): a 0-100 complexity score and a five-level difficulty label, greedy.
+Unparseable replies are counted failures (null scores), never crashes."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from engines.base import Chat
+from pipeline.records import Record, query_text
+from pipeline.templates import fill, load_template
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+LABELS = ("very easy", "easy", "medium", "hard", "very hard")
+_LABEL_RE = re.compile(r"very\s+easy|very\s+hard|easy|medium|hard", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?![\d.])")
+
+
+def parse_complexity(text: str) -> float | None:
+    """The first number in [0, 100]."""
+    for m in _NUMBER_RE.finditer(text):
+        v = float(m.group(1))
+        if 0 <= v <= 100:
+            return v
+    return None
+
+
+def parse_difficulty(text: str) -> str | None:
+    """The last label mentioned, case-insensitive ("very hard" is not read as "hard")."""
+    found = _LABEL_RE.findall(text)
+    return " ".join(found[-1].lower().split()) if found else None
+
+
+def complexity_prompt(record: Record, template: str) -> Chat:
+    return [{"role": "user", "content": fill(template, query=query_text(record))}]
+
+
+def difficulty_prompt(record: Record, template: str) -> Chat:
+    return [{"role": "user", "content": fill(template, query=query_text(record))}]
+
+
+def load_judge_templates(cfg: Any) -> dict[str, str]:
+    t = cfg.get("templates") or {}
+    return {
+        "complexity": load_template(TEMPLATE_DIR, "judge/complexity.txt", t.get("complexity")),
+        "difficulty": load_template(TEMPLATE_DIR, "judge/difficulty.txt", t.get("difficulty")),
+    }
+
+
+def label_counts(labels: list[str | None]) -> dict[str, Any]:
+    c = Counter(labels)
+    parsed = sum(v for k, v in c.items() if k is not None)
+    return {
+        "counts": {lab: c.get(lab, 0) for lab in LABELS},
+        "percent": {lab: (100.0 * c.get(lab, 0) / parsed if parsed else None) for lab in LABELS},
+        "failed": c.get(None, 0),
+    }

@@ -1,0 +1,90 @@
+"""Reward (SPEC §5): a reward model scores (evolution prompt built from the previous-round
+instruction, evolved instruction) as a user/assistant pair.
+
+Backends: `seq_cls` — any AutoModelForSequenceClassification reward model (e.g.
+Skywork/Skywork-Reward-Llama-3.1-8B-v0.2), the score is logits[0]; `get_scores` — models whose
+remote code exposes `get_scores(tokenizer, conversations)` (e.g. internlm/internlm2-7b-reward)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engines.base import Chat
+
+
+class RewardScorer:
+    def __init__(
+        self,
+        path: str,
+        kind: str = "seq_cls",
+        dtype: str = "float32",
+        batch_size: int = 8,
+        max_length: int = 4096,
+        device: str | None = None,
+    ):
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+        from engines.hf import torch_dtype
+        from pipeline.errors import unknown_option
+
+        if kind not in ("seq_cls", "get_scores"):
+            raise unknown_option("reward model kind", kind, ("seq_cls", "get_scores"))
+        self.kind = kind
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kind == "get_scores")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
+        cls = AutoModelForSequenceClassification if kind == "seq_cls" else AutoModel
+        self.model = cls.from_pretrained(
+            path, dtype=torch_dtype(dtype), trust_remote_code=kind == "get_scores"
+        )
+        if kind == "seq_cls" and self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def score(self, conversations: list[Chat]) -> list[float]:
+        out: list[float] = []
+        for start in range(0, len(conversations), self.batch_size):
+            batch = conversations[start : start + self.batch_size]
+            if self.kind == "get_scores":
+                scores = self.model.get_scores(self.tokenizer, batch)
+                out += [float(s) for s in (scores if isinstance(scores, list) else [scores])]
+                continue
+            texts = [self.tokenizer.apply_chat_template(c, tokenize=False) for c in batch]
+            enc = self.tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=False,
+            ).to(self.device)
+            logits = self.model(**enc).logits
+            out += logits[:, 0].float().tolist()
+        return out
+
+    def close(self) -> None:
+        del self.model
+
+
+def reward_summary(scores: list[float | None], lengths: list[int]) -> dict[str, Any]:
+    """Raw mean and the length-controlled mean: score / len * mean_len, averaged."""
+    pairs = [(s, n) for s, n in zip(scores, lengths) if s is not None and n > 0]
+    if not pairs:
+        return {"mean": None, "lc_mean": None, "scored": 0}
+    mean_len = sum(n for _, n in pairs) / len(pairs)
+    return {
+        "mean": sum(s for s, _ in pairs) / len(pairs),
+        "lc_mean": sum(s / n * mean_len for s, n in pairs) / len(pairs),
+        "scored": len(pairs),
+    }
+
+
+def reward_pair(evolution_prompt: Chat, evolved_instruction: str) -> Chat:
+    return [*evolution_prompt, {"role": "assistant", "content": evolved_instruction}]

@@ -1,0 +1,104 @@
+"""IFD / IC-IFD: the batched two-pass scorer against a one-record-at-a-time computation with plain
+transformers calls (HF's own loss), on the real bundled model."""
+
+import math
+
+import pytest
+import torch
+
+from metrics.ifd import IFDScorer, ifd_from_losses, tokenise
+from pipeline.records import make_record, query_text
+
+RECORDS = [
+    make_record(
+        "plain",
+        "Name the largest planet in the solar system.",
+        "",
+        "Jupiter is the largest planet.",
+    ),
+    make_record(
+        "with_input", "Translate the sentence into French.", "The cat sleeps.", "Le chat dort."
+    ),
+    make_record(
+        "unicode",
+        "Écris un haïku sur l'été 🌞.",
+        "",
+        "Soleil brûlant — les cigales chantent, 夏の日.",
+    ),
+    make_record(
+        "long", "Explain recursion.", "", " ".join(["Recursion is a function calling itself."] * 40)
+    ),
+    make_record("short_q", "Hi", "", "Hello! How can I help you today?"),
+    make_record("empty_a", "Say nothing.", "", ""),
+]
+CUTOFF = 96  # small, so the long answer is truncated
+
+
+def test_formulas_and_guards():
+    r = ifd_from_losses(2.0, 4.0, 2.5)
+    assert r["ifd"] == pytest.approx(0.8) and r["ic_ifd"] == pytest.approx(0.2)
+    p = ifd_from_losses(2.0, 4.0, 2.5, form="ppl")
+    assert p["ifd"] == pytest.approx(math.exp(2.0) / math.exp(2.5))
+    assert p["ic_ifd"] == pytest.approx(p["ifd"] / math.exp(4.0))
+    assert ifd_from_losses(1.0, None, 2.0)["ic_ifd"] is None
+    assert "L(Q)" in ifd_from_losses(1.0, None, 2.0)["ifd_reason"]
+    assert ifd_from_losses(1.0, 1.0, 0.0)["ifd"] is None
+    assert ifd_from_losses(None, 1.0, 1.0)["ifd_reason"].startswith("answer")
+    with pytest.raises(ValueError, match="valid: loss, ppl"):
+        ifd_from_losses(1.0, 1.0, 1.0, form="log")
+
+
+@pytest.fixture(scope="module")
+def scorer(bundled_model_dir):
+    return IFDScorer(bundled_model_dir, dtype="float32", max_length=CUTOFF, token_budget=512)
+
+
+def _reference(scorer, record):
+    """Batch size 1, HF's own shifted loss with -100 labels, one call per quantity."""
+    model, tok = scorer.model, scorer.tokenizer
+    q, a = query_text(record), record["output"]
+    t = tokenise(tok, q, a, CUTOFF)
+    x = torch.tensor([t.x])
+    with torch.no_grad():
+        lab_aq = x.clone()
+        lab_aq[0, : t.n_q] = -100
+        l_aq = model(input_ids=x, labels=lab_aq).loss.item()
+        lab_q = x.clone()
+        lab_q[0, t.n_q :] = -100
+        l_q = model(input_ids=x, labels=lab_q).loss.item() if t.n_q > 1 else None
+        a_ids = torch.tensor([t.a])
+        l_a = model(input_ids=a_ids, labels=a_ids).loss.item()
+    return l_aq, l_q, l_a
+
+
+@pytest.mark.slow
+def test_batched_scores_match_batch_size_one(scorer):
+    got = scorer.score(RECORDS)
+    by_id = dict(zip((r["id"] for r in RECORDS), got))
+    assert by_id["long"]["truncated"] and not by_id["plain"]["truncated"]
+    assert by_id["empty_a"]["ifd"] is None and by_id["empty_a"]["ifd_reason"] == "empty output"
+    checked = 0
+    for rec, res in zip(RECORDS, got):
+        if rec["id"] == "empty_a":
+            continue
+        l_aq, l_q, l_a = _reference(scorer, rec)
+        for key, ref in (("loss_a_given_q", l_aq), ("loss_q", l_q), ("loss_a", l_a)):
+            if ref is None:
+                assert res[key] is None
+            else:
+                assert res[key] == pytest.approx(ref, rel=1e-4), (rec["id"], key)
+        assert res["ifd"] == pytest.approx(l_aq / l_a, rel=1e-4)
+        if l_q:
+            assert res["ic_ifd"] == pytest.approx(l_aq / (l_q * l_a), rel=1e-4)
+        checked += 1
+    assert checked == 5
+
+
+@pytest.mark.slow
+def test_query_token_boundary(scorer):
+    tok = scorer.tokenizer
+    for rec in RECORDS:
+        q = query_text(rec)
+        t = tokenise(tok, q, rec["output"], 10_000)
+        assert t.x[: t.n_q] == tok(q)["input_ids"]
+        assert tok.decode(t.x) == q + "\n" + rec["output"]
