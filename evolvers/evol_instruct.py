@@ -69,6 +69,11 @@ class EvolInstruct:
             )
         return [{"role": "user", "content": text}]
 
+    def evolution_prompt(self, record: Record) -> Chat:
+        """The prompt that produced an evolved record (for confidence and reward probes)."""
+        meta = record["meta"]
+        return self.prompt({"instruction": meta["parent_instruction"]}, meta["method"])
+
     def plan(self, parents: list[Record], round_num: int) -> list[tuple[Record, str, Chat]]:
         """(parent, method, prompt) for every parent; `round_num` is 1-based."""
         out = []

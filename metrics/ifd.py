@@ -74,6 +74,14 @@ def _token_losses(
     return [ce[i, : len(s) - 1].cpu() for i, s in enumerate(seqs)]
 
 
+def pad_id_for(tokenizer: Any) -> int:
+    """Padding only fills the batch (its labels are -100): pad, else eos, else any id."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
 def _mean(t: torch.Tensor) -> float | None:
     return float(t.double().mean()) if t.numel() else None
 
@@ -120,13 +128,7 @@ class IFDScorer:
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.pad_id = (
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
-        if self.pad_id is None:  # nothing to pad with: any id works, padded labels are -100
-            self.pad_id = 0
+        self.pad_id = pad_id_for(self.tokenizer)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
         self.model.to(self.device).eval()
         self.max_length = max_length

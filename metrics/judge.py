@@ -16,7 +16,7 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 LABELS = ("very easy", "easy", "medium", "hard", "very hard")
 _LABEL_RE = re.compile(r"very\s+easy|very\s+hard|easy|medium|hard", re.IGNORECASE)
-_NUMBER_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?![\d.])")
+_NUMBER_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?!\d|\.\d)")
 
 
 def parse_complexity(text: str) -> float | None:

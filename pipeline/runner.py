@@ -21,13 +21,15 @@ from pipeline.cache import StepCache
 from pipeline.config import model_for_role
 from pipeline.data import load_seeds
 from pipeline.engine_pool import EnginePool
-from pipeline.errors import ConfigError, UserFacingError, unknown_option
+from pipeline.errors import ConfigError, DataError, UserFacingError, unknown_option
 from pipeline.records import Record, write_json_atomic, write_jsonl_atomic
+from pipeline.scoring import Scorer, filter_set
 from pipeline.summary import build_summary, print_summary
 
 log = logging.getLogger(__name__)
 
-STAGES = ("evolve", "respond", "report")
+STAGES = ("evolve", "respond", "score", "filter", "report")
+NEEDS_SCORES = ("ic_ifd", "ifd", "length", "instruction_loss")
 
 # Jobs of this process that failed with a user-facing error (run.py exits non-zero if any).
 FAILED_JOBS: list[dict] = []
@@ -55,6 +57,7 @@ class Run:
         self.cache = StepCache(Path(cfg.cache_dir))
         self.pool = EnginePool(cfg.engine, self.cache, cfg.models_dir)
         self.metrics: dict[str, dict] = {}  # set name -> {stage: counts}
+        self.filter_counts: dict | None = None
         self.t0 = time.perf_counter()
 
     def generator(self, step: str, model_cfg: Any, params: Any, desc: str):
@@ -84,8 +87,7 @@ class Run:
         log.info("%s %s: %s", name, stage, _one_line(counts))
 
     # -- stages -------------------------------------------------------------------------------
-    def evolve(self, seeds: list[Record]) -> dict[str, list[Record]]:
-        scenario = build_scenario(self.cfg.scenario)
+    def evolve(self, scenario: Any, seeds: list[Record]) -> dict[str, list[Record]]:
         parents, sets = seeds, {}
         for r in range(1, int(self.cfg.rounds) + 1):
             if not parents:
@@ -119,6 +121,21 @@ class Run:
             self.add_metrics(name, "respond", respond_counts(out))
             sets[name] = out
 
+    @staticmethod
+    def _usable(records: list[Record]) -> list[Record]:
+        return [r for r in records if r["meta"].get("parse_ok", True)]
+
+    def filter(self, sets: dict[str, list[Record]], scores: dict[str, dict]) -> None:
+        if not sets:
+            raise DataError("filter: no set to select from (every evolution failed)")
+        f = self.cfg.filter
+        name = f"round_{f.round}" if f.round is not None else list(sets)[-1]
+        if name not in sets:
+            raise unknown_option("filter.round set", name, list(sets))
+        counts = filter_set(self, name, self._usable(sets[name]), scores.get(name, {}))
+        self.filter_counts = counts
+        log.info("filter: %s", _one_line(counts))
+
     def run(self) -> dict:
         stages = list(self.cfg.stages)
         for s in stages:
@@ -127,13 +144,28 @@ class Run:
         seeds = load_seeds(self.cfg.data, int(self.cfg.seed))
         write_jsonl_atomic(self.dir / "seeds.jsonl", seeds)
         log.info("seeds: %d records from %s", len(seeds), self.cfg.data.name)
+        if "filter" in stages and "score" not in stages and self.cfg.filter.name in NEEDS_SCORES:
+            raise ConfigError(
+                f"filter={self.cfg.filter.name} needs scores: add score to stages "
+                "(cached scores cost nothing), or use filter=random / filter=none"
+            )
+        scenario = build_scenario(self.cfg.scenario)
         try:
-            sets = self.evolve(seeds) if "evolve" in stages else {"input": seeds}
+            sets = self.evolve(scenario, seeds) if "evolve" in stages else {"input": seeds}
             if "respond" in stages:
                 self.respond(sets)
+            scores: dict[str, dict] = {}
+            if "score" in stages:
+                scorer = Scorer(self, scenario)
+                for name, records in sets.items():
+                    scores[name] = scorer.score_set(name, self._usable(records))
+            if "filter" in stages:
+                self.filter(sets, scores)
         finally:
             self.pool.release()
         summary = build_summary(self.cfg, self.metrics, self.pool, self.cache, len(seeds))
+        if self.filter_counts:
+            summary.update({f"filter/{k}": v for k, v in self.filter_counts.items()})
         summary["seconds"] = round(time.perf_counter() - self.t0, 2)
         write_json_atomic(self.dir / "summary.json", summary)
         if "report" in stages:

@@ -8,12 +8,18 @@ from typing import Any
 from omegaconf import DictConfig
 
 HEADLINE = (
-    "parsed",
-    "failed",
-    "parse_rate",
-    "instruction_words_mean",
-    "responded",
-    "response_words_mean",
+    "evolve/parsed",
+    "evolve/failed",
+    "evolve/parse_rate",
+    "evolve/instruction_words_mean",
+    "respond/responded",
+    "respond/response_words_mean",
+    "score/judge/complexity_mean",
+    "score/diversity/nn_l2sq_mean",
+    "score/confidence/mean",
+    "score/ifd/ifd_mean",
+    "score/ifd/ic_ifd_mean",
+    "score/reward/mean",
 )
 
 
@@ -60,10 +66,12 @@ def build_summary(cfg: DictConfig, metrics: dict, pool: Any, cache: Any, n_seeds
 
 
 def print_summary(summary: dict, run_dir: Path) -> None:
-    rows = [(k, v) for k, v in summary.items() if k.split("/")[-1] in HEADLINE]
-    rows += [(k, summary[k]) for k in ("engine/prompts", "engine/tokens_per_s", "cache/hits")]
+    rows = [(k, v) for k, v in summary.items() if k.split("/", 1)[-1] in HEADLINE]
+    rows += [
+        (k, summary[k]) for k in ("filter/kept", "engine/prompts", "cache/hits") if k in summary
+    ]
     width = max(len(k) for k, _ in rows)
     print(f"\n== {summary['model']} · {summary['scenario']} · {summary['rounds']} round(s) ==")
     for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
+        print(f"  {k:<{width}}  {round(v, 3) if isinstance(v, float) else v}")
     print(f"  outputs: {run_dir}\n")

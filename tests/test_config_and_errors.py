@@ -39,10 +39,13 @@ def test_defaults_are_the_cpu_demo():
     cfg = compose_cfg()
     assert cfg.model.name == "smollm2_135m" and cfg.scenario.name == "evol_instruct"
     assert cfg.engine.kind == "auto" and cfg.data.name == "tiny" and cfg.rounds == 2
-    assert list(cfg.stages) == ["evolve", "respond", "report"]
+    assert list(cfg.stages) == ["evolve", "respond", "score", "filter", "report"]
+    assert cfg.filter.name == "ic_ifd" and cfg.filter.keep_ratio == 0.25
+    assert cfg.metrics.diversity.model == "bundled:all-MiniLM-L6-v2"  # offline on CPU
     paper = compose_cfg(["experiment=paper"])
     assert paper.generation.evolve.max_tokens == 2048 and paper.rounds == 3
     assert paper.generation.evolve.temperature == 0.7 and paper.generation.evolve.top_p == 0.95
+    assert paper.metrics.diversity.model == "sentence-transformers/all-mpnet-base-v2"
 
 
 def _fails_cleanly(proc, *needles):

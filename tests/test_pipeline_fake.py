@@ -6,7 +6,7 @@ import pytest
 
 import pipeline.engine_pool as engine_pool
 from pipeline.runner import Run, run_job
-from tests.conftest import compose_cfg
+from tests.conftest import MODELS_DIR, compose_cfg
 from tests.fakes import FakeEngine
 
 
@@ -18,7 +18,17 @@ def fake(monkeypatch):
 
 
 def _cfg(tmp_path, *extra):
-    return compose_cfg(["engine=hf", f"cache_dir={tmp_path / 'cache'}", "data.limit=6", *extra])
+    # Scoring needs real models (tests/test_scoring.py); these tests cover generation and files.
+    return compose_cfg(
+        [
+            "engine=hf",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"models_dir={MODELS_DIR}",
+            "data.limit=6",
+            "stages=[evolve,respond,report]",
+            *extra,
+        ]
+    )
 
 
 def _jsonl(path):

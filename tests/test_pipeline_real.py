@@ -20,7 +20,14 @@ SHORT = ["generation.evolve.max_tokens=48", "generation.greedy.max_tokens=48"]
 
 def _cfg(tmp_path, *extra):
     return compose_cfg(
-        ["engine=hf", f"cache_dir={tmp_path / 'cache'}", f"models_dir={MODELS_DIR}", *SHORT, *extra]
+        [
+            "engine=hf",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"models_dir={MODELS_DIR}",
+            "stages=[evolve,respond,report]",
+            *SHORT,
+            *extra,
+        ]
     )
 
 
@@ -101,6 +108,7 @@ def test_sweep_runs_other_jobs_when_one_lacks_weights(tmp_path, bundled_model_di
             "engine=hf",
             "data.limit=2",
             "rounds=1",
+            "stages=[evolve,respond,report]",
             *SHORT,
             f"cache_dir={tmp_path / 'cache'}",
             f"models_dir={MODELS_DIR}",
@@ -118,7 +126,8 @@ def test_sweep_runs_other_jobs_when_one_lacks_weights(tmp_path, bundled_model_di
     assert "1 job(s) failed" in out
 
 
-def test_cli_with_the_vllm_engine(tmp_path, bundled_model_dir):
+def test_default_pipeline_with_the_vllm_engine(tmp_path, bundled_model_dir):
+    """`python run.py engine=vllm`: every default stage, judges and top-1 probes through vLLM."""
     res = run_cli(
         [
             "engine=vllm",
@@ -133,14 +142,15 @@ def test_cli_with_the_vllm_engine(tmp_path, bundled_model_dir):
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["engine"] == "vllm" and s["round_1/evolve/attempted"] == 6
-    assert (
-        s["engine/prompts"]
-        == 6
-        + s["round_1/evolve/parsed"]
-        + s["round_1/evolve/parsed"]
-        + (s["round_2/evolve/parsed"])
-    )
+    p1, p2 = s["round_1/evolve/parsed"], s["round_2/evolve/parsed"]
+    # evolve 6 + p1; then per evolved record: a response, two judges, one top-1 probe
+    assert s["engine/prompts"] == 6 + p1 + 4 * (p1 + p2)
     assert "round_1/evolve/parsed" in res.stdout  # the printed summary
+    for r, n in ((1, p1), (2, p2)):
+        assert s[f"round_{r}/score/confidence/scored"] == n
+        assert s[f"round_{r}/score/ifd/ifd_null"] + s[f"round_{r}/score/ifd/skipped_no_output"] < n
+    selected = _lines(tmp_path / "run" / "selected.jsonl")
+    assert s["filter/set"] == "round_2" and len(selected) == s["filter/kept"] >= 1
     for r in (1, 2):
         m = json.loads((tmp_path / "run" / f"round_{r}" / "metrics.json").read_text())
         assert m["evolve"]["attempted"] == m["evolve"]["parsed"] + m["evolve"]["failed"]
