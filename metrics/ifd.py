@@ -50,28 +50,58 @@ def tokenise(tokenizer: Any, q: str, a: str, max_length: int) -> Tokenised:
     return Tokenised(x_ids[:max_length], len(q_ids), a_ids[:max_length], truncated, fallback)
 
 
+HEAD_ROWS = 512  # positions per LM-head chunk: a (rows x vocab) block stays cache-sized
+
+
 def _token_losses(
     model: Any, seqs: list[list[int]], pad_id: int, device: str
 ) -> list[torch.Tensor]:
-    """Per-token cross-entropy (nats) of each sequence's tokens 1..n-1, one padded forward pass."""
+    """Per-token cross-entropy (nats) of each sequence's tokens 1..n-1, one padded forward pass.
+
+    The transformer runs once over the padded batch; the LM head and the loss run only on real
+    (non-padding) positions, a chunk at a time, so the full (batch x length x vocab) logits are
+    never materialised — on CPU that tensor, not the matmuls, was the bottleneck.
+    """
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    labels = ids.masked_fill(mask == 0, IGNORE)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    # Next-token prediction: logits at t score token t+1. Loss in fp32 whatever the model dtype.
-    # (rows, vocab) layout: on CPU the (N, vocab, L) layout is measurably less accurate (~2e-4).
-    n, width, vocab = logits.shape
-    ce = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, vocab),
-        labels[:, 1:].reshape(-1).to(device),
-        ignore_index=IGNORE,
-        reduction="none",
-    ).view(n, width - 1)
-    return [ce[i, : len(s) - 1].cpu() for i, s in enumerate(seqs)]
+    ids, mask = ids.to(device), mask.to(device)
+    head = model.get_output_embeddings()
+    if head is None or _scales_logits(model.config):
+        hidden, head = None, None
+        logits_all = model(input_ids=ids, attention_mask=mask).logits
+    else:
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    # Next-token prediction: position t scores token t+1; only positions whose target is real.
+    keep = mask[:, 1:].bool()
+    targets = ids[:, 1:][keep]
+    rows = (hidden[:, :-1] if hidden is not None else logits_all[:, :-1])[keep]
+    losses = []
+    for start in range(0, rows.shape[0], HEAD_ROWS):
+        block = rows[start : start + HEAD_ROWS]
+        logits = head(block) if head is not None else block
+        # fp32 loss whatever the model dtype, in the (rows, vocab) layout: on CPU the
+        # (N, vocab, L) layout is measurably less accurate (~2e-4 relative).
+        losses.append(
+            F.cross_entropy(logits.float(), targets[start : start + HEAD_ROWS], reduction="none")
+        )
+    flat = torch.cat(losses).cpu() if losses else torch.empty(0)
+    out, offset = [], 0
+    for s in seqs:
+        out.append(flat[offset : offset + len(s) - 1])
+        offset += len(s) - 1
+    return out
+
+
+def _scales_logits(config: Any) -> bool:
+    """Models whose head output is post-processed (soft-capping, scaling) take the plain path."""
+    return any(
+        getattr(config, k, None) not in (None, 1.0)
+        for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+    )
 
 
 def pad_id_for(tokenizer: Any) -> int:
@@ -118,7 +148,7 @@ class IFDScorer:
         path: str,
         dtype: str = "float32",
         max_length: int = 2048,
-        token_budget: int = 8192,
+        token_budget: int = 2048,
         form: str = "loss",
         device: str | None = None,
     ):
