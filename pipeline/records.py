@@ -20,6 +20,11 @@ from pipeline.errors import DataError
 
 Record = dict[str, Any]
 
+# mkstemp creates 0600 files; outputs get the usual mode for the user's umask instead.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 SHAREGPT_USER = {"human", "user"}
 SHAREGPT_ASSISTANT = {"gpt", "assistant", "model", "chatgpt", "bing", "bard"}
 
@@ -143,6 +148,7 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[Record]) -> int:
                 n += 1
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -160,6 +166,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

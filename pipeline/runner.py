@@ -17,18 +17,18 @@ from omegaconf import DictConfig, OmegaConf
 from engines.base import Chat, Generation, Sampling
 from evolvers import build_scenario
 from evolvers.respond import Responder, respond_counts, responded_record
-from pipeline.cache import StepCache
-from pipeline.config import model_for_role
+from pipeline.cache import StepCache, stable_hash
+from pipeline.config import load_model_config, model_for_role
 from pipeline.data import load_seeds
-from pipeline.engine_pool import EnginePool
+from pipeline.engine_pool import EnginePool, model_identity
 from pipeline.errors import ConfigError, DataError, UserFacingError, unknown_option
-from pipeline.records import Record, write_json_atomic, write_jsonl_atomic
+from pipeline.records import Record, hash_records, write_json_atomic, write_jsonl_atomic
 from pipeline.scoring import Scorer, filter_set
 from pipeline.summary import build_summary, print_summary
 
 log = logging.getLogger(__name__)
 
-STAGES = ("evolve", "respond", "score", "filter", "report")
+STAGES = ("evolve", "respond", "score", "filter", "train", "report")
 NEEDS_SCORES = ("ic_ifd", "ifd", "length", "instruction_loss")
 
 # Jobs of this process that failed with a user-facing error (run.py exits non-zero if any).
@@ -58,6 +58,7 @@ class Run:
         self.pool = EnginePool(cfg.engine, self.cache, cfg.models_dir)
         self.metrics: dict[str, dict] = {}  # set name -> {stage: counts}
         self.filter_counts: dict | None = None
+        self.train_summary: dict | None = None
         self.t0 = time.perf_counter()
 
     def generator(self, step: str, model_cfg: Any, params: Any, desc: str):
@@ -125,16 +126,50 @@ class Run:
     def _usable(records: list[Record]) -> list[Record]:
         return [r for r in records if r["meta"].get("parse_ok", True)]
 
-    def filter(self, sets: dict[str, list[Record]], scores: dict[str, dict]) -> None:
+    def filter(self, sets: dict[str, list[Record]], scores: dict[str, dict]) -> list[Record]:
         if not sets:
             raise DataError("filter: no set to select from (every evolution failed)")
         f = self.cfg.filter
         name = f"round_{f.round}" if f.round is not None else list(sets)[-1]
         if name not in sets:
             raise unknown_option("filter.round set", name, list(sets))
-        counts = filter_set(self, name, self._usable(sets[name]), scores.get(name, {}))
+        kept, counts = filter_set(self, name, self._usable(sets[name]), scores.get(name, {}))
         self.filter_counts = counts
         log.info("filter: %s", _one_line(counts))
+        return kept
+
+    def train(self, records: list[Record]) -> dict:
+        """Fine-tune the student on `records`; cached by everything the result depends on."""
+        from training.run import read_summary, train_sft
+
+        cfg = self.cfg.train
+        student = load_model_config(cfg.student)
+        settings = {
+            k: v
+            for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+            if k not in ("resume", "devices", "num_nodes", "save_every_n_steps", "name")
+        }
+        key = stable_hash(
+            {
+                "train": settings,
+                "student": model_identity(student),
+                "data": hash_records(records),
+                "seed": int(self.cfg.seed),
+            }
+        )[:20]
+        out = Path(self.cfg.cache_dir).expanduser() / "train" / key
+        summary = read_summary(out)
+        if summary and (out / "hf" / "config.json").is_file():
+            log.info("train: cache hit (%s)", out)
+        else:
+            self.pool.release()  # free the generation engine before training
+            summary = train_sft(cfg, student, records, out, self.cfg.models_dir, int(self.cfg.seed))
+        link = self.dir / "train"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(out, target_is_directory=True)
+        log.info("train: %s", _one_line(summary))
+        return summary
 
     def run(self) -> dict:
         stages = list(self.cfg.stages)
@@ -159,13 +194,18 @@ class Run:
                 scorer = Scorer(self, scenario)
                 for name, records in sets.items():
                     scores[name] = scorer.score_set(name, self._usable(records))
-            if "filter" in stages:
-                self.filter(sets, scores)
+            selected = self.filter(sets, scores) if "filter" in stages else None
+            if "train" in stages:
+                if selected is None:
+                    selected = self._usable(list(sets.values())[-1]) if sets else []
+                self.train_summary = self.train(selected)
         finally:
             self.pool.release()
         summary = build_summary(self.cfg, self.metrics, self.pool, self.cache, len(seeds))
         if self.filter_counts:
             summary.update({f"filter/{k}": v for k, v in self.filter_counts.items()})
+        if self.train_summary:
+            summary.update(self.train_summary)
         summary["seconds"] = round(time.perf_counter() - self.t0, 2)
         write_json_atomic(self.dir / "summary.json", summary)
         if "report" in stages:

@@ -251,4 +251,4 @@ def filter_set(run: Any, name: str, records: list[Record], scores: dict[str, dic
     )
     counts["set"] = name
     write_jsonl_atomic(run.dir / "selected.jsonl", kept)
-    return counts
+    return kept, counts

@@ -1,0 +1,248 @@
+"""SFT with Lightning on the real bundled model: the prompt mask, overfitting, export, LoRA,
+resume, DeepSpeed strategy construction, and bad input."""
+
+import csv
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.errors import ConfigError, DataError
+from pipeline.records import make_record
+from tests.conftest import MODELS_DIR, compose_cfg
+from training.data import IGNORE, collate, encode_all, encode_record, ensure_chat_template
+from training.run import make_strategy, train_sft
+
+RECORDS = [
+    make_record(f"t{i}", q, "", a)
+    for i, (q, a) in enumerate(
+        [
+            ("What is the capital of France?", "The capital of France is Paris."),
+            ("Name a primary colour.", "Red is a primary colour."),
+            ("What is 3 plus 4?", "3 plus 4 equals 7."),
+            ("Translate 'cat' into Spanish.", "In Spanish, 'cat' is 'gato'."),
+            ("Which planet is called the red planet?", "Mars is called the red planet."),
+            ("How many legs does a spider have?", "A spider has eight legs."),
+            ("What gas do plants absorb?", "Plants absorb carbon dioxide."),
+            ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet."),
+        ]
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(bundled_model_dir):
+    from engines.hf import load_tokenizer
+
+    return load_tokenizer(bundled_model_dir, padding_side="right")
+
+
+@pytest.mark.slow
+def test_prompt_mask_token_by_token(tokenizer):
+    rec = make_record("m", "Say hi.", "to Bob", "Hi Bob!")
+    enc, status = encode_record(tokenizer, rec, 512)
+    assert status == "kept"
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Say hi.\nto Bob"}], tokenize=False, add_generation_prompt=True
+    )
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert enc.input_ids[:n_prompt] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    for k, (tid, lab) in enumerate(zip(enc.input_ids, enc.labels)):
+        assert lab == (IGNORE if k < n_prompt else tid), k
+    assert tokenizer.decode([t for t in enc.labels if t != IGNORE]) == "Hi Bob!<|im_end|>\n"
+    short, _ = encode_record(tokenizer, make_record("s", "Hi", "", "Yo"), 512)
+    batch = collate([enc, short], tokenizer.pad_token_id)
+    pad = batch["attention_mask"] == 0
+    assert pad.any() and (batch["labels"][pad] == IGNORE).all()
+    assert (batch["labels"][1, : len(short.input_ids)] == torch.tensor(short.labels)).all()
+
+
+@pytest.mark.slow
+def test_truncation_and_dropping_are_counted(tokenizer):
+    recs = [
+        make_record("a", "Q", "", "word " * 400),
+        make_record("b", "Q", "", ""),
+        make_record("c", "long " * 300, "", "A"),
+        RECORDS[0],
+    ]
+    examples, stats = encode_all(tokenizer, recs, 128)
+    assert stats.as_dict() == {
+        "kept": 1,
+        "truncated": 1,
+        "dropped_empty_output": 1,
+        "dropped_prompt_too_long": 1,
+    }
+    assert len(examples) == 2 and all(len(e.input_ids) <= 128 for e in examples)
+    with pytest.raises(DataError, match="no usable example"):
+        encode_all(tokenizer, recs[1:3], 128)
+
+
+def test_missing_chat_template_is_a_clear_error():
+    class Tok:
+        chat_template = None
+
+    with pytest.raises(ConfigError, match="train.chat_template"):
+        ensure_chat_template(Tok(), None)
+    tok = Tok()
+    ensure_chat_template(tok, "{{ messages }}")
+    assert tok.chat_template == "{{ messages }}"
+
+
+def test_deepspeed_configs_compose_and_build():
+    from pytorch_lightning.strategies import DeepSpeedStrategy
+
+    expected = {
+        "zero2": (2, False),
+        "zero3": (3, False),
+        "zero3_offload": (3, True),
+        "paper": (3, False),
+        "qwen25_lora": (3, False),
+    }
+    for name, (stage, offload) in expected.items():
+        cfg = compose_cfg([f"train={name}"]).train
+        s = make_strategy(cfg.strategy, require_gpu=False)
+        assert isinstance(s, DeepSpeedStrategy), name
+        zero = s.config["zero_optimization"]
+        assert zero["stage"] == stage
+        assert ("offload_optimizer" in zero) == offload
+    paper = compose_cfg(["train=paper"]).train
+    assert (
+        paper.lr,
+        paper.epochs,
+        paper.scheduler,
+        paper.warmup_ratio,
+        paper.cutoff_len,
+        paper.effective_batch_size,
+        paper.precision,
+    ) == (2e-5, 3, "cosine", 0.03, 2048, 64, "bf16-mixed")
+    assert compose_cfg(["train=qwen25_small"]).train.lr == 1e-5
+    assert compose_cfg(["train=qwen25_mid"]).train.lr == 7e-6
+    lora = compose_cfg(["train=qwen25_lora"]).train
+    assert lora.method == "lora" and lora.lora.r == 8 and lora.lr == 5e-5
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="needs CUDA GPUs.*train=full"):
+            make_strategy("deepspeed_stage_3")
+    with pytest.raises(ConfigError, match="valid: .*deepspeed_stage_2"):
+        make_strategy("fsdp9")
+
+
+def _train_cfg(**over):
+    cfg = compose_cfg(["train=cpu_tiny"]).train
+    return OmegaConf.merge(cfg, over)
+
+
+def _losses(out_dir, version=0):
+    with open(out_dir / "logs" / f"version_{version}" / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def _mean_loss(model_dir, tokenizer, records):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    examples, _ = encode_all(tokenizer, records, 512)
+    batch = collate(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+@pytest.mark.slow
+def test_overfit_export_and_resume(tmp_path, tokenizer, bundled_model_dir):
+    student = compose_cfg().model
+    cfg = _train_cfg(
+        max_steps=24, micro_batch_size=8, effective_batch_size=8, lr=1e-4, save_every_n_steps=12
+    )
+    out = tmp_path / "train"
+    s = train_sft(cfg, student, RECORDS, out, MODELS_DIR, seed=0)
+    losses = _losses(out)
+    assert s["train/steps"] == 24 and len(losses) == 24
+    assert losses[-1] <= 0.5 * losses[0], losses
+    assert _mean_loss(out / "hf", tokenizer, RECORDS) < _mean_loss(
+        bundled_model_dir, tokenizer, RECORDS
+    )
+    cfg_json = json.loads((out / "config.json").read_text())
+    assert (
+        cfg_json["data_sha256"] == s["train/data_sha256"] and cfg_json["train"]["max_steps"] == 24
+    )
+
+    # The export loads and generates, with its chat template.
+    from engines.base import Sampling
+    from engines.hf import HFEngine
+
+    eng = HFEngine(str(out / "hf"), dtype="float32")
+    gen = eng.generate(
+        [[{"role": "user", "content": RECORDS[0]["instruction"]}]], Sampling(max_tokens=12)
+    )[0]
+    assert gen.text.strip() and "Paris" in gen.text
+
+    # Resume: a later run with more steps continues from checkpoints/last.ckpt.
+    more = train_sft(OmegaConf.merge(cfg, {"max_steps": 30}), student, RECORDS, out, MODELS_DIR, 0)
+    assert more["train/resumed_from_step"] == 24 and more["train/steps"] == 30
+    assert len(_losses(out, version=1)) == 6 and len(_losses(out)) == 24  # earlier logs kept
+
+
+@pytest.mark.slow
+def test_lora_trains_adapters_only_and_merges(tmp_path, tokenizer, bundled_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from training.module import SFTModule
+
+    cfg = _train_cfg(
+        method="lora",
+        max_steps=6,
+        micro_batch_size=8,
+        effective_batch_size=8,
+        lr=1e-3,
+        precision="32-true",
+    )
+    module = SFTModule(bundled_model_dir, cfg)
+    module.configure_model()
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+    out = tmp_path / "lora"
+    train_sft(cfg, compose_cfg().model, RECORDS, out, MODELS_DIR, seed=0)
+    base = AutoModelForCausalLM.from_pretrained(bundled_model_dir, dtype=torch.float32)
+    merged = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.float32).eval()
+    assert not any("lora" in k for k in merged.state_dict())
+    changed = [
+        k for k, v in merged.state_dict().items() if not torch.equal(v, base.state_dict()[k])
+    ]
+    assert changed and all(("proj" in k) for k in changed)  # only layers LoRA adapted
+
+    # The merged export computes what the adapter model computes.
+    from peft import PeftModel
+
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    peft_model = SFTModule(bundled_model_dir, cfg)
+    peft_model.configure_model()
+    peft_model.load_state_dict(ckpt["state_dict"])
+    assert isinstance(peft_model.model, PeftModel)
+    ids = torch.tensor([tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        a = peft_model.model.eval()(input_ids=ids).logits
+        b = merged(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_train_stage_on_a_file_and_cache(tmp_path, bundled_model_dir):
+    from pipeline.runner import Run
+
+    f = tmp_path / "sft.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    over = [
+        f"cache_dir={tmp_path / 'cache'}",
+        f"models_dir={MODELS_DIR}",
+        "stages=[train]",
+        "data=file",
+        f"data.path={f}",
+        "train.max_steps=2",
+    ]
+    s = Run(compose_cfg(over), tmp_path / "run").run()
+    assert s["train/steps"] == 2 and s["train/kept"] == 8 and s["train/zero_stage"] == 0
+    assert (tmp_path / "run" / "train" / "hf" / "config.json").is_file()
+    again = Run(compose_cfg(over), tmp_path / "again").run()  # cached: no second training
+    assert again["train/data_sha256"] == s["train/data_sha256"]
+    assert (tmp_path / "again" / "train").resolve() == (tmp_path / "run" / "train").resolve()

@@ -1,0 +1,113 @@
+"""SFT data: records -> token ids with the student's chat template, loss on response tokens only.
+
+The prompt is the user turn rendered with `add_generation_prompt=True` (what the model sees at
+inference, and what evaluation uses); the labels are -100 on every prompt and padding position.
+Nothing is packed; over-long examples are truncated at `cutoff_len` and counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pipeline.errors import ConfigError, DataError
+from pipeline.records import Record, query_text
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class EncodeStats:
+    counts: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            k: self.counts.get(k, 0)
+            for k in ("kept", "truncated", "dropped_empty_output", "dropped_prompt_too_long")
+        }
+
+
+def ensure_chat_template(tokenizer: Any, fallback: str | None) -> None:
+    if getattr(tokenizer, "chat_template", None):
+        return
+    if fallback:
+        tokenizer.chat_template = fallback
+        return
+    raise ConfigError(
+        "the student's tokenizer has no chat template; set train.chat_template to a Jinja template "
+        "(the same one evaluation will use), or pick a chat/instruct student"
+    )
+
+
+def encode_record(tokenizer: Any, record: Record, cutoff_len: int) -> tuple[Encoded | None, str]:
+    answer = record.get("output") or ""
+    if not answer.strip():
+        return None, "dropped_empty_output"
+    user = [{"role": "user", "content": query_text(record)}]
+    prompt_text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(
+        [*user, {"role": "assistant", "content": answer}], tokenize=False
+    )
+    if not full_text.startswith(prompt_text):
+        raise ConfigError(
+            "the chat template renders the user turn differently with and without the answer, so "
+            "the prompt/response boundary is ambiguous; set train.chat_template"
+        )
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    if len(prompt_ids) >= cutoff_len:
+        return None, "dropped_prompt_too_long"
+    ids = prompt_ids + answer_ids
+    status = "truncated" if len(ids) > cutoff_len else "kept"
+    labels = [IGNORE] * len(prompt_ids) + answer_ids
+    return Encoded(ids[:cutoff_len], labels[:cutoff_len]), status
+
+
+def encode_all(
+    tokenizer: Any, records: list[Record], cutoff_len: int
+) -> tuple[list[Encoded], EncodeStats]:
+    stats, out = EncodeStats(), []
+    for r in records:
+        enc, status = encode_record(tokenizer, r, cutoff_len)
+        stats.counts[status] += 1
+        if enc is not None:
+            out.append(enc)
+    if not out:
+        raise DataError(
+            f"train: no usable example among {len(records)} records "
+            f"({', '.join(f'{k}: {v}' for k, v in stats.counts.items() if v)}); records need a "
+            "non-empty output and a prompt shorter than train.cutoff_len"
+        )
+    return out, stats
+
+
+def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_loader(examples: list[Encoded], batch_size: int, pad_id: int, seed: int):
+    return torch.utils.data.DataLoader(
+        examples,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=lambda b: collate(b, pad_id),
+    )

@@ -1,0 +1,71 @@
+"""A LightningModule around an HF causal LM for SFT (full or LoRA), with the paper's optimiser:
+AdamW, cosine decay after linear warm-up."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+
+class SFTModule(pl.LightningModule):
+    def __init__(self, model_path: str, cfg: Any):
+        super().__init__()
+        self.model_path = model_path
+        self.cfg = cfg
+        self.model = None
+        self._t_last: float | None = None
+
+    def configure_model(self) -> None:
+        # Called by Lightning inside the strategy's init context (ZeRO-3 shards from the start).
+        if self.model is not None:
+            return
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        self.model.train()  # from_pretrained returns eval mode (dropout off)
+        if self.cfg.get("gradient_checkpointing"):
+            self.model.gradient_checkpointing_enable()
+        if self.cfg.method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            lora = self.cfg.lora
+            self.model = get_peft_model(
+                self.model,
+                LoraConfig(
+                    r=int(lora.r),
+                    lora_alpha=int(lora.alpha),
+                    lora_dropout=float(lora.dropout),
+                    target_modules=lora.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["labels"]))
+        now = time.perf_counter()
+        if self._t_last is not None:
+            tokens = int(batch["attention_mask"].sum())
+            self.log("train/tokens_per_s", tokens / max(now - self._t_last, 1e-9), on_step=True)
+        self._t_last = now
+        return loss
+
+    def configure_optimizers(self):
+        from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay)
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(float(self.cfg.warmup_ratio) * total))
+        make = (
+            get_cosine_schedule_with_warmup
+            if self.cfg.scheduler == "cosine"
+            else get_linear_schedule_with_warmup
+        )
+        sched = make(opt, warmup, total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

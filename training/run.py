@@ -1,0 +1,181 @@
+"""The train stage: records -> SFT with Lightning (plain or DeepSpeed ZeRO) -> an HF checkpoint
+(`hf/`) that vLLM, transformers and lm-evaluation-harness load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from engines.hf import load_tokenizer
+from engines.models import resolve_model_path
+from pipeline.errors import ConfigError, unknown_option
+from pipeline.records import Record, hash_records, write_json_atomic
+from training.data import encode_all, ensure_chat_template, make_loader
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "ddp", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload")
+
+
+def zero_stage(strategy: str) -> int | None:
+    return {"deepspeed_stage_2": 2, "deepspeed_stage_3": 3, "deepspeed_stage_3_offload": 3}.get(
+        strategy
+    )
+
+
+def make_strategy(name: str, require_gpu: bool = True):
+    """Lightning's own strategies; DeepSpeed ZeRO only where CUDA GPUs are."""
+    if name not in STRATEGIES:
+        raise unknown_option("train.strategy", name, STRATEGIES)
+    stage = zero_stage(name)
+    if stage is None:
+        return name
+    if require_gpu and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.strategy={name} (DeepSpeed ZeRO-{stage}) needs CUDA GPUs and this machine has "
+            "none; use train=full (or train=cpu_tiny, train=lora) on CPU"
+        )
+    from pytorch_lightning.strategies import DeepSpeedStrategy
+
+    offload = name.endswith("_offload")
+    return DeepSpeedStrategy(stage=stage, offload_optimizer=offload, offload_parameters=offload)
+
+
+def train_sft(
+    cfg: Any, student_cfg: Any, records: list[Record], out_dir: Path, models_dir: str, seed: int
+) -> dict:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from training.module import SFTModule
+
+    out_dir = Path(out_dir)
+    strategy = make_strategy(cfg.strategy)
+    pl.seed_everything(seed, workers=True)
+    path = resolve_model_path(student_cfg, models_dir)
+    tokenizer = load_tokenizer(path, padding_side="right")
+    ensure_chat_template(tokenizer, cfg.get("chat_template"))
+    examples, stats = encode_all(tokenizer, records, int(cfg.cutoff_len))
+    log.info("train: %s", ", ".join(f"{k}={v}" for k, v in stats.as_dict().items()))
+
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    world = devices * int(cfg.num_nodes) if cfg.devices == "auto" else int(cfg.devices)
+    accumulate = max(1, int(cfg.effective_batch_size) // (int(cfg.micro_batch_size) * world))
+    loader = make_loader(examples, int(cfg.micro_batch_size), tokenizer.pad_token_id, seed)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    data_hash = hash_records(records)
+    write_json_atomic(
+        out_dir / "config.json",
+        {
+            "train": resolved,
+            "student": student_cfg.name,
+            "student_path": path,
+            "data_sha256": data_hash,
+            "examples": len(examples),
+            "accumulate_grad_batches": accumulate,
+        },
+    )
+    ckpt_dir = out_dir / "checkpoints"
+    module = SFTModule(path, cfg)
+    trainer = pl.Trainer(
+        max_epochs=int(cfg.epochs),
+        max_steps=int(cfg.max_steps) if cfg.get("max_steps") else -1,
+        accumulate_grad_batches=accumulate,
+        precision=cfg.precision,
+        strategy=strategy,
+        devices=cfg.devices,
+        num_nodes=int(cfg.num_nodes),
+        gradient_clip_val=float(cfg.max_grad_norm) if cfg.get("max_grad_norm") else None,
+        # One CSV version per (re)start, so a resumed run keeps the earlier logs.
+        logger=[CSVLogger(out_dir, name="logs")] + _extra_loggers(cfg),
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="step{step}",
+                save_last=True,
+                every_n_train_steps=int(cfg.save_every_n_steps),
+                save_top_k=1,
+            ),
+            LearningRateMonitor(logging_interval="step"),
+        ],
+        log_every_n_steps=1,
+        default_root_dir=out_dir,
+        enable_model_summary=False,
+    )
+    last = ckpt_dir / "last.ckpt"
+    resume_from = str(last) if cfg.get("resume") and last.exists() else None
+    if resume_from:
+        log.info("train: resuming from %s", resume_from)
+    start_step = _checkpoint_step(last) if resume_from else 0
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_from)
+    if not zero_stage(cfg.strategy):
+        trainer.save_checkpoint(last)  # the final state, so a longer rerun resumes from here
+
+    hf_dir = out_dir / "hf"
+    if trainer.is_global_zero:
+        export_hf(trainer, module, tokenizer, hf_dir, zero_stage(cfg.strategy))
+    loss = trainer.callback_metrics.get("train/loss")
+    summary = {
+        "train/student": student_cfg.name,
+        "train/method": cfg.method,
+        "train/strategy": cfg.strategy,
+        "train/zero_stage": zero_stage(cfg.strategy) or 0,
+        "train/steps": int(trainer.global_step),
+        "train/resumed_from_step": start_step,
+        "train/final_loss": float(loss) if loss is not None else None,
+        "train/data_sha256": data_hash,
+        **{f"train/{k}": v for k, v in stats.as_dict().items()},
+    }
+    write_json_atomic(out_dir / "summary.json", summary)
+    return summary
+
+
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))
+    except Exception:
+        return 0
+
+
+def _extra_loggers(cfg: Any) -> list:
+    return []
+
+
+def export_hf(trainer: Any, module: Any, tokenizer: Any, hf_dir: Path, stage: int | None) -> None:
+    """An HF checkpoint beside its tokenizer and chat template; LoRA merged, ZeRO consolidated."""
+    tmp = hf_dir.with_name(hf_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = module.model
+    if stage:
+        from pytorch_lightning.utilities.deepspeed import (
+            convert_zero_checkpoint_to_fp32_state_dict,
+        )
+
+        ckpt = hf_dir.parent / "final_zero"
+        trainer.save_checkpoint(ckpt)
+        state = convert_zero_checkpoint_to_fp32_state_dict(ckpt, hf_dir.parent / "final_fp32.pt")
+        weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+        model.load_state_dict(weights, strict=False)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.padding_side = "left"  # what generation wants
+    tokenizer.save_pretrained(tmp)
+    if hf_dir.exists():
+        shutil.rmtree(hf_dir)
+    os.replace(tmp, hf_dir)
+    log.info("train: exported %s", hf_dir)
+
+
+def read_summary(out_dir: Path) -> dict | None:
+    p = Path(out_dir) / "summary.json"
+    return json.loads(p.read_text()) if p.is_file() else None
