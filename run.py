@@ -18,9 +18,17 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
+    from hydra.types import RunMode
+
     from pipeline.runner import run_job
 
-    return run_job(cfg, HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:  # a sweep: its jobs share one W&B group
+        group = "sweep-" + hc.sweep.dir.strip("/").replace("/", "-")
+    else:
+        group = hc.runtime.choices.get("experiment") or "run"
+    name = hc.job.override_dirname or hc.job.name
+    return run_job(cfg, hc.runtime.output_dir, group=group, name=name)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pipeline.errors import ConfigError, DataError, UserFacingError, unknown_opt
 from pipeline.records import Record, hash_records, write_json_atomic, write_jsonl_atomic
 from pipeline.scoring import Scorer, filter_set
 from pipeline.summary import build_summary, print_summary
+from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,10 @@ def item_seed(run_seed: int, item_id: str) -> int:
 
 
 class Run:
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None):
         self.cfg = cfg
         self.dir = Path(run_dir)
+        self.tracker = tracker or Tracker(OmegaConf.create({"logger": {"name": "none"}}), self.dir)
         self.cache = StepCache(Path(cfg.cache_dir))
         self.pool = EnginePool(cfg.engine, self.cache, cfg.models_dir)
         self.metrics: dict[str, dict] = {}  # set name -> {stage: counts}
@@ -163,7 +165,15 @@ class Run:
             log.info("train: cache hit (%s)", out)
         else:
             self.pool.release()  # free the generation engine before training
-            summary = train_sft(cfg, student, records, out, self.cfg.models_dir, int(self.cfg.seed))
+            summary = train_sft(
+                cfg,
+                student,
+                records,
+                out,
+                self.cfg.models_dir,
+                int(self.cfg.seed),
+                loggers=[lg] if (lg := self.tracker.lightning_logger()) else [],
+            )
         link = self.dir / "train"
         if link.is_symlink() or link.exists():
             link.unlink()
@@ -194,6 +204,10 @@ class Run:
                 scorer = Scorer(self, scenario)
                 for name, records in sets.items():
                     scores[name] = scorer.score_set(name, self._usable(records))
+            for name, records in sets.items():
+                self.tracker.log_set(
+                    name, self.metrics.get(name, {}), records, scores.get(name, {})
+                )
             selected = self.filter(sets, scores) if "filter" in stages else None
             if "train" in stages:
                 if selected is None:
@@ -213,16 +227,26 @@ class Run:
         return summary
 
 
-def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """Run one job; a user-facing error is logged as one line and recorded, never a traceback."""
+def run_job(
+    cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | None = None
+) -> dict | None:
+    """Run one job; a user-facing error is logged as one line and recorded, never a traceback.
+    The tracker (W&B) is finished whatever happens, so a failing sweep job leaves no open run."""
+    summary, tracker = None, None
     try:
         _check_config(cfg)
-        return Run(cfg, run_dir).run()
+        tracker = Tracker(cfg, Path(run_dir), group=group, name=name)
+        summary = Run(cfg, run_dir, tracker).run()
+        return summary
     except UserFacingError as e:
         log.error("%s", e)
         FAILED_JOBS.append({"dir": str(run_dir), "error": str(e)})
-        write_json_atomic(Path(run_dir) / "summary.json", {"status": "failed", "error": str(e)})
+        summary = {"status": "failed", "error": str(e)}
+        write_json_atomic(Path(run_dir) / "summary.json", summary)
         return None
+    finally:
+        if tracker is not None:
+            tracker.finish(summary, failed=summary is None or summary.get("status") != "ok")
 
 
 def _check_config(cfg: DictConfig) -> None:

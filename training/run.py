@@ -49,8 +49,16 @@ def make_strategy(name: str, require_gpu: bool = True):
 
 
 def train_sft(
-    cfg: Any, student_cfg: Any, records: list[Record], out_dir: Path, models_dir: str, seed: int
+    cfg: Any,
+    student_cfg: Any,
+    records: list[Record],
+    out_dir: Path,
+    models_dir: str,
+    seed: int,
+    loggers: list | None = None,
 ) -> dict:
+    """Fine-tune `student_cfg` on `records` into `out_dir` (hf/, checkpoints/, logs/); `loggers`
+    are extra Lightning loggers (W&B) beside the CSV log."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
@@ -96,7 +104,7 @@ def train_sft(
         num_nodes=int(cfg.num_nodes),
         gradient_clip_val=float(cfg.max_grad_norm) if cfg.get("max_grad_norm") else None,
         # One CSV version per (re)start, so a resumed run keeps the earlier logs.
-        logger=[CSVLogger(out_dir, name="logs")] + _extra_loggers(cfg),
+        logger=[CSVLogger(out_dir, name="logs"), *(loggers or [])],
         callbacks=[
             ModelCheckpoint(
                 dirpath=ckpt_dir,
@@ -144,10 +152,6 @@ def _checkpoint_step(path: Path) -> int:
         return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))
     except Exception:
         return 0
-
-
-def _extra_loggers(cfg: Any) -> list:
-    return []
 
 
 def export_hf(trainer: Any, module: Any, tokenizer: Any, hf_dir: Path, stage: int | None) -> None:

@@ -1,0 +1,102 @@
+"""Weights & Biases tracking: one run per Hydra job, always finished (also when the job fails).
+
+`group` is the sweep (multirun) or experiment, `config` the resolved Hydra config; per-round
+metrics are logged with a `round` key, sample tables of evolved instructions per round, training
+curves through Lightning's WandbLogger on the same run, and summary.json as the run summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.records import Record
+
+log = logging.getLogger(__name__)
+
+SAMPLE_FIELDS = ("ifd", "ic_ifd", "complexity", "difficulty", "nn_l2sq", "top1_mean", "reward")
+
+
+class Tracker:
+    """No-op unless logger=wandb."""
+
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | None = None
+    ):
+        self.run = None
+        self.cfg = cfg.get("logger") or {"name": "none"}
+        if self.cfg.get("name") != "wandb":
+            return
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        self.run = wandb.init(
+            project=self.cfg.project,
+            entity=self.cfg.get("entity"),
+            group=self.cfg.get("group") or group,
+            name=name,
+            tags=list(self.cfg.get("tags") or []),
+            config=OmegaConf.to_container(cfg, resolve=True),
+            dir=str(run_dir),
+            reinit="finish_previous",
+        )
+        log.info("wandb: run %s (%s) in %s", self.run.id, os.environ["WANDB_MODE"], self.run.dir)
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def log_set(
+        self, name: str, metrics: dict[str, Any], records: list[Record], scores: dict
+    ) -> None:
+        if not self.active:
+            return
+        from pipeline.summary import flatten
+
+        flat: dict[str, Any] = {}
+        flatten("", metrics, flat)
+        payload = {
+            k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        if name.startswith("round_"):
+            payload["round"] = int(name.split("_")[1])
+        payload[f"samples/{name}"] = self._table(records, scores)
+        self.run.log(payload)
+
+    def _table(self, records: list[Record], scores: dict):
+        import wandb
+
+        cols = ["id", "round", "method", "parent", "instruction", "output", *SAMPLE_FIELDS]
+        table = wandb.Table(columns=cols)
+        for r in records[: int(self.cfg.get("table_rows", 100))]:
+            m, s = r.get("meta", {}), scores.get(r["id"], {})
+            table.add_data(
+                r["id"],
+                m.get("round"),
+                m.get("method"),
+                m.get("parent_instruction"),
+                r["instruction"],
+                r.get("output", ""),
+                *(s.get(f) for f in SAMPLE_FIELDS),
+            )
+        return table
+
+    def lightning_logger(self):
+        if not self.active:
+            return None
+        from pytorch_lightning.loggers import WandbLogger
+
+        return WandbLogger(experiment=self.run)
+
+    def finish(self, summary: dict | None, failed: bool = False) -> None:
+        if not self.active:
+            return
+        if summary:
+            self.run.summary.update(summary)
+        self.run.finish(exit_code=1 if failed else 0)
+        self.run = None
