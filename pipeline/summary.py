@@ -67,9 +67,8 @@ def build_summary(cfg: DictConfig, metrics: dict, pool: Any, cache: Any, n_seeds
 
 def print_summary(summary: dict, run_dir: Path) -> None:
     rows = [(k, v) for k, v in summary.items() if k.split("/", 1)[-1] in HEADLINE]
-    rows += [
-        (k, summary[k]) for k in ("filter/kept", "engine/prompts", "cache/hits") if k in summary
-    ]
+    extra = ("filter/kept", "train/steps", "train/final_loss", "engine/prompts", "cache/hits")
+    rows += [(k, summary[k]) for k in extra if k in summary]
     width = max(len(k) for k, _ in rows)
     print(f"\n== {summary['model']} · {summary['scenario']} · {summary['rounds']} round(s) ==")
     for k, v in rows:
