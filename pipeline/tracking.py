@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 SAMPLE_FIELDS = ("ifd", "ic_ifd", "complexity", "difficulty", "nn_l2sq", "top1_mean", "reward")
 
 
+def _is_rank_zero() -> bool:
+    """Multi-GPU training re-launches run.py per device; only the first process tracks."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
 class Tracker:
     """No-op unless logger=wandb."""
 
@@ -29,7 +34,7 @@ class Tracker:
     ):
         self.run = None
         self.cfg = cfg.get("logger") or {"name": "none"}
-        if self.cfg.get("name") != "wandb":
+        if self.cfg.get("name") != "wandb" or not _is_rank_zero():
             return
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
