@@ -223,6 +223,9 @@ class Run:
         summary["seconds"] = round(time.perf_counter() - self.t0, 2)
         write_json_atomic(self.dir / "summary.json", summary)
         if "report" in stages:
+            from pipeline.compare import compare
+
+            compare([self.dir], self.dir, quiet=True)  # report.md + plots/ for this job
             print_summary(summary, self.dir)
         return summary
 

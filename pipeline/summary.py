@@ -73,4 +73,4 @@ def print_summary(summary: dict, run_dir: Path) -> None:
     print(f"\n== {summary['model']} · {summary['scenario']} · {summary['rounds']} round(s) ==")
     for k, v in rows:
         print(f"  {k:<{width}}  {round(v, 3) if isinstance(v, float) else v}")
-    print(f"  outputs: {run_dir}\n")
+    print(f"  outputs: {run_dir}  (report: {Path(run_dir) / 'report.md'})\n")

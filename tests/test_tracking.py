@@ -65,3 +65,7 @@ def test_two_job_sweep_logs_two_offline_runs(tmp_path, bundled_model_dir):
         assert '"evolve/attempted"' in s["history"] and "samples/round_1" in s["history"]
         groups.add(json.dumps(info.get("group")))
     assert len(groups) == 1  # one sweep, one group
+    # The multirun ends with a comparison of its jobs (hydra callback).
+    md = (tmp_path / "sweep" / "comparison.md").read_text()
+    assert md.splitlines()[0].startswith("| job | rounds | status |")
+    assert (tmp_path / "sweep" / "report.md").is_file()

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 
 from pipeline.errors import ConfigError, DataError
@@ -111,3 +112,34 @@ def make_loader(examples: list[Encoded], batch_size: int, pad_id: int, seed: int
         generator=torch.Generator().manual_seed(seed),
         collate_fn=lambda b: collate(b, pad_id),
     )
+
+
+class SFTDataModule(pl.LightningDataModule):
+    """The train stage's data: encodes once (counts in `stats`), serves seeded shuffled batches."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        records: list[Record],
+        cutoff_len: int,
+        micro_batch_size: int,
+        seed: int,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.records = records
+        self.cutoff_len = cutoff_len
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.examples: list[Encoded] = []
+        self.stats = EncodeStats()
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.examples:
+            self.examples, self.stats = encode_all(self.tokenizer, self.records, self.cutoff_len)
+
+    def train_dataloader(self):
+        self.setup()
+        return make_loader(
+            self.examples, self.micro_batch_size, self.tokenizer.pad_token_id, self.seed
+        )

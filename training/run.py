@@ -17,7 +17,7 @@ from engines.hf import load_tokenizer
 from engines.models import resolve_model_path
 from pipeline.errors import ConfigError, unknown_option
 from pipeline.records import Record, hash_records, write_json_atomic
-from training.data import encode_all, ensure_chat_template, make_loader
+from training.data import SFTDataModule, ensure_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,14 @@ def train_sft(
     path = resolve_model_path(student_cfg, models_dir)
     tokenizer = load_tokenizer(path, padding_side="right")
     ensure_chat_template(tokenizer, cfg.get("chat_template"))
-    examples, stats = encode_all(tokenizer, records, int(cfg.cutoff_len))
+    data = SFTDataModule(tokenizer, records, int(cfg.cutoff_len), int(cfg.micro_batch_size), seed)
+    data.setup()  # encode now: bad data fails before a model is loaded
+    examples, stats = data.examples, data.stats
     log.info("train: %s", ", ".join(f"{k}={v}" for k, v in stats.as_dict().items()))
 
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
     world = devices * int(cfg.num_nodes) if cfg.devices == "auto" else int(cfg.devices)
     accumulate = max(1, int(cfg.effective_batch_size) // (int(cfg.micro_batch_size) * world))
-    loader = make_loader(examples, int(cfg.micro_batch_size), tokenizer.pad_token_id, seed)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     data_hash = hash_records(records)
@@ -124,7 +125,7 @@ def train_sft(
     if resume_from:
         log.info("train: resuming from %s", resume_from)
     start_step = _checkpoint_step(last) if resume_from else 0
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_from)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     if not zero_stage(cfg.strategy):
         trainer.save_checkpoint(last)  # the final state, so a longer rerun resumes from here
 

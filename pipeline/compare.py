@@ -1,0 +1,264 @@
+"""Compare jobs side by side: `python -m pipeline.compare <multirun dir | run dirs ...>`.
+
+Writes `comparison.md` and `comparison.csv` (a row per job: the swept keys first, then the numbers
+of summary.json — the headline ones in Markdown with the best value per column marked, all of them
+in CSV) and `report.md` with the study's plots under `plots/`. run.py calls it at the end of
+every multirun (see CompareCallback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import plots
+from pipeline.summary import HEADLINE
+
+log = logging.getLogger(__name__)
+
+PATH_KEYS = ("cache_dir", "models_dir", "data.path", "hydra.")
+DESCRIPTIVE = ("model/size_b", "train/steps", "filter/kept")  # facts, not scores
+# Columns where smaller is better; everything else is better when larger.
+LOWER_IS_BETTER = (
+    "failed",
+    "failures",
+    "loss",
+    "_null",
+    "truncated",
+    "seconds",
+    "near_dup",
+    "confidence/mean",
+    "empty",
+    "no_score",
+)
+
+
+def find_jobs(paths: list[str | Path]) -> list[Path]:
+    jobs: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "summary.json").is_file():
+            jobs.append(p)
+        else:
+            jobs += sorted((d.parent for d in p.glob("*/summary.json")), key=_job_order)
+    return jobs
+
+
+def _job_order(p: Path) -> tuple:
+    return (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)
+
+
+def load_job(path: Path) -> dict:
+    summary = json.loads((path / "summary.json").read_text())
+    overrides: dict[str, str] = {}
+    ov = path / ".hydra" / "overrides.yaml"
+    if ov.is_file():
+        for item in yaml.safe_load(ov.read_text()) or []:
+            key, _, value = str(item).partition("=")
+            if not key.startswith(PATH_KEYS):
+                overrides[key.lstrip("+~")] = value
+    return {"dir": str(path), "summary": summary, "overrides": overrides}
+
+
+def headline_keys(jobs: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for job in jobs:
+        for k, v in job["summary"].items():
+            if k in keys or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            tail = k.split("/", 1)[-1]
+            if tail in HEADLINE or k.startswith(
+                (
+                    "eval/",
+                    "judge/",
+                    "filter/kept",
+                    "train/final_loss",
+                    "train/steps",
+                    "model/size_b",
+                )
+            ):
+                keys.append(k)
+    return keys
+
+
+def numeric_keys(jobs: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for job in jobs:
+        for k, v in job["summary"].items():
+            if k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
+                keys.append(k)
+    return keys
+
+
+def swept_keys(jobs: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job["overrides"] if k not in keys]
+    varying = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1]
+    return varying or keys
+
+
+def best(values: list[Any], key: str) -> Any:
+    if key in DESCRIPTIVE:
+        return None
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(nums) < 2 or len(set(nums)) < 2:
+        return None
+    return min(nums) if any(t in key for t in LOWER_IS_BETTER) else max(nums)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def compare(
+    paths: list[str | Path], out_dir: str | Path | None = None, quiet: bool = False
+) -> Path:
+    job_dirs = find_jobs(paths)
+    if not job_dirs:
+        raise SystemExit(f"no job with a summary.json under {', '.join(map(str, paths))}")
+    jobs = [load_job(p) for p in job_dirs]
+    swept = swept_keys(jobs)
+    for job in jobs:
+        job["label"] = (
+            ", ".join(f"{k}={job['overrides'][k]}" for k in swept if k in job["overrides"])
+            or Path(job["dir"]).name
+        )
+    out = Path(out_dir or (Path(paths[0]) if len(paths) == 1 else Path.cwd()))
+    out.mkdir(parents=True, exist_ok=True)
+
+    with (out / "comparison.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        cols = numeric_keys(jobs)
+        w.writerow(["job", *swept, "status", *cols])
+        for job in jobs:
+            s = job["summary"]
+            w.writerow(
+                [
+                    job["dir"],
+                    *(job["overrides"].get(k, "") for k in swept),
+                    s.get("status"),
+                    *(s.get(c) for c in cols),
+                ]
+            )
+
+    cols = headline_keys(jobs)
+    marks = {c: best([job["summary"].get(c) for job in jobs], c) for c in cols}
+    lines = [
+        "| job | " + " | ".join([*swept, "status", *cols]) + " |",
+        "|" + "---|" * (len(swept) + len(cols) + 2),
+    ]
+    for job in jobs:
+        s = job["summary"]
+        cells = [
+            Path(job["dir"]).name,
+            *(job["overrides"].get(k, "") for k in swept),
+            s.get("status", ""),
+        ]
+        for c in cols:
+            v = s.get(c)
+            cells.append(f"**{_fmt(v)}**" if v is not None and v == marks[c] else _fmt(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    (out / "comparison.md").write_text(table + "\n\nBold: the best value of its column.\n")
+
+    figs = {
+        "Difficulty labels": plots.difficulty_bars(jobs, out / "plots" / "difficulty.png"),
+        "Complexity score per round": plots.per_round_line(
+            jobs,
+            "score/judge/complexity_mean",
+            "complexity (0-100)",
+            "Complexity score of evolved instructions",
+            out / "plots" / "complexity.png",
+        ),
+        "Diversity": plots.distribution(
+            jobs,
+            "nn_l2sq",
+            "squared L2 distance to the nearest neighbour",
+            "Diversity of evolved instructions (last round)",
+            out / "plots" / "diversity.png",
+        ),
+        "Top-1 token probability": plots.distribution(
+            jobs,
+            "top1_probs",
+            "probability of the top-1 token (first 5 positions)",
+            "Top-1 confidence under the evolution prompts",
+            out / "plots" / "top1.png",
+            hist=False,
+        ),
+        "IC-IFD per round": plots.per_round_line(
+            jobs,
+            "score/ifd/ic_ifd_mean",
+            "mean IC-IFD",
+            "IC-IFD of evolved data",
+            out / "plots" / "ic_ifd.png",
+        ),
+        "Scaling with evolver size": plots.scaling(
+            jobs,
+            [
+                ("score/judge/complexity_mean", "complexity"),
+                ("score/diversity/nn_l2sq_mean", "diversity (NN distance)"),
+                ("score/confidence/mean", "top-1 probability"),
+            ],
+            out / "plots" / "scaling.png",
+        ),
+        "Benchmarks": plots.benchmarks(jobs, out / "plots" / "benchmarks.png"),
+        "Pairwise judge": plots.win_tie_lose(jobs, out / "plots" / "win_tie_lose.png"),
+    }
+    report = [
+        "# Comparison",
+        "",
+        f"{len(jobs)} job(s).",
+        "",
+        table,
+        "",
+        "Bold: the best value of its column. All numbers: comparison.csv.",
+        "",
+    ]
+    for title, path in figs.items():
+        if path is not None:
+            report += [f"## {title}", "", f"![{title}](plots/{path.name})", ""]
+    skipped = [t for t, p in figs.items() if p is None]
+    if skipped:
+        report += [f"Not plotted (no data in these jobs): {', '.join(skipped)}.", ""]
+    (out / "report.md").write_text("\n".join(report))
+    if not quiet:
+        print(table)
+        print(f"\nreport: {out / 'report.md'}")
+    return out / "report.md"
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra is a dependency
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class CompareCallback(Callback):
+    """At the end of a multirun: the comparison table and report in the sweep directory."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            compare([sweep_dir])
+        except SystemExit as e:
+            log.warning("compare: %s", e)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Compare jobs: a table and a report with plots.")
+    ap.add_argument("paths", nargs="+", help="a multirun directory, or run directories")
+    ap.add_argument("--out", help="where to write (default: the multirun directory)")
+    args = ap.parse_args()
+    compare(args.paths, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The study's figures (matplotlib, PNG). Each takes the jobs of a comparison and returns the path
+it wrote, or None when its data is absent (the report then skips it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+LABELS = ("very easy", "easy", "medium", "hard", "very hard")
+
+
+def _rounds(job: dict) -> list[int]:
+    return sorted(
+        int(k.split("/")[0].split("_")[1])
+        for k in job["summary"]
+        if k.startswith("round_") and k.endswith("/evolve/attempted")
+    )
+
+
+def _save(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
+    from scipy.stats import gaussian_kde
+
+    if len(values) < 3 or np.ptp(values) == 0:
+        return None
+    return gaussian_kde(values)(grid)
+
+
+def difficulty_bars(jobs: list[dict], out: Path) -> Path | None:
+    rows = []
+    for job in jobs:
+        for r in _rounds(job):
+            pct = [
+                job["summary"].get(f"round_{r}/score/judge/difficulty/percent/{lab}")
+                for lab in LABELS
+            ]
+            if any(p is not None for p in pct):
+                rows.append((f"{job['label']} · r{r}", [p or 0.0 for p in pct]))
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4))
+    width = 0.8 / len(LABELS)
+    x = np.arange(len(rows))
+    for k, lab in enumerate(LABELS):
+        ax.bar(x + k * width, [r[1][k] for r in rows], width, label=lab)
+    ax.set_xticks(x + 0.4 - width / 2, [r[0] for r in rows], rotation=20, ha="right")
+    ax.set_ylabel("% of instructions")
+    ax.set_title("Difficulty labels by round and evolver (LLM judge)")
+    ax.legend(title="difficulty", fontsize=8)
+    return _save(fig, out)
+
+
+def per_round_line(jobs: list[dict], key: str, ylabel: str, title: str, out: Path) -> Path | None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for job in jobs:
+        pts = [(r, job["summary"].get(f"round_{r}/{key}")) for r in _rounds(job)]
+        pts = [(r, v) for r, v in pts if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=job["label"])
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("evolution round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def _job_scores(job: dict, field: str) -> np.ndarray:
+    """Per-record values of `field` from the job's last scored round."""
+    for r in reversed(_rounds(job)):
+        path = Path(job["dir"]) / f"round_{r}" / "scores.jsonl"
+        if path.is_file():
+            vals = []
+            for line in path.open():
+                v = json.loads(line).get(field)
+                if isinstance(v, list):
+                    vals += v
+                elif v is not None:
+                    vals.append(v)
+            return np.asarray(vals, dtype=float)
+    return np.asarray([])
+
+
+def distribution(
+    jobs: list[dict],
+    field: str,
+    xlabel: str,
+    title: str,
+    out: Path,
+    bins: int = 20,
+    hist: bool = True,
+) -> Path | None:
+    data = [(job["label"], _job_scores(job, field)) for job in jobs]
+    data = [(lab, v) for lab, v in data if len(v)]
+    if not data:
+        return None
+    lo = min(v.min() for _, v in data)
+    hi = max(v.max() for _, v in data)
+    grid = np.linspace(lo, hi if hi > lo else lo + 1, 200)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for lab, v in data:
+        color = None
+        if hist:
+            _, _, patches = ax.hist(
+                v,
+                bins=bins,
+                range=(lo, grid[-1]),
+                density=True,
+                alpha=0.35,
+                label=f"{lab} (n={len(v)})",
+            )
+            color = patches[0].get_facecolor()[:3]
+        density = _kde(v, grid)
+        if density is not None:
+            ax.plot(grid, density, color=color, label=None if hist else lab)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def scaling(jobs: list[dict], keys: list[tuple[str, str]], out: Path) -> Path | None:
+    sizes = {job["summary"].get("model/size_b") for job in jobs}
+    if len(sizes - {None}) < 2:
+        return None
+    series = []
+    for key, label in keys:
+        pts = sorted(
+            (job["summary"]["model/size_b"], v)
+            for job in jobs
+            if (v := _last_round_value(job, key)) is not None and job["summary"].get("model/size_b")
+        )
+        if len(pts) >= 2:
+            series.append((label, pts))
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 4), squeeze=False)
+    for ax, (label, pts) in zip(axes[0], series):
+        ax.plot(*zip(*pts), marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("evolver size (B parameters)")
+        ax.set_title(label)
+    fig.suptitle("Scaling with the evolver's size")
+    return _save(fig, out)
+
+
+def _last_round_value(job: dict, key: str) -> Any:
+    if key in job["summary"]:
+        return job["summary"][key]
+    for r in reversed(_rounds(job)):
+        v = job["summary"].get(f"round_{r}/{key}")
+        if v is not None:
+            return v
+    return None
+
+
+def benchmarks(jobs: list[dict], out: Path) -> Path | None:
+    keys = sorted({k for job in jobs for k in job["summary"] if k.startswith("eval/")})
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4))
+    width = 0.8 / len(jobs)
+    x = np.arange(len(keys))
+    for k, job in enumerate(jobs):
+        ax.bar(
+            x + k * width, [job["summary"].get(key) or 0 for key in keys], width, label=job["label"]
+        )
+    ax.set_xticks(
+        x + 0.4 - width / 2, [k.removeprefix("eval/") for k in keys], rotation=20, ha="right"
+    )
+    ax.set_title("Benchmark scores of the fine-tuned students")
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def win_tie_lose(jobs: list[dict], out: Path) -> Path | None:
+    rows = [
+        (job["label"], [job["summary"].get(f"judge/{k}") for k in ("win", "tie", "lose")])
+        for job in jobs
+    ]
+    rows = [(lab, v) for lab, v in rows if all(x is not None for x in v)]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 0.6 * len(rows) + 1.5))
+    left = np.zeros(len(rows))
+    for k, (name, color) in enumerate(
+        (("win", "tab:green"), ("tie", "tab:gray"), ("lose", "tab:red"))
+    ):
+        vals = np.array([r[1][k] for r in rows], dtype=float)
+        ax.barh([r[0] for r in rows], vals, left=left, color=color, label=name)
+        left += vals
+    ax.set_title("Pairwise judge: win / tie / lose")
+    ax.legend(fontsize=8)
+    return _save(fig, out)

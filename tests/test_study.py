@@ -1,0 +1,148 @@
+"""Experiment presets, cluster launchers, and the comparison report."""
+
+import csv
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from pipeline.compare import compare
+from pipeline.config import CONF_DIR, options, register_resolvers
+
+register_resolvers()
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def _jobs(cfg):
+    params = cfg.hydra.sweeper.params or {}
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return [
+        dict(o.split("=", 1) for o in job)
+        for b in BasicSweeper.split_arguments(parsed, None)
+        for job in b
+    ]
+
+
+EXPECTED = {
+    "table1_evol": [{"model": "llama3.1_8b"}, {"model": "llama3.1_70b"}],
+    "table2_qwen2": [{"model": "qwen2_7b"}, {"model": "qwen2_72b"}],
+    "table5_filters": [
+        {"model": "llama3.1_8b", "filter": f}
+        for f in ("none", "length", "instruction_loss", "ifd", "ic_ifd")
+    ],
+    "table10_rounds": [
+        {"model": m, "rounds": r} for m in ("llama3.1_8b", "llama3.1_70b") for r in ("1", "2", "3")
+    ],
+    "table11_scaling": [
+        {"model": f"qwen2.5_{s}"} for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")
+    ],
+    "win_rates": [
+        {"model": "llama3.1_8b", "filter": f, "filter.keep_ratio": k}
+        for f in ("ifd", "ic_ifd")
+        for k in ("0.05", "0.1", "0.15")
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_presets_expand_to_the_papers_jobs(name):
+    cfg = _compose([f"experiment={name}"])
+    jobs = _jobs(cfg)
+    assert jobs == EXPECTED[name]
+    for job in jobs:  # every job composes on its own
+        job_cfg = _compose([f"experiment={name}", *(f"{k}={v}" for k, v in job.items())])
+        assert job_cfg.model.name in options("model")
+        assert job_cfg.generation.evolve.max_tokens == 2048  # paper decoding, not the demo's
+        assert job_cfg.train.strategy.startswith("deepspeed") and job_cfg.engine.kind == "vllm"
+    if name == "table1_evol":
+        assert cfg.rounds == 1 and cfg.train.student == "llama3.1_8b" and cfg.data.name == "alpaca"
+
+
+def test_every_model_has_a_launcher_with_its_gpus():
+    launchers = {}
+    for n in (1, 2, 4, 8):
+        launcher = _compose([f"hydra/launcher=slurm_{n}gpu"]).hydra.launcher
+        assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == n
+        launchers[n] = launcher
+    for name in options("model"):
+        tp = _compose([f"model={name}"]).model.tensor_parallel_size
+        assert tp in launchers, name
+    local = _compose(["hydra/launcher=local"]).hydra.launcher
+    assert local._target_.endswith("JoblibLauncher") and local.n_jobs == 2
+
+
+def _job(root, name, model, size, rounds, values):
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- cache_dir=/x\n")
+    s = {"status": "ok", "model": model, "model/size_b": size}
+    for r in range(1, rounds + 1):
+        s[f"round_{r}/evolve/attempted"] = 10
+        s[f"round_{r}/evolve/parsed"] = values[r - 1]
+        s[f"round_{r}/evolve/failed"] = 10 - values[r - 1]
+        s[f"round_{r}/score/judge/complexity_mean"] = 20.0 * r + size
+        for lab, p in zip(
+            ("very easy", "easy", "medium", "hard", "very hard"), (10, 20, 30, 25, 15)
+        ):
+            s[f"round_{r}/score/judge/difficulty/percent/{lab}"] = p
+        (d / f"round_{r}").mkdir()
+        with (d / f"round_{r}" / "scores.jsonl").open("w") as f:
+            for i in range(8):
+                f.write(
+                    json.dumps(
+                        {
+                            "id": f"s{i}",
+                            "nn_l2sq": 0.1 * i + size / 100,
+                            "top1_probs": [0.5 + 0.05 * i, 0.9],
+                        }
+                    )
+                    + "\n"
+                )
+    (d / "summary.json").write_text(json.dumps(s))
+
+
+def test_compare_table_and_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    _job(sweep, "0", "small", 8.0, 2, [9, 8])
+    _job(sweep, "1", "large", 70.0, 2, [7, 6])
+    compare([sweep])
+    rows = list(csv.DictReader((sweep / "comparison.csv").open()))
+    assert [r["model"] for r in rows] == ["small", "large"]
+    assert list(rows[0])[:3] == ["job", "model", "status"]  # swept keys lead; paths dropped
+    md = (sweep / "comparison.md").read_text()
+    small = next(line for line in md.splitlines() if line.startswith("| 0 |"))
+    large = next(line for line in md.splitlines() if line.startswith("| 1 |"))
+    assert "**9**" in small and "**1**" in small  # most parsed, fewest failed (round 1)
+    assert "**90**" in large and "**70**" not in large  # highest complexity; size is no score
+    report = (sweep / "report.md").read_text()
+    for png in ("difficulty", "complexity", "diversity", "top1", "scaling"):
+        assert (sweep / "plots" / f"{png}.png").stat().st_size > 1000
+        assert f"plots/{png}.png" in report
+    assert "Not plotted (no data in these jobs): " in report and "Benchmarks" in report
+
+
+def test_wandb_sweep_file_drives_run_py_with_hydra_overrides():
+    import itertools
+
+    import yaml
+
+    from pipeline.config import CONF_DIR
+
+    spec = yaml.safe_load((CONF_DIR.parent / "sweeps" / "wandb_evolver_size.yaml").read_text())
+    assert spec["program"] == "run.py" and "${args_no_hyphens}" in spec["command"]
+    params = spec["parameters"]
+    grid = [
+        dict(zip(params, combo))
+        for combo in itertools.product(
+            *[p.get("values", [p.get("value")]) for p in params.values()]
+        )
+    ]
+    assert len(grid) == 8
+    for point in grid:  # what the agent would pass composes
+        _compose([f"{k}={v}" for k, v in point.items()])
