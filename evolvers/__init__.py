@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.errors import unknown_option
 
-SCENARIOS = ("evol_instruct",)
+SCENARIOS = ("evol_instruct", "auto_evol_instruct")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
@@ -17,4 +17,8 @@ def build_scenario(scenario_cfg: Any):
         from evolvers.evol_instruct import EvolInstruct
 
         return EvolInstruct(scenario_cfg)
+    if name == "auto_evol_instruct":
+        from evolvers.auto_evol_instruct import AutoEvolInstruct
+
+        return AutoEvolInstruct(scenario_cfg)
     raise unknown_option("scenario", name, SCENARIOS)

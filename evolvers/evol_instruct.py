@@ -88,6 +88,7 @@ class EvolInstruct:
         round_num: int,
         model_name: str,
         generate: Callable[[list[tuple[str, Chat]]], dict[str, Generation]],
+        generate_greedy: Callable | None = None,
     ) -> list[Record]:
         """One round: every parent evolved once; failures kept as `parse_ok: false` records."""
         plan = self.plan(parents, round_num)

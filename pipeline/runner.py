@@ -102,7 +102,15 @@ class Run:
                 self.cfg.generation.evolve,
                 desc=f"round {r} evolve",
             )
-            evolved = scenario.evolve_round(parents, r, self.cfg.model.name, generate)
+            greedy = self.generator(
+                f"evolve_{self.cfg.scenario.name}_greedy",
+                self.cfg.model,
+                self.cfg.generation.greedy,
+                desc=f"round {r} analysis",
+            )
+            evolved = scenario.evolve_round(parents, r, self.cfg.model.name, generate, greedy)
+            for fname, text in getattr(scenario, "artifacts", {}).items():
+                (self.dir / fname).write_text(text)
             name = f"round_{r}"
             self.write_set(name, "evolved.jsonl", evolved)
             self.add_metrics(name, "evolve", scenario.counts(evolved))

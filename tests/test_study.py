@@ -32,6 +32,7 @@ def _jobs(cfg):
 EXPECTED = {
     "table1_evol": [{"model": "llama3.1_8b"}, {"model": "llama3.1_70b"}],
     "table2_qwen2": [{"model": "qwen2_7b"}, {"model": "qwen2_72b"}],
+    "table4_auto_evol": [{"model": "llama3.1_8b"}, {"model": "llama3.1_70b"}],
     "table5_filters": [
         {"model": "llama3.1_8b", "filter": f}
         for f in ("none", "length", "instruction_loss", "ifd", "ic_ifd")
@@ -60,6 +61,8 @@ def test_presets_expand_to_the_papers_jobs(name):
         assert job_cfg.model.name in options("model")
         assert job_cfg.generation.evolve.max_tokens == 2048  # paper decoding, not the demo's
         assert job_cfg.train.strategy.startswith("deepspeed") and job_cfg.engine.kind == "vllm"
+    if name == "table4_auto_evol":
+        assert cfg.scenario.name == "auto_evol_instruct"
     if name == "table1_evol":
         assert cfg.rounds == 1 and cfg.train.student == "llama3.1_8b" and cfg.data.name == "alpaca"
 

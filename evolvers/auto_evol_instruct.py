@@ -1,0 +1,232 @@
+"""Auto Evol-Instruct (SPEC §4): one evolving prompt in four steps (methods list, plan, rewrite,
+final review); the final section is the evolved instruction and the whole trajectory is kept.
+
+Beyond the paper's reference: the method analysis (each methods-list line summarised into a short
+phrase, phrases counted per model) and the optimisation loop of the original Auto Evol-Instruct
+(an optimiser reads failed evolutions on a development batch and rewrites the evolving method,
+kept only if it lowers the failure rate there).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from engines.base import Chat, Generation
+from evolvers import TEMPLATE_DIR
+from evolvers.evol_instruct import child_id, clean_evolution, evolve_counts
+from pipeline.records import Record, make_record
+from pipeline.templates import fill, load_template
+
+log = logging.getLogger(__name__)
+
+METHOD = "auto_evol"
+_HEADER = r"(?:step\s*\d\s*)?[#*\s]*{name}[#*\s]*:?"
+_SECTIONS = {
+    "methods_list": re.compile(_HEADER.format(name=r"methods?\s+list"), re.IGNORECASE),
+    "plan": re.compile(_HEADER.format(name=r"plan"), re.IGNORECASE),
+    "rewritten": re.compile(
+        _HEADER.format(name=r"(?<!finally\s)rewritten\s+instruction"), re.IGNORECASE
+    ),
+    "final": re.compile(_HEADER.format(name=r"finally\s+rewritten\s+instruction"), re.IGNORECASE),
+}
+_IMPROVED = re.compile(r"#?\s*improved\s+method\s*#?\s*:?", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\w\))\s*")
+
+Generate = Callable[[list[tuple[str, Chat]]], dict[str, Generation]]
+
+
+def _last_match(rx: re.Pattern, text: str) -> re.Match | None:
+    matches = list(rx.finditer(text))
+    return matches[-1] if matches else None
+
+
+def parse_trajectory(text: str) -> dict[str, str | None]:
+    """The four sections of a reply; a missing section is None. The final section runs to the end
+    of the reply (a model sometimes adds nothing after it, sometimes a closing remark)."""
+    found = []
+    for name, rx in _SECTIONS.items():
+        m = _last_match(rx, text)  # the last header of each kind: replies often echo the format
+        if m:
+            found.append((m.start(), m.end(), name))
+    found.sort()
+    out: dict[str, str | None] = dict.fromkeys(_SECTIONS)
+    for k, (_, end, name) in enumerate(found):
+        stop = found[k + 1][0] if k + 1 < len(found) else len(text)
+        out[name] = text[end:stop].strip()
+    return out
+
+
+def method_lines(methods_list: str | None) -> list[str]:
+    """Methods-list lines without headers, bullets or blanks."""
+    lines = []
+    for line in (methods_list or "").splitlines():
+        s = _BULLET.sub("", line).strip().strip("*").strip()
+        if not s or s.endswith(":") and len(s.split()) <= 4:
+            continue
+        lines.append(s)
+    return lines
+
+
+def normalise_phrase(text: str) -> str:
+    first = (text.strip().splitlines() or [""])[0]
+    return re.sub(r"[^\w\s-]", "", first.lower()).strip()
+
+
+class AutoEvolInstruct:
+    def __init__(self, scenario_cfg: Any):
+        self.cfg = scenario_cfg
+        t = scenario_cfg.get("templates") or {}
+        self.template = load_template(TEMPLATE_DIR, "auto_evol/evolve.txt", t.get("evolve"))
+        self.method = load_template(TEMPLATE_DIR, "auto_evol/method.txt", t.get("method")).strip()
+        self.summarize = load_template(
+            TEMPLATE_DIR, "auto_evol/summarize_method.txt", t.get("summarize_method")
+        )
+        self.optimize = load_template(TEMPLATE_DIR, "auto_evol/optimize.txt", t.get("optimize"))
+        self.optimized = False
+        self.artifacts: dict[str, str] = {}
+        self.optimization_log: list[dict] = []
+
+    def prompt(self, parent: Record, method: str | None = None) -> Chat:
+        text = fill(self.template, method=method or self.method, instruction=parent["instruction"])
+        return [{"role": "user", "content": text}]
+
+    def evolution_prompt(self, record: Record) -> Chat:
+        return self.prompt(
+            {"instruction": record["meta"]["parent_instruction"]},
+            record["meta"].get("evolving_method"),
+        )
+
+    def evolve_round(
+        self,
+        parents: list[Record],
+        round_num: int,
+        model_name: str,
+        generate: Generate,
+        generate_greedy: Generate | None = None,
+    ) -> list[Record]:
+        if not self.optimized:
+            self.optimized = True
+            if int(self.cfg.get("optimize_steps") or 0) > 0:
+                self._optimise(parents, generate)
+            self.artifacts["auto_evol_method.txt"] = self.method + "\n"
+        ids = [child_id(p, round_num) for p in parents]
+        gens = generate([(i, self.prompt(p)) for i, p in zip(ids, parents)])
+        records = [self._record(p, round_num, model_name, gens[i], i) for i, p in zip(ids, parents)]
+        if self.cfg.get("analyze_methods") and generate_greedy is not None:
+            self._analyse(records, generate_greedy)
+        return records
+
+    def _record(
+        self, parent: Record, round_num: int, model: str, gen: Generation, rid: str
+    ) -> Record:
+        traj = parse_trajectory(gen.text)
+        final = clean_evolution(traj["final"] or "")
+        failure = None
+        if traj["final"] is None:
+            failure = "no final section"
+        elif not final:
+            failure = "empty"
+        elif " ".join(final.lower().split()) == " ".join(parent["instruction"].lower().split()):
+            failure = "unchanged"
+        meta = {
+            "source_id": parent["meta"]["source_id"],
+            "seed_index": parent["meta"]["seed_index"],
+            "parent_id": parent["id"],
+            "parent_instruction": parent["instruction"],
+            "round": round_num,
+            "method": METHOD,
+            "model": model,
+            "raw": gen.text,
+            "parse_ok": failure is None,
+            "finish_reason": gen.finish_reason,
+            "gen_tokens": gen.num_tokens,
+            "trajectory": {
+                "methods_list": traj["methods_list"],
+                "plan": traj["plan"],
+                "rewritten": traj["rewritten"],
+            },
+            "evolving_method": self.method,
+        }
+        if failure:
+            meta["failure"] = failure
+        return make_record(rid, final, parent.get("input", ""), "", **meta)
+
+    def _analyse(self, records: list[Record], generate_greedy: Generate) -> None:
+        items = []
+        for r in records:
+            for k, line in enumerate(method_lines(r["meta"]["trajectory"]["methods_list"])):
+                items.append((f"{r['id']}-m{k}", r, line))
+        if not items:
+            return
+        gens = generate_greedy(
+            [
+                (i, [{"role": "user", "content": fill(self.summarize, line=line)}])
+                for i, _, line in items
+            ]
+        )
+        for i, r, _ in items:
+            phrase = normalise_phrase(gens[i].text)
+            if phrase:
+                r["meta"].setdefault("method_phrases", []).append(phrase)
+
+    def _optimise(self, parents: list[Record], generate: Generate) -> None:
+        dev = parents[: int(self.cfg.get("dev_size", 8))]
+        best_rate, failures = self._dev_failures(dev, self.method, "opt0", generate)
+        self.optimization_log.append({"step": 0, "failure_rate": best_rate, "kept": True})
+        for step in range(1, int(self.cfg.optimize_steps) + 1):
+            if not failures:
+                break
+            shown = "\n\n".join(
+                f"Instruction: {p['instruction']}\nReply: {g.text[:600]}\nWhy it failed: {why}"
+                for p, g, why in failures[:4]
+            )
+            prompt = [
+                {"role": "user", "content": fill(self.optimize, method=self.method, failures=shown)}
+            ]
+            reply = generate([(f"opt{step}-optimizer", prompt)])[f"opt{step}-optimizer"].text
+            m = _last_match(_IMPROVED, reply)
+            candidate = (reply[m.end() :] if m else "").strip()
+            if not candidate:
+                self.optimization_log.append(
+                    {
+                        "step": step,
+                        "failure_rate": None,
+                        "kept": False,
+                        "reason": "no improved method in the reply",
+                    }
+                )
+                continue
+            rate, cand_failures = self._dev_failures(dev, candidate, f"opt{step}", generate)
+            kept = rate < best_rate
+            self.optimization_log.append({"step": step, "failure_rate": rate, "kept": kept})
+            if kept:
+                self.method, best_rate, failures = candidate, rate, cand_failures
+        log.info("auto_evol optimisation: %s", self.optimization_log)
+
+    def _dev_failures(self, dev: list[Record], method: str, tag: str, generate: Generate):
+        ids = [f"{tag}-{p['id']}" for p in dev]
+        gens = generate([(i, self.prompt(p, method)) for i, p in zip(ids, dev)])
+        failures = []
+        for i, p in zip(ids, dev):
+            rec = self._record(p, 1, "", gens[i], i)
+            if not rec["meta"]["parse_ok"]:
+                failures.append((p, gens[i], rec["meta"]["failure"]))
+        return (len(failures) / len(dev) if dev else 0.0), failures
+
+    def counts(self, records: list[Record]) -> dict[str, Any]:
+        out = evolve_counts(records)
+        phrases = Counter(p for r in records for p in r["meta"].get("method_phrases", []))
+        out["method_analysis"] = {
+            "lines": sum(
+                len(method_lines(r["meta"]["trajectory"]["methods_list"])) for r in records
+            ),
+            "phrases_distinct": len(phrases),
+            "top": [[p, n] for p, n in phrases.most_common(int(self.cfg.get("top_methods", 10)))],
+        }
+        if self.optimization_log:
+            out["optimization"] = self.optimization_log
+        return out
