@@ -42,6 +42,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/ifd_throughput.py
+	$(PY) bench/sandbox.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -71,9 +71,10 @@ def method_lines(methods_list: str | None) -> list[str]:
     return lines
 
 
-def normalise_phrase(text: str) -> str:
+def normalise_phrase(text: str, max_words: int = 8) -> str:
+    """The reply's first line, lowercase, without punctuation, at most `max_words` words."""
     first = (text.strip().splitlines() or [""])[0]
-    return re.sub(r"[^\w\s-]", "", first.lower()).strip()
+    return " ".join(re.sub(r"[^\w\s-]", " ", first.lower()).split()[:max_words])
 
 
 class AutoEvolInstruct:
