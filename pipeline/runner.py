@@ -1,4 +1,5 @@
-"""The stage runner: compose seeds -> evolve -> respond -> report, with caching and resume.
+"""The stage runner: seeds -> evolve -> respond -> score -> filter -> train -> report, with caching
+and resume.
 
 Stages are small and pure (evolvers/, metrics/, ...); this module owns the run directory, the cache,
 the engines and the counts. DESIGN.md › Run directory gives the files it writes.
