@@ -17,8 +17,8 @@ from typing import Any
 
 from engines.base import Chat, Generation
 from evolvers import TEMPLATE_DIR
-from evolvers.evol_instruct import child_id, clean_evolution, evolve_counts
-from pipeline.records import Record, make_record
+from evolvers.evol_instruct import child_id, child_record, clean_evolution, evolve_counts
+from pipeline.records import Record
 from pipeline.templates import fill, load_template
 
 log = logging.getLogger(__name__)
@@ -125,36 +125,19 @@ class AutoEvolInstruct:
         self, parent: Record, round_num: int, model: str, gen: Generation, rid: str
     ) -> Record:
         traj = parse_trajectory(gen.text)
-        final = clean_evolution(traj["final"] or "")
-        failure = None
-        if traj["final"] is None:
-            failure = "no final section"
-        elif not final:
-            failure = "empty"
-        elif " ".join(final.lower().split()) == " ".join(parent["instruction"].lower().split()):
-            failure = "unchanged"
-        meta = {
-            "source_id": parent["meta"]["source_id"],
-            "seed_index": parent["meta"]["seed_index"],
-            "parent_id": parent["id"],
-            "parent_instruction": parent["instruction"],
-            "round": round_num,
-            "method": METHOD,
-            "model": model,
-            "raw": gen.text,
-            "parse_ok": failure is None,
-            "finish_reason": gen.finish_reason,
-            "gen_tokens": gen.num_tokens,
-            "trajectory": {
-                "methods_list": traj["methods_list"],
-                "plan": traj["plan"],
-                "rewritten": traj["rewritten"],
-            },
-            "evolving_method": self.method,
-        }
-        if failure:
-            meta["failure"] = failure
-        return make_record(rid, final, parent.get("input", ""), "", **meta)
+        trajectory = {k: traj[k] for k in ("methods_list", "plan", "rewritten")}
+        return child_record(
+            parent,
+            clean_evolution(traj["final"] or ""),
+            METHOD,
+            round_num,
+            model,
+            gen,
+            rid,
+            failure="no final section" if traj["final"] is None else None,
+            trajectory=trajectory,
+            evolving_method=self.method,
+        )
 
     def _analyse(self, records: list[Record], generate_greedy: Generate) -> None:
         items = []

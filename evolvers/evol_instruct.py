@@ -125,10 +125,24 @@ def evolved_record(
     parent: Record, method: str, round_num: int, model: str, gen: Generation, rid: str
 ) -> Record:
     instruction = clean_evolution(gen.text)
-    failure = None
-    if not instruction:
+    return child_record(parent, instruction, method, round_num, model, gen, rid)
+
+
+def child_record(
+    parent: Record,
+    instruction: str,
+    method: str,
+    round_num: int,
+    model: str,
+    gen: Generation,
+    rid: str,
+    failure: str | None = None,
+    **extra,
+) -> Record:
+    """An evolved record with its lineage; empty or unchanged instructions are failures."""
+    if failure is None and not instruction:
         failure = "empty"
-    elif _norm(instruction) == _norm(parent["instruction"]):
+    elif failure is None and _norm(instruction) == _norm(parent["instruction"]):
         failure = "unchanged"
     meta = {
         "source_id": parent["meta"]["source_id"],
@@ -142,6 +156,7 @@ def evolved_record(
         "parse_ok": failure is None,
         "finish_reason": gen.finish_reason,
         "gen_tokens": gen.num_tokens,
+        **extra,
     }
     if failure:
         meta["failure"] = failure

@@ -34,11 +34,8 @@ def parse_difficulty(text: str) -> str | None:
     return " ".join(found[-1].lower().split()) if found else None
 
 
-def complexity_prompt(record: Record, template: str) -> Chat:
-    return [{"role": "user", "content": fill(template, query=query_text(record))}]
-
-
-def difficulty_prompt(record: Record, template: str) -> Chat:
+def judge_prompt(record: Record, template: str) -> Chat:
+    """The record's query in a judge template (one user message, SPEC's shared convention)."""
     return [{"role": "user", "content": fill(template, query=query_text(record))}]
 
 

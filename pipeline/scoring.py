@@ -57,33 +57,24 @@ class Scorer:
         model_cfg = model_for_role(self.cfg, cfg.model)
         templates = judge.load_judge_templates(cfg)
         out: dict[str, Any] = {"model": model_cfg.name}
-        if cfg.complexity:
+        for kind, parse in (
+            ("complexity", judge.parse_complexity),
+            ("difficulty", judge.parse_difficulty),
+        ):
+            if not cfg[kind]:
+                continue
             gen = self.run.generator(
-                "judge_complexity", model_cfg, self.cfg.generation.greedy, desc=f"{name} complexity"
+                f"judge_{kind}", model_cfg, self.cfg.generation.greedy, desc=f"{name} {kind}"
             )
-            gens = gen(
-                [(r["id"], judge.complexity_prompt(r, templates["complexity"])) for r in records]
-            )
-            vals = []
-            for r in records:
-                v = judge.parse_complexity(gens[r["id"]].text)
-                scores[r["id"]]["complexity"] = v
-                vals.append(v)
-            out["complexity_mean"] = _mean(vals)
-            out["complexity_failed"] = sum(v is None for v in vals)
-        if cfg.difficulty:
-            gen = self.run.generator(
-                "judge_difficulty", model_cfg, self.cfg.generation.greedy, desc=f"{name} difficulty"
-            )
-            gens = gen(
-                [(r["id"], judge.difficulty_prompt(r, templates["difficulty"])) for r in records]
-            )
-            labels = []
-            for r in records:
-                lab = judge.parse_difficulty(gens[r["id"]].text)
-                scores[r["id"]]["difficulty"] = lab
-                labels.append(lab)
-            out["difficulty"] = judge.label_counts(labels)
+            gens = gen([(r["id"], judge.judge_prompt(r, templates[kind])) for r in records])
+            values = [parse(gens[r["id"]].text) for r in records]
+            for r, v in zip(records, values):
+                scores[r["id"]][kind] = v
+            if kind == "complexity":
+                out["complexity_mean"] = _mean(values)
+                out["complexity_failed"] = sum(v is None for v in values)
+            else:
+                out["difficulty"] = judge.label_counts(values)
         return out
 
     # -- top-1 confidence under the evolution prompt ------------------------------------------
