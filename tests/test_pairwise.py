@@ -1,0 +1,95 @@
+"""The pairwise judge: verdict parsing, the swap logic on fixed verdict pairs, and a run with the
+real bundled model as judge (which rarely writes a readable verdict: counted, not a crash)."""
+
+import pytest
+
+from engines.base import Generation
+from evaluation.pairwise import combine, judge_pairs, parse_verdict
+
+
+@pytest.mark.parametrize(
+    "text,verdict",
+    [
+        ("A is clearer.\nVerdict: A", "A"),
+        ("Verdict: **B**", "B"),
+        ("verdict: Tie", "tie"),
+        ("Verdict: A ... on reflection\nVerdict: B", "B"),
+        ("Verdict: Answer A", "A"),
+        ("I prefer A.", None),
+        ("Verdict: C", None),
+    ],
+)
+def test_parse_verdict(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+@pytest.mark.parametrize(
+    "first,swapped,outcome",
+    [
+        ("A", "B", "win"),
+        ("B", "A", "lose"),
+        ("A", "A", "tie"),
+        ("B", "B", "tie"),
+        ("tie", "B", "tie"),
+        ("A", "tie", "tie"),
+        (None, "B", "unparseable"),
+        ("A", None, "unparseable"),
+    ],
+)
+def test_swap_logic(first, swapped, outcome):
+    assert combine(first, swapped) == outcome
+
+
+def test_counts_from_scripted_verdicts():
+    script = {
+        "x-ab": "Verdict: A",
+        "x-ba": "Verdict: B",  # win
+        "y-ab": "Verdict: A",
+        "y-ba": "Verdict: A",  # position bias -> tie
+        "z-ab": "Verdict: B",
+        "z-ba": "Verdict: A",  # lose
+        "w-ab": "no idea",
+        "w-ba": "Verdict: B",
+    }  # unparseable
+    seen = []
+
+    def generate(prompts):
+        seen.extend(prompts)
+        return {i: Generation(script[i], 3, "stop") for i, _ in prompts}
+
+    items = [{"id": k, "instruction": "Q", "answer_1": "one", "answer_2": "two"} for k in "xyzw"]
+    rows, c = judge_pairs(items, generate)
+    assert [r["outcome"] for r in rows] == ["win", "tie", "lose", "unparseable"]
+    assert c == {
+        "win": 1,
+        "tie": 1,
+        "lose": 1,
+        "unparseable": 1,
+        "win_rate": 1 / 3,
+        "tie_rate": 1 / 3,
+        "lose_rate": 1 / 3,
+    }
+    ab = dict(seen)["x-ab"][0]["content"]
+    ba = dict(seen)["x-ba"][0]["content"]
+    assert ab.index("one") < ab.index("two") and ba.index("two") < ba.index("one")
+
+
+@pytest.mark.slow
+def test_bundled_model_as_judge(hf_engine):
+    from engines.base import Sampling
+
+    def generate(prompts):
+        gens = hf_engine.generate([p for _, p in prompts], Sampling(max_tokens=48))
+        return {i: g for (i, _), g in zip(prompts, gens)}
+
+    items = [
+        {
+            "id": "p1",
+            "instruction": "Name the capital of France.",
+            "answer_1": "Paris.",
+            "answer_2": "I like turtles.",
+        }
+    ]
+    rows, c = judge_pairs(items, generate)
+    assert sum(c[k] for k in ("win", "tie", "lose", "unparseable")) == 1
+    assert rows[0]["outcome"] in ("win", "tie", "lose", "unparseable")
