@@ -5,8 +5,6 @@ small sets, FAISS (IndexFlatIP, exact) above a size threshold."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +34,6 @@ def embed(texts: list[str], model_name: str, batch_size: int = 64, device: str |
     from sentence_transformers import SentenceTransformer
 
     path = resolve_embedder(model_name)
-    if Path(path).is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
     try:
         model = SentenceTransformer(
             path, device=device or ("cuda" if torch.cuda.is_available() else "cpu")
