@@ -69,6 +69,9 @@ class EvolInstruct:
             )
         return [{"role": "user", "content": text}]
 
+    def counts(self, records: list[Record]) -> dict[str, Any]:
+        return evolve_counts(records)
+
     def evolution_prompt(self, record: Record) -> Chat:
         """The prompt that produced an evolved record (for confidence and reward probes)."""
         meta = record["meta"]
@@ -180,6 +183,3 @@ def evolve_counts(records: list[Record]) -> dict[str, Any]:
             sum(r["meta"]["gen_tokens"] for r in records) / len(records) if records else None
         ),
     }
-
-
-EvolInstruct.counts = staticmethod(evolve_counts)

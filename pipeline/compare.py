@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.experimental.callback import Callback
 
 from pipeline import plots
 from pipeline.summary import HEADLINE
@@ -233,12 +234,6 @@ def compare(
         print(table)
         print(f"\nreport: {out / 'report.md'}")
     return out / "report.md"
-
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra is a dependency
-    Callback = object  # type: ignore[misc,assignment]
 
 
 class CompareCallback(Callback):

@@ -3,7 +3,14 @@ are also tested against the real bundled model in the slow tests)."""
 
 from __future__ import annotations
 
+import pipeline.engine_pool as engine_pool
 from engines.base import Chat, Generation, Sampling, per_prompt
+
+
+def use_engine(monkeypatch, engine):
+    """Every engine the pipeline loads during the test is `engine`."""
+    monkeypatch.setattr(engine_pool, "build_engine", lambda *a, **k: engine)
+    return engine
 
 
 class FakeEngine:

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-import pipeline.engine_pool as engine_pool
 from engines.base import Generation, per_prompt
 from evolvers.auto_evol_instruct import method_lines, normalise_phrase, parse_trajectory
 from pipeline.runner import Run
 from tests.conftest import MODELS_DIR, compose_cfg
+from tests.fakes import use_engine
 
 WELL_FORMED = """Step 1 #Methods List#:
 - Add a constraint on the output format
@@ -95,9 +95,7 @@ class ScriptedEngine:
 
 @pytest.fixture
 def scripted(monkeypatch):
-    engine = ScriptedEngine()
-    monkeypatch.setattr(engine_pool, "build_engine", lambda *a, **k: engine)
-    return engine
+    return use_engine(monkeypatch, ScriptedEngine())
 
 
 def _cfg(tmp_path, *extra):

@@ -4,17 +4,14 @@ import json
 
 import pytest
 
-import pipeline.engine_pool as engine_pool
 from pipeline.runner import Run, run_job
 from tests.conftest import MODELS_DIR, compose_cfg
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, use_engine
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    engine = FakeEngine()
-    monkeypatch.setattr(engine_pool, "build_engine", lambda *a, **k: engine)
-    return engine
+    return use_engine(monkeypatch, FakeEngine())
 
 
 def _cfg(tmp_path, *extra):
