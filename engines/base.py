@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -16,6 +17,8 @@ class Sampling:
     # >0: return the top-1 log-probability at each of the first `top1_logprobs` generated positions.
     top1_logprobs: int = 0
     seed: int | None = None
+    # Stop sequences: generation ends before the first of them (it is not part of the text).
+    stop: tuple[str, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -29,6 +32,22 @@ class Generation:
     finish_reason: str  # "stop" | "length" | engine-specific
     top1_logprobs: list[float] | None = None
     prompt_tokens: int = 0
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """`text` up to the first stop sequence, and whether one was found."""
+    cuts = [i for s in stop if s and (i := text.find(s)) >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def sampling_key(p: Sampling) -> dict:
+    """The fields that decide a generation, for cache keys (no stop list: keys as before)."""
+    d = dataclasses.asdict(p)
+    if not d["stop"]:
+        del d["stop"]
+    else:
+        d["stop"] = list(d["stop"])
+    return d
 
 
 def per_prompt(params: Sampling | list[Sampling], n: int) -> list[Sampling]:

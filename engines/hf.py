@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from engines.base import Chat, Generation, Sampling, per_prompt
+from engines.base import Chat, Generation, Sampling, cut_at_stop, per_prompt
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class HFEngine:
         # A batch shares one decoding setup (and, when sampling, one seed: its first prompt's).
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(plist):
-            groups.setdefault((p.temperature, p.top_p, p.max_tokens, p.top1_logprobs), []).append(i)
+            key = (p.temperature, p.top_p, p.max_tokens, p.top1_logprobs, p.stop)
+            groups.setdefault(key, []).append(i)
         results: list[Generation | None] = [None] * len(texts)
         for members in groups.values():
             for i, gen in zip(members, self._generate_group(texts, members, plist)):
@@ -120,6 +121,8 @@ class HFEngine:
             kwargs["top_k"] = None
             if params.seed is not None:
                 torch.manual_seed(params.seed)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
         out = self.model.generate(**enc, **kwargs)
         new = out.sequences[:, prompt_len:]
         eos_ids = self._eos_ids()
@@ -139,6 +142,9 @@ class HFEngine:
                     float(torch.log_softmax(out.logits[j][b].float(), -1).max()) for j in range(k)
                 ]
             text = tok.decode(ids[:n], skip_special_tokens=True)
+            text, stopped = cut_at_stop(text, params.stop)
+            if stopped:
+                finish = "stop"
             gens.append(
                 Generation(
                     text=text,

@@ -49,6 +49,8 @@ class OpenAIEngine:
         }
         if p.seed is not None:
             body["seed"] = p.seed
+        if p.stop:
+            body["stop"] = list(p.stop)
         if isinstance(prompt, str):
             body["prompt"] = prompt
             if p.top1_logprobs:

@@ -97,6 +97,7 @@ class VLLMEngine:
             max_tokens=p.max_tokens,
             seed=p.seed if self.per_prompt_seeds else None,
             logprobs=1 if p.top1_logprobs > 0 else None,
+            stop=list(p.stop) or None,
         )
 
     def generate(
@@ -117,7 +118,11 @@ class VLLMEngine:
                 results[i] = _to_generation(o, plist[i])
         if plain:
             outs = self.llm.generate(
-                [prompts[i] for i in plain], [self._params(plist[i]) for i in plain], use_tqdm=False
+                [prompts[i] for i in plain],
+                [self._params(plist[i]) for i in plain],
+                use_tqdm=False,
+                # A plain string is the whole prompt, as in the hf engine: no BOS added to it.
+                tokenization_kwargs={"add_special_tokens": False},
             )
             for i, o in zip(plain, outs):
                 results[i] = _to_generation(o, plist[i])

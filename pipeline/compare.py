@@ -19,7 +19,7 @@ import yaml
 from hydra.experimental.callback import Callback
 
 from pipeline import plots
-from pipeline.summary import HEADLINE
+from pipeline.summary import BENCHMARKS, HEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,17 @@ def headline_keys(jobs: list[dict]) -> list[str]:
             if k in keys or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
             tail = k.split("/", 1)[-1]
-            if tail in HEADLINE or k.startswith(
-                (
-                    "eval/",
-                    "judge/",
-                    "filter/kept",
-                    "train/final_loss",
-                    "train/steps",
-                    "model/size_b",
+            if (
+                tail in HEADLINE
+                or k in BENCHMARKS
+                or k.startswith(
+                    (
+                        "judge/",
+                        "filter/kept",
+                        "train/final_loss",
+                        "train/steps",
+                        "model/size_b",
+                    )
                 )
             ):
                 keys.append(k)

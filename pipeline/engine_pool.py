@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from engines import build_engine, resolve_engine_kind
-from engines.base import Chat, Engine, EngineStats, Generation, Sampling
+from engines.base import Chat, Engine, EngineStats, Generation, Sampling, sampling_key
 from pipeline.cache import StepCache
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class EnginePool:
             "model": model_identity(model_cfg),
             "engine": self.kind,
             "dtype": dtype,
-            "items": [(i, p, dataclasses.asdict(s)) for i, p, s in items],
+            "items": [(i, p, sampling_key(s)) for i, p, s in items],
         }
 
         def compute(ids: list[str]) -> list[dict]:

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.summary import BENCHMARKS  # noqa: E402
+
 LABELS = ("very easy", "easy", "medium", "hard", "very hard")
 
 
@@ -175,7 +177,7 @@ def _last_round_value(job: dict, key: str) -> Any:
 
 
 def benchmarks(jobs: list[dict], out: Path) -> Path | None:
-    keys = sorted({k for job in jobs for k in job["summary"] if k.startswith("eval/")})
+    keys = [k for k in BENCHMARKS if any(job["summary"].get(k) is not None for job in jobs)]
     if not keys:
         return None
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4))
@@ -185,9 +187,7 @@ def benchmarks(jobs: list[dict], out: Path) -> Path | None:
         ax.bar(
             x + k * width, [job["summary"].get(key) or 0 for key in keys], width, label=job["label"]
         )
-    ax.set_xticks(
-        x + 0.4 - width / 2, [k.removeprefix("eval/") for k in keys], rotation=20, ha="right"
-    )
+    ax.set_xticks(x + 0.4 - width / 2, keys, rotation=20, ha="right")
     ax.set_title("Benchmark scores of the fine-tuned students")
     ax.legend(fontsize=8)
     return _save(fig, out)

@@ -30,7 +30,7 @@ from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-STAGES = ("evolve", "respond", "score", "filter", "train", "report")
+STAGES = ("evolve", "respond", "score", "filter", "train", "evaluate", "report")
 NEEDS_SCORES = ("ic_ifd", "ifd", "length", "instruction_loss")
 
 # Jobs of this process that failed with a user-facing error (run.py exits non-zero if any).
@@ -62,6 +62,8 @@ class Run:
         self.metrics: dict[str, dict] = {}  # set name -> {stage: counts}
         self.filter_counts: dict | None = None
         self.train_summary: dict | None = None
+        self.train_dir: Path | None = None
+        self.eval_summary: dict | None = None
         self.t0 = time.perf_counter()
 
     def generator(self, step: str, model_cfg: Any, params: Any, desc: str):
@@ -183,12 +185,32 @@ class Run:
                 int(self.cfg.seed),
                 loggers=[lg] if (lg := self.tracker.lightning_logger()) else [],
             )
+        self.train_dir = out
         link = self.dir / "train"
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(out, target_is_directory=True)
         log.info("train: %s", _one_line(summary))
         return summary
+
+    def evaluate(self) -> dict:
+        """lm-eval on this job's fine-tuned export (or eval.model / the untrained student)."""
+        from evaluation.run import eval_model_config, evaluate
+
+        trained = self.train_dir / "hf" if self.train_dir else None
+        model_cfg = eval_model_config(self.cfg, trained)
+        log.info("evaluate: %s on %s", model_cfg.name, ", ".join(self.cfg.eval.tasks))
+        numbers = evaluate(
+            self.cfg.eval,
+            model_cfg,
+            self.pool,
+            self.dir / "eval",
+            self.cfg.cache_dir,
+            int(self.cfg.seed),
+        )
+        numbers["eval/model"] = str(model_cfg.name)
+        log.info("evaluate: %s", _one_line(numbers))
+        return numbers
 
     def run(self) -> dict:
         stages = list(self.cfg.stages)
@@ -222,6 +244,8 @@ class Run:
                 if selected is None:
                     selected = self._usable(list(sets.values())[-1]) if sets else []
                 self.train_summary = self.train(selected)
+            if "evaluate" in stages and self.cfg.eval.get("tasks"):
+                self.eval_summary = self.evaluate()
         finally:
             self.pool.release()
         summary = build_summary(self.cfg, self.metrics, self.pool, self.cache, len(seeds))
@@ -229,6 +253,8 @@ class Run:
             summary.update({f"filter/{k}": v for k, v in self.filter_counts.items()})
         if self.train_summary:
             summary.update(self.train_summary)
+        if self.eval_summary:
+            summary.update(self.eval_summary)
         summary["seconds"] = round(time.perf_counter() - self.t0, 2)
         write_json_atomic(self.dir / "summary.json", summary)
         if "report" in stages:

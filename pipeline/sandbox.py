@@ -26,7 +26,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WORKER = r"""
-import ctypes, json, os, resource, select, signal, socket, sys, time
+import ctypes, importlib, json, os, resource, select, signal, socket, sys, time
+
+# Loaded before the privilege drop: the unprivileged user may be unable to read the interpreter's
+# library folder (a Python installed under /root), and model-written code imports these.
+PRELOAD = (
+    "abc array base64 binascii bisect calendar cmath collections collections.abc contextlib copy "
+    "csv dataclasses datetime decimal difflib enum fractions functools hashlib heapq io itertools "
+    "math numbers operator pprint queue random re statistics string struct textwrap types typing "
+    "unicodedata weakref zlib"
+).split()
+for name in PRELOAD:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
 
 CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18

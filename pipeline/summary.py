@@ -7,6 +7,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from evaluation.tasks import HEADLINES
+
+BENCHMARKS = tuple(HEADLINES)  # ifeval/prompt_strict, ..., mbpp/pass@1
+
 HEADLINE = (
     "evolve/parsed",
     "evolve/failed",
@@ -67,7 +71,8 @@ def build_summary(cfg: DictConfig, metrics: dict, pool: Any, cache: Any, n_seeds
 
 def print_summary(summary: dict, run_dir: Path) -> None:
     rows = [(k, v) for k, v in summary.items() if k.split("/", 1)[-1] in HEADLINE]
-    extra = ("filter/kept", "train/steps", "train/final_loss", "engine/prompts", "cache/hits")
+    extra = ("filter/kept", "train/steps", "train/final_loss", *BENCHMARKS)
+    extra += ("engine/prompts", "cache/hits")
     rows += [(k, summary[k]) for k in extra if k in summary]
     width = max(len(k) for k, _ in rows)
     print(f"\n== {summary['model']} · {summary['scenario']} · {summary['rounds']} round(s) ==")

@@ -133,6 +133,7 @@ def test_default_pipeline_with_the_vllm_engine(tmp_path, bundled_model_dir):
             "engine=vllm",
             "rounds=2",
             "data.limit=6",
+            "eval.limit=2",
             *SHORT,
             f"cache_dir={tmp_path / 'cache'}",
             f"models_dir={MODELS_DIR}",
@@ -143,8 +144,12 @@ def test_default_pipeline_with_the_vllm_engine(tmp_path, bundled_model_dir):
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["engine"] == "vllm" and s["round_1/evolve/attempted"] == 6
     p1, p2 = s["round_1/evolve/parsed"], s["round_2/evolve/parsed"]
-    # evolve 6 + p1; then per evolved record: a response, two judges, one top-1 probe
-    assert s["engine/prompts"] == 6 + p1 + 4 * (p1 + p2)
+    # evolve 6 + p1; then per evolved record: a response, two judges, one top-1 probe; then
+    # two items of each of the five benchmarks for the fine-tuned student
+    assert s["engine/prompts"] == 6 + p1 + 4 * (p1 + p2) + 5 * 2
+    assert s["eval/model"].startswith("smollm2_135m-sft-")
+    assert all(0.0 <= s[k] <= 1.0 for k in ("ifeval/prompt_strict", "mbpp/pass@1"))
+    assert (tmp_path / "run" / "eval" / "results.json").is_file()
     assert "round_1/evolve/parsed" in res.stdout  # the printed summary
     for r, n in ((1, p1), (2, p2)):
         assert s[f"round_{r}/score/confidence/scored"] == n

