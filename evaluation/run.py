@@ -114,3 +114,81 @@ def eval_model_config(cfg: Any, trained: Path | None) -> Any:
         name = f"{student.name}-sft-{trained.resolve().name}"
         return OmegaConf.merge(student, {"name": name, "path": str(trained), "gguf": None})
     return load_model_config(cfg.eval.get("model") or cfg.train.student)
+
+
+def reference_model_config(cfg: Any, against: str | None) -> Any:
+    """The model a job's student is judged against: a conf/model name, an HF checkpoint folder
+    (e.g. another job's train/hf), or by default the untrained student."""
+    from pipeline.config import load_model_config
+
+    if not against:
+        return load_model_config(cfg.train.student)
+    path = Path(str(against)).expanduser()
+    if path.is_dir():
+        student = load_model_config(cfg.train.student)
+        name = f"{student.name}-ref-{path.resolve().parent.name}-{path.name}"
+        return OmegaConf.merge(student, {"name": name, "path": str(path), "gguf": None})
+    return load_model_config(str(against))
+
+
+def pairwise(cfg: Any, model_cfg: Any, pool: Any, out_dir: Path) -> dict[str, Any]:
+    """This job's model vs `eval.pairwise.against` on an instruction file, judged twice with the
+    answers' positions swapped (evaluation.pairwise). Writes eval/pairwise.jsonl."""
+    from engines.base import Sampling
+    from evaluation.pairwise import judge_pairs
+    from evaluation.tasks import BUNDLED_DATA
+    from pipeline.config import model_for_role
+    from pipeline.records import read_records, write_jsonl_atomic
+
+    pw = cfg.eval.pairwise
+    src = pw.instructions
+    path = BUNDLED_DATA / "pairwise" / "instructions.jsonl" if src == "bundled" else Path(src)
+    records = list(read_records(path))
+    if pw.get("limit"):
+        records = records[: int(pw.limit)]
+    if not records:
+        raise ConfigError(f"eval.pairwise.instructions: {path} holds no instruction")
+    other = reference_model_config(cfg, pw.get("against"))
+    if other.name == model_cfg.name:
+        log.warning(
+            "pairwise: %s would be judged against itself (nothing was trained); skipped - set "
+            "eval.pairwise.against to another model or checkpoint",
+            model_cfg.name,
+        )
+        return {}
+    greedy = Sampling(temperature=0.0, max_tokens=int(pw.max_tokens))
+
+    def answers(m: Any) -> dict[str, str]:
+        items = [(r["id"], [{"role": "user", "content": _ask(r)}], greedy) for r in records]
+        gens = pool.generate("pairwise_answer", m, items, desc=f"pairwise: {m.name} answers")
+        return {i: g.text.strip() for i, g in gens.items()}
+
+    first, second = answers(model_cfg), answers(other)
+    judge_cfg = model_for_role(cfg, pw.get("judge"))
+    judge_params = Sampling(temperature=0.0, max_tokens=int(cfg.generation.greedy.max_tokens))
+
+    def generate(prompts):
+        items = [(i, p, judge_params) for i, p in prompts]
+        return pool.generate("pairwise_judge", judge_cfg, items, desc="pairwise: judge")
+
+    items = [
+        {
+            "id": r["id"],
+            "instruction": _ask(r),
+            "answer_1": first[r["id"]],
+            "answer_2": second[r["id"]],
+        }
+        for r in records
+    ]
+    rows, counts = judge_pairs(items, generate)
+    for row, it in zip(rows, items):
+        row.update(it)
+    write_jsonl_atomic(Path(out_dir) / "pairwise.jsonl", rows)
+    out = {f"judge/{k}": v for k, v in counts.items()}
+    out.update({"judge/model": str(judge_cfg.name), "judge/against": str(other.name)})
+    return out
+
+
+def _ask(record: dict) -> str:
+    inp = record.get("input") or ""
+    return f"{record['instruction']}\n\n{inp}" if inp else record["instruction"]

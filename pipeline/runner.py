@@ -7,6 +7,7 @@ the engines and the counts. DESIGN.md › Run directory gives the files it write
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -67,9 +68,12 @@ class Run:
         self.t0 = time.perf_counter()
 
     def generator(self, step: str, model_cfg: Any, params: Any, desc: str):
-        """A `generate(items)` for scenarios: [(id, prompt)] -> {id: Generation}, cached."""
+        """A `generate(items)` for scenarios: [(id, prompt)] -> {id: Generation}, cached.
+        `generate(items, max_tokens=n)` replaces `params.max_tokens` for that call."""
 
-        def generate(items: list[tuple[str, Chat | str]]) -> dict[str, Generation]:
+        def generate(
+            items: list[tuple[str, Chat | str]], max_tokens: int | None = None
+        ) -> dict[str, Generation]:
             full = [
                 (
                     i,
@@ -80,6 +84,8 @@ class Run:
                 )
                 for i, p in items
             ]
+            if max_tokens:
+                full = [(i, p, dataclasses.replace(s, max_tokens=max_tokens)) for i, p, s in full]
             return self.pool.generate(step, model_cfg, full, desc=desc)
 
         return generate
@@ -95,6 +101,15 @@ class Run:
     # -- stages -------------------------------------------------------------------------------
     def evolve(self, scenario: Any, seeds: list[Record]) -> dict[str, list[Record]]:
         parents, sets = seeds, {}
+        one_pass = getattr(scenario, "max_rounds", None)  # e.g. AutoIF: one pass, no rounds
+        if one_pass and int(self.cfg.rounds) > one_pass:
+            log.warning(
+                "scenario %s runs %d round(s): rounds=%d capped",
+                self.cfg.scenario.name,
+                one_pass,
+                self.cfg.rounds,
+            )
+            self.cfg.rounds = one_pass
         for r in range(1, int(self.cfg.rounds) + 1):
             if not parents:
                 log.warning("round %d: nothing left to evolve (every parent failed)", r)
@@ -121,19 +136,43 @@ class Run:
             parents = [e for e in evolved if e["meta"]["parse_ok"]]  # failures end their lineage
         return sets
 
-    def respond(self, sets: dict[str, list[Record]]) -> None:
+    def respond(self, sets: dict[str, list[Record]], scenario: Any = None) -> None:
+        """Answer every usable record. Two optional scenario hooks (duck-typed):
+        `respond_prompt(record) -> Chat` replaces the Responder's prompt, and `verify` (see
+        `_verify`) checks the responses; later stages then see only what it keeps."""
         model_cfg = model_for_role(self.cfg, self.cfg.respond.model)
-        responder = Responder(self.cfg.scenario.get("templates", {}).get("respond"))
+        prompt = getattr(scenario, "respond_prompt", None)
+        if prompt is None:
+            prompt = Responder(self.cfg.scenario.get("templates", {}).get("respond")).prompt
         for name, records in sets.items():
             todo = [r for r in records if r["meta"].get("parse_ok", True)]
             generate = self.generator(
                 "respond", model_cfg, self.cfg.generation.greedy, desc=f"{name} respond"
             )
-            gens = generate([(r["id"], responder.prompt(r)) for r in todo])
+            gens = generate([(r["id"], prompt(r)) for r in todo])
             out = [responded_record(r, gens[r["id"]], model_cfg.name) for r in todo]
             self.write_set(name, "responded.jsonl", out)
             self.add_metrics(name, "respond", respond_counts(out))
-            sets[name] = out
+            sets[name] = self._verify(scenario, name, out, model_cfg)
+
+    def _verify(
+        self, scenario: Any, name: str, records: list[Record], model_cfg: Any
+    ) -> list[Record]:
+        """`scenario.verify(name, records, set_dir, generate) -> (kept, counts)`, if it has one:
+        `kept` goes to `<set>/verified.jsonl` and on to the later stages, `counts` to
+        metrics.json › verify. `generate` samples the responder (generation.evolve's temperature
+        and top_p, generation.greedy's length) for scenarios that want more responses."""
+        verify = getattr(scenario, "verify", None)
+        if verify is None:
+            return records
+        params = OmegaConf.merge(
+            self.cfg.generation.evolve, {"max_tokens": self.cfg.generation.greedy.max_tokens}
+        )
+        sample = self.generator("respond_sampled", model_cfg, params, desc=f"{name} samples")
+        kept, counts = verify(name, records, self.dir / name, sample)
+        self.write_set(name, "verified.jsonl", kept)
+        self.add_metrics(name, "verify", counts)
+        return kept
 
     @staticmethod
     def _usable(records: list[Record]) -> list[Record]:
@@ -200,15 +239,20 @@ class Run:
         trained = self.train_dir / "hf" if self.train_dir else None
         model_cfg = eval_model_config(self.cfg, trained)
         log.info("evaluate: %s on %s", model_cfg.name, ", ".join(self.cfg.eval.tasks))
-        numbers = evaluate(
-            self.cfg.eval,
-            model_cfg,
-            self.pool,
-            self.dir / "eval",
-            self.cfg.cache_dir,
-            int(self.cfg.seed),
-        )
-        numbers["eval/model"] = str(model_cfg.name)
+        numbers: dict = {"eval/model": str(model_cfg.name)}
+        if self.cfg.eval.get("tasks"):
+            numbers |= evaluate(
+                self.cfg.eval,
+                model_cfg,
+                self.pool,
+                self.dir / "eval",
+                self.cfg.cache_dir,
+                int(self.cfg.seed),
+            )
+        if self.cfg.eval.get("pairwise") and self.cfg.eval.pairwise.enabled:
+            from evaluation.run import pairwise
+
+            numbers |= pairwise(self.cfg, model_cfg, self.pool, self.dir / "eval")
         log.info("evaluate: %s", _one_line(numbers))
         return numbers
 
@@ -229,7 +273,7 @@ class Run:
         try:
             sets = self.evolve(scenario, seeds) if "evolve" in stages else {"input": seeds}
             if "respond" in stages:
-                self.respond(sets)
+                self.respond(sets, scenario)
             scores: dict[str, dict] = {}
             if "score" in stages:
                 scorer = Scorer(self, scenario)
@@ -244,7 +288,9 @@ class Run:
                 if selected is None:
                     selected = self._usable(list(sets.values())[-1]) if sets else []
                 self.train_summary = self.train(selected)
-            if "evaluate" in stages and self.cfg.eval.get("tasks"):
+            if "evaluate" in stages and (
+                self.cfg.eval.get("tasks") or self.cfg.eval.get("pairwise", {}).get("enabled")
+            ):
                 self.eval_summary = self.evaluate()
         finally:
             self.pool.release()

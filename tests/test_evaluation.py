@@ -36,7 +36,7 @@ IFEVAL_RIGHT = {
     2: "* It strengthens the heart.\n* It improves sleep.\n* It lifts your mood.",
     3: "The sun rises slowly and paints the calm sea gold and pink.",
     4: "Sleep restores the body and clears the mind. Without it focus and mood suffer.",
-    5: "A compiler translates source code into machine code. Is there anything else I can help with?",
+    5: "A compiler translates source code to machine code. Is there anything else I can help with?",
     6: '"Soft rain on the roof / puddles hold the grey sky / the garden drinks deep"',
 }
 IFEVAL_WRONG = {
@@ -265,3 +265,51 @@ def test_evaluate_stage_alone_from_the_command_line(tmp_path, bundled_model_dir)
     for key in T.HEADLINES:
         assert 0.0 <= s[key] <= 1.0
     assert "ifeval/prompt_strict" in res.stdout  # the printed table
+
+
+def test_pairwise_judges_both_orders_and_counts_unparseable_apart(tmp_path, monkeypatch):
+    """The evaluate stage's pairwise judge: the job's model against another, every item judged
+    twice with positions swapped; an unreadable verdict is `unparseable`, not a tie."""
+    from omegaconf import OmegaConf
+
+    import pipeline.engine_pool as engine_pool
+    from evaluation.run import pairwise
+
+    class Model:
+        def __init__(self, reply):
+            self.reply = reply
+
+        def generate(self, prompts, params):
+            return [Generation(self.reply(p[-1]["content"]), 4, "stop") for p in prompts]
+
+        def close(self):
+            pass
+
+    def judge(text):
+        if "pens at 3 for $2" in text:
+            return "I cannot decide."
+        a = text.split("#Answer A#:\n", 1)[1]
+        return "Verdict: A" if a.startswith("GOOD") else "Verdict: B"
+
+    models = {
+        "student-a": Model(lambda t: "GOOD answer"),
+        "qwen2.5_0.5b": Model(lambda t: "bad answer"),
+        "smollm2_135m": Model(judge),
+    }
+    monkeypatch.setattr(engine_pool, "build_engine", lambda cfg, m, d: models[m.name])
+    cfg = compose_cfg(
+        [
+            f"cache_dir={tmp_path}",
+            "eval.pairwise.against=qwen2.5_0.5b",
+            "eval.pairwise.limit=null",
+        ]
+    )
+    pool = EnginePool(cfg.engine, StepCache(tmp_path), MODELS_DIR)
+    student = OmegaConf.create({"name": "student-a"})
+    out = pairwise(cfg, student, pool, tmp_path)
+    assert (out["judge/win"], out["judge/tie"], out["judge/lose"]) == (7, 0, 0)
+    assert out["judge/unparseable"] == 1 and out["judge/win_rate"] == 1.0
+    assert out["judge/against"] == "qwen2.5_0.5b" and out["judge/model"] == "smollm2_135m"
+    rows = _rows(tmp_path / "pairwise.jsonl")
+    assert len(rows) == 8 and {r["outcome"] for r in rows} == {"win", "unparseable"}
+    assert pool.stats.prompts == 8 + 8 + 16  # two answer sets, each pair judged twice

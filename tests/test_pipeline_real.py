@@ -145,8 +145,11 @@ def test_default_pipeline_with_the_vllm_engine(tmp_path, bundled_model_dir):
     assert s["engine"] == "vllm" and s["round_1/evolve/attempted"] == 6
     p1, p2 = s["round_1/evolve/parsed"], s["round_2/evolve/parsed"]
     # evolve 6 + p1; then per evolved record: a response, two judges, one top-1 probe; then
-    # two items of each of the five benchmarks for the fine-tuned student
-    assert s["engine/prompts"] == 6 + p1 + 4 * (p1 + p2) + 5 * 2
+    # two items of each of the five benchmarks for the fine-tuned student; the pairwise judge: two
+    # answers by the fine-tuned and two by the untrained student, each pair judged twice
+    assert s["engine/prompts"] == 6 + p1 + 4 * (p1 + p2) + 5 * 2 + (2 + 2 + 4)
+    assert s["judge/against"] == "smollm2_135m"
+    assert sum(s[f"judge/{k}"] for k in ("win", "tie", "lose", "unparseable")) == 2
     assert s["eval/model"].startswith("smollm2_135m-sft-")
     assert all(0.0 <= s[k] <= 1.0 for k in ("ifeval/prompt_strict", "mbpp/pass@1"))
     assert (tmp_path / "run" / "eval" / "results.json").is_file()
