@@ -214,6 +214,17 @@ def compare(
             out / "plots" / "scaling.png",
         ),
         "Benchmarks": plots.benchmarks(jobs, out / "plots" / "benchmarks.png"),
+        "Benchmarks across rounds": plots.benchmarks_by(
+            jobs, "rounds", "rounds", "evolution rounds", out / "plots" / "benchmarks_rounds.png"
+        ),
+        "Benchmarks across evolver size": plots.benchmarks_by(
+            jobs,
+            "model/size_b",
+            "model",
+            "evolver size (B parameters)",
+            out / "plots" / "benchmarks_scaling.png",
+            log_x=True,
+        ),
         "Pairwise judge": plots.win_tie_lose(jobs, out / "plots" / "win_tie_lose.png"),
     }
     report = [

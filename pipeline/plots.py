@@ -188,8 +188,41 @@ def benchmarks(jobs: list[dict], out: Path) -> Path | None:
             x + k * width, [job["summary"].get(key) or 0 for key in keys], width, label=job["label"]
         )
     ax.set_xticks(x + 0.4 - width / 2, keys, rotation=20, ha="right")
-    ax.set_title("Benchmark scores of the fine-tuned students")
+    ax.set_title("Benchmark scores of the fine-tuned students (by job)")
     ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def benchmarks_by(
+    jobs: list[dict], key: str, override: str, xlabel: str, out: Path, log_x: bool = False
+) -> Path | None:
+    """Each benchmark against a number of the summary (`rounds`, `model/size_b`): one line per
+    group of jobs that differ only in `override` (the Hydra key that sets it)."""
+    present = [b for b in BENCHMARKS if any(job["summary"].get(b) is not None for job in jobs)]
+    if not present or len({job["summary"].get(key) for job in jobs} - {None}) < 2:
+        return None
+    groups: dict[str, list[tuple[float, dict]]] = {}
+    for job in jobs:
+        x = job["summary"].get(key)
+        if x is None:
+            continue
+        label = ", ".join(f"{k}={v}" for k, v in job["overrides"].items() if k != override)
+        groups.setdefault(label or "all jobs", []).append((float(x), job["summary"]))
+    fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 3.6), squeeze=False)
+    for ax, bench in zip(axes[0], present):
+        for label, pts in groups.items():
+            pts = sorted((x, s[bench]) for x, s in pts if s.get(bench) is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label)
+        ax.set_title(bench, fontsize=10)
+        ax.set_xlabel(xlabel)
+        if log_x:
+            ax.set_xscale("log")
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][0].set_ylabel("score")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Benchmark scores of the fine-tuned students by {xlabel}")
     return _save(fig, out)
 
 
