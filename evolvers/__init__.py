@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.errors import unknown_option
 
-SCENARIOS = ("evol_instruct", "auto_evol_instruct")
+SCENARIOS = ("evol_instruct", "autoif", "auto_evol_instruct")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
@@ -21,4 +21,8 @@ def build_scenario(scenario_cfg: Any):
         from evolvers.auto_evol_instruct import AutoEvolInstruct
 
         return AutoEvolInstruct(scenario_cfg)
+    if name == "autoif":
+        from evolvers.autoif import AutoIF
+
+        return AutoIF(scenario_cfg)
     raise unknown_option("scenario", name, SCENARIOS)

@@ -185,6 +185,11 @@ class Run:
         name = f"round_{f.round}" if f.round is not None else list(sets)[-1]
         if name not in sets:
             raise unknown_option("filter.round set", name, list(sets))
+        if not self._usable(sets[name]):  # nothing survived upstream (counted there)
+            log.warning("filter: %s has no record to select from; nothing selected", name)
+            (self.dir / "selected.jsonl").unlink(missing_ok=True)  # no file as if it succeeded
+            self.filter_counts = {"filter": f.name, "set": name, "input": 0, "kept": 0}
+            return []
         kept, counts = filter_set(self, name, self._usable(sets[name]), scores.get(name, {}))
         self.filter_counts = counts
         log.info("filter: %s", _one_line(counts))
@@ -194,6 +199,9 @@ class Run:
         """Fine-tune the student on `records`; cached by everything the result depends on."""
         from training.run import read_summary, train_sft
 
+        if not records:  # e.g. no AutoIF verifier survived: nothing to fine-tune on
+            log.warning("train: no record to train on; skipped (evaluate sees the student)")
+            return {"train/skipped": "no records"}
         cfg = self.cfg.train
         student = load_model_config(cfg.student)
         settings = {

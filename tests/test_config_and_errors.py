@@ -39,7 +39,9 @@ def test_defaults_are_the_cpu_demo():
     cfg = compose_cfg()
     assert cfg.model.name == "smollm2_135m" and cfg.scenario.name == "evol_instruct"
     assert cfg.engine.kind == "auto" and cfg.data.name == "tiny" and cfg.rounds == 2
-    assert list(cfg.stages) == ["evolve", "respond", "score", "filter", "train", "report"]
+    assert list(cfg.stages) == [
+        *("evolve", "respond", "score", "filter", "train", "evaluate", "report")
+    ]
     assert cfg.train.name == "cpu_tiny" and cfg.logger.name == "wandb"
     assert cfg.filter.name == "ic_ifd" and cfg.filter.keep_ratio == 0.25
     assert cfg.metrics.diversity.model == "bundled:all-MiniLM-L6-v2"  # offline on CPU

@@ -32,6 +32,7 @@ def _jobs(cfg):
 EXPECTED = {
     "table1_evol": [{"model": "llama3.1_8b"}, {"model": "llama3.1_70b"}],
     "table2_qwen2": [{"model": "qwen2_7b"}, {"model": "qwen2_72b"}],
+    "table3_autoif": [{"model": "llama3.1_8b"}, {"model": "llama3.1_70b"}],
     "table4_auto_evol": [{"model": "llama3.1_8b"}, {"model": "llama3.1_70b"}],
     "table5_filters": [
         {"model": "llama3.1_8b", "filter": f}
@@ -63,6 +64,11 @@ def test_presets_expand_to_the_papers_jobs(name):
         assert job_cfg.train.strategy.startswith("deepspeed") and job_cfg.engine.kind == "vllm"
     if name == "table4_auto_evol":
         assert cfg.scenario.name == "auto_evol_instruct"
+    if name == "table3_autoif":
+        assert cfg.scenario.name == "autoif" and cfg.respond.model == "llama3.1_8b"
+        assert cfg.scenario.n_samples == 100 and cfg.scenario.k_verifiers == 8
+        assert cfg.scenario.queries_per_instruction == 16 and cfg.scenario.equal_size == 5000
+        assert cfg.data.name == "tiny" and cfg.filter.name == "none"
     if name == "table1_evol":
         assert cfg.rounds == 1 and cfg.train.student == "llama3.1_8b" and cfg.data.name == "alpaca"
 
@@ -149,3 +155,33 @@ def test_wandb_sweep_file_drives_run_py_with_hydra_overrides():
     assert len(grid) == 8
     for point in grid:  # what the agent would pass composes
         _compose([f"{k}={v}" for k, v in point.items()])
+
+
+def test_report_plots_benchmarks_across_rounds_and_the_pairwise_judge(tmp_path):
+    sweep = tmp_path / "sweep"
+    for k, (model, size, rounds) in enumerate(
+        [("small", 8.0, 1), ("small", 8.0, 2), ("large", 70.0, 1), ("large", 70.0, 2)]
+    ):
+        _job(sweep, str(k), model, size, rounds, [9, 8][:rounds])
+        d = sweep / str(k)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- rounds={rounds}\n")
+        s = json.loads((d / "summary.json").read_text())
+        s |= {
+            "rounds": rounds,
+            "ifeval/prompt_strict": 0.3 + 0.01 * rounds + (0.02 if model == "small" else 0),
+            "gsm8k/strict": 0.1 * rounds,
+            "judge/win": 3 + k,
+            "judge/tie": 2,
+            "judge/lose": 1,
+        }
+        (d / "summary.json").write_text(json.dumps(s))
+    compare([sweep])
+    report = (sweep / "report.md").read_text()
+    for png in ("benchmarks", "benchmarks_rounds", "win_tie_lose"):
+        assert (sweep / "plots" / f"{png}.png").stat().st_size > 1000
+        assert f"plots/{png}.png" in report
+    rows = list(csv.DictReader((sweep / "comparison.csv").open()))
+    assert [r["ifeval/prompt_strict"] for r in rows][:2] == ["0.33", "0.34"]
+    md = (sweep / "comparison.md").read_text()
+    best = next(line for line in md.splitlines() if line.startswith("| 1 |"))
+    assert "**0.34**" in best  # the best IFEval score of the sweep is marked

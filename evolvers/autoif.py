@@ -1,0 +1,517 @@
+"""AutoIF (SPEC §3): verifiable instruction-following data in six steps.
+
+1. augment: sample the augmentation prompt N times; bulleted lines become new format constraints
+   (cleaned, deduplicated), the seed constraints are appended;
+2. verifiers: K replies per constraint, each a JSON object with `func` (Python source defining
+   `evaluate(response) -> bool`) and `cases` (`{input, output}` test cases);
+3. cross-validate in the sandbox: a case is kept if at least one function agrees with it, a
+   function if its accuracy on the kept cases reaches `min_accuracy`, a constraint if a function
+   survives;
+4. pair each surviving constraint with random user queries: `{instruction: constraint, input:
+   query}` records, answered by the respond stage with this scenario's response prompt;
+5. verify each response with the constraint's kept functions (the runner's verification hook),
+   optionally exporting DPO pairs;
+6. subsample (seeded) to `equal_size` records, so jobs with different evolvers train on as many.
+
+Steps 1-4 run in `evolve_round`, 5-6 in `verify`. Model-written code runs only in the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engines.base import Chat, Generation
+from evolvers import TEMPLATE_DIR
+from evolvers.verifiers import (
+    COMPILE_ERROR,
+    NO_EVALUATE,
+    agreement,
+    func_key,
+    parse_verifier,
+    run_programs,
+    run_verifiers,
+    select_verifiers,
+)
+from pipeline.errors import ConfigError, DataError
+from pipeline.records import Record, make_record, query_text, read_records, write_jsonl_atomic
+from pipeline.templates import fill, load_template
+
+log = logging.getLogger(__name__)
+
+METHOD = "autoif"
+DATA_DIR = Path(__file__).parent / "data"
+SEEDS_FILE = DATA_DIR / "autoif_seeds.txt"
+QUERIES_FILE = DATA_DIR / "autoif_queries.jsonl"
+
+Generate = Callable[..., dict[str, Generation]]
+
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,3}[.)])\s+")
+_QUOTES = ('"', "'", "“", "”", "`")
+DPO_CHOSEN_MIN = 0.5  # SPEC §3.5: chosen responses pass >= half the functions, rejected none
+
+
+# -- step 1: augmentation ----------------------------------------------------------------------
+def read_seed_constraints(path: str | Path) -> list[str]:
+    """One constraint per line; blank lines and `#` comments are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (scenario.seeds: one constraint per line)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    seeds = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    if not seeds:
+        raise DataError(f"{path}: no seed constraints (one per line)")
+    return seeds
+
+
+def clean_augmented(text: str) -> tuple[list[str], int]:
+    """Constraints from one augmentation reply, and its number of non-blank lines.
+
+    A constraint is a bulleted line ("- ", "* ", "1. "); unbulleted lines are preamble or prose,
+    and lines ending with ":" are headers. The bullet and surrounding quotes are stripped."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    out = []
+    for line in lines:
+        m = _BULLET.match(line)
+        if not m:
+            continue
+        s = line[m.end() :].strip()
+        while len(s) >= 2 and s[0] in _QUOTES and s[-1] in _QUOTES:
+            s = s[1:-1].strip()
+        if s and not s.endswith(":") and len(s.split()) >= 3:
+            out.append(s)
+    return out, len(lines)
+
+
+def norm_text(s: str) -> str:
+    """The dedupe key of a constraint or a query: lowercase, single spaces, no final period."""
+    return " ".join(s.lower().split()).rstrip(".")
+
+
+# -- step 4: queries ---------------------------------------------------------------------------
+def load_queries(path: str | Path, min_chars: int, max_chars: int) -> tuple[list[str], dict]:
+    """First user turns (ShareGPT) or alpaca queries from JSON/JSONL, within the length bounds,
+    deduplicated; a malformed line is a DataError naming `file:line`."""
+    texts = [query_text(r).strip() for r in read_records(path)]
+    seen, out, out_of_bounds = set(), [], 0
+    for t in texts:
+        if not min_chars <= len(t) <= max_chars:
+            out_of_bounds += 1
+        elif norm_text(t) not in seen:
+            seen.add(norm_text(t))
+            out.append(t)
+    counts = {
+        "queries_loaded": len(texts),
+        "queries_out_of_bounds": out_of_bounds,
+        "queries_usable": len(out),
+    }
+    return out, counts
+
+
+def subsample(records: list[Record], size: int, seed: int, what: str) -> list[Record]:
+    """Exactly `size` records, chosen with `seed`, in their original order."""
+    if size > len(records):
+        raise DataError(
+            f"autoif: scenario.equal_size={size} but only {len(records)} {what}; lower "
+            "equal_size or generate more (scenario.n_samples, scenario.queries_per_instruction)"
+        )
+    chosen = set(random.Random(seed).sample(range(len(records)), size))
+    return [r for i, r in enumerate(records) if i in chosen]
+
+
+def _path(value: Any, default: Path) -> Path:
+    if not value:
+        return default
+    from hydra.utils import to_absolute_path
+
+    return Path(to_absolute_path(str(Path(str(value)).expanduser())))
+
+
+class AutoIF:
+    """The AutoIF scenario; the pipeline generates, this class builds prompts and checks code."""
+
+    max_rounds = 1  # one pass: the runner runs round 1 only
+
+    def __init__(self, scenario_cfg: Any):
+        self.cfg = scenario_cfg
+        t = scenario_cfg.get("templates") or {}
+        self.augment_template = load_template(TEMPLATE_DIR, "autoif/augment.txt", t.get("augment"))
+        self.verifier_template = load_template(
+            TEMPLATE_DIR, "autoif/verifier.txt", t.get("verifier")
+        )
+        self.respond_template = load_template(TEMPLATE_DIR, "autoif/respond.txt", t.get("respond"))
+        self.seeds = read_seed_constraints(_path(scenario_cfg.get("seeds"), SEEDS_FILE))
+        self.queries_path = _path(scenario_cfg.get("queries"), QUERIES_FILE)
+        self.seed = int(scenario_cfg.get("seed", 0))
+        self.artifacts: dict[str, str] = {}
+        self._counts: dict[str, Any] = {}
+
+    def templates(self) -> dict[str, str]:
+        return {
+            "augment": self.augment_template,
+            "verifier": self.verifier_template,
+            "respond": self.respond_template,
+        }
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def augment_prompt(self) -> Chat:
+        text = fill(
+            self.augment_template,
+            seeds="\n".join(f"- {s}" for s in self.seeds),
+            count=str(int(self.cfg.instructions_per_sample)),
+        )
+        return [{"role": "user", "content": text}]
+
+    def verifier_prompt(self, instruction: str) -> Chat:
+        return [{"role": "user", "content": fill(self.verifier_template, instruction=instruction)}]
+
+    def respond_prompt(self, record: Record) -> Chat:
+        """The response prompt (runner hook): answer the query, strictly following the
+        constraint."""
+        text = fill(
+            self.respond_template,
+            instruction=record["instruction"],
+            query=record.get("input") or "",
+        )
+        return [{"role": "user", "content": text}]
+
+    def evolution_prompt(self, record: Record) -> Chat | None:
+        """The prompt that produced a record's constraint: the augmentation prompt for augmented
+        constraints, none for seed constraints (confidence and reward skip those)."""
+        if record.get("meta", {}).get("instruction_source") == "augment":
+            return self.augment_prompt()
+        return None
+
+    # -- steps 1-4 -------------------------------------------------------------------------------
+    def evolve_round(
+        self,
+        parents: list[Record],
+        round_num: int,
+        model_name: str,
+        generate: Generate,
+        generate_greedy: Generate | None = None,
+    ) -> list[Record]:
+        if round_num > 1:
+            raise ConfigError("scenario=autoif is one pass; set rounds=1")
+        if parents:
+            log.info(
+                "autoif: the %d seed records of the data group are not used (constraints come "
+                "from scenario.seeds, queries from scenario.queries)",
+                len(parents),
+            )
+        counts: dict[str, Any] = {}
+        queries = self._queries(counts)  # a bad file fails before any model call
+        instructions = self._augment(generate, counts)
+        kept = self._verifiers(instructions, generate, counts)
+        records = self._pair_with_queries(kept, queries, model_name, counts)
+        counts["records"] = len(records)
+        # The columns every scenario shares (summary, comparison tables), at constraint level.
+        counts["attempted"] = counts["instructions_checked"]
+        counts["parsed"] = counts["instructions_kept"]
+        counts["failed"] = counts["attempted"] - counts["parsed"]
+        self._counts = counts
+        return records
+
+    def counts(self, records: list[Record]) -> dict[str, Any]:
+        return {**self._counts, "records": len(records)}
+
+    def _max_tokens(self, step: str) -> int | None:
+        value = (self.cfg.get("max_tokens") or {}).get(step)
+        return int(value) if value else None
+
+    def _augment(self, generate: Generate, counts: dict) -> list[dict]:
+        """Step 1: new constraints (deduplicated, without repeats of seeds), then the seeds;
+        at most `max_instructions` of them (a seeded sample) go on to verification."""
+        n = int(self.cfg.n_samples)
+        prompt = self.augment_prompt()
+        ids = [f"aug{j}" for j in range(n)]
+        gens = generate([(i, prompt) for i in ids], max_tokens=self._max_tokens("augment"))
+        pool: list[dict] = []
+        seen = {norm_text(s) for s in self.seeds}
+        generated = parsed = 0
+        samples = []
+        for i in ids:
+            lines, nonblank = clean_augmented(gens[i].text)
+            generated += nonblank
+            parsed += len(lines)
+            samples.append({"id": i, "raw": gens[i].text, "parsed": lines})
+            for k, s in enumerate(lines):
+                if norm_text(s) not in seen:
+                    seen.add(norm_text(s))
+                    pool.append({"id": f"{i}-{k}", "instruction": s, "source": "augment"})
+        new = len(pool)
+        pool += [
+            {"id": f"seed{k}", "instruction": s, "source": "seed"} for k, s in enumerate(self.seeds)
+        ]
+        limit = self.cfg.get("max_instructions")
+        checked = pool
+        if limit and int(limit) < len(pool):
+            chosen = set(random.Random(self.seed).sample(range(len(pool)), int(limit)))
+            checked = [x for k, x in enumerate(pool) if k in chosen]
+        counts.update(
+            samples=n,
+            samples_truncated=sum(gens[i].finish_reason == "length" for i in ids),
+            instructions_generated=generated,
+            instructions_parsed=parsed,
+            instructions_new=new,
+            seeds=len(self.seeds),
+            instructions=len(pool),
+            instructions_checked=len(checked),
+        )
+        self.artifacts["autoif_augment.jsonl"] = "".join(json.dumps(s) + "\n" for s in samples)
+        return checked
+
+    def _verifiers(self, instructions: list[dict], generate: Generate, counts: dict) -> list[dict]:
+        """Steps 2-3: K verifier replies per constraint, parsed and pooled per constraint
+        (distinct functions, distinct cases), then cross-validated; returns the kept ones."""
+        k_replies = int(self.cfg.k_verifiers)
+        items = [
+            (f"{x['id']}-v{k}", self.verifier_prompt(x["instruction"]))
+            for x in instructions
+            for k in range(k_replies)
+        ]
+        gens = generate(items, max_tokens=self._max_tokens("verifier"))
+        failures: Counter = Counter()
+        c: Counter = Counter()
+        for x in instructions:
+            funcs: dict[str, dict] = {}
+            cases: dict[tuple[str, bool], None] = {}
+            x["replies"] = []
+            for k in range(k_replies):
+                gen = gens[f"{x['id']}-v{k}"]
+                reply = parse_verifier(gen.text)
+                c["replies_truncated"] += gen.finish_reason == "length"
+                c["cases_parsed"] += len(reply.cases)
+                c["cases_bad"] += reply.bad_cases
+                c["network_lines_dropped"] += reply.network_lines
+                # parsed: a JSON object with a `func` string, whether or not it compiles
+                c["functions_parsed"] += reply.failure in (None, NO_EVALUATE, COMPILE_ERROR)
+                if reply.failure:
+                    failures[reply.failure] += 1
+                else:
+                    funcs.setdefault(func_key(reply.func), {"func": reply.func})
+                cases.update(dict.fromkeys(reply.cases))
+                x["replies"].append(
+                    {"id": f"{x['id']}-v{k}", "failure": reply.failure, "raw": gen.text}
+                )
+            x["functions"] = [{"id": f"{x['id']}-f{n}", **f} for n, f in enumerate(funcs.values())]
+            x["cases"] = [{"input": i, "output": o} for i, o in cases]
+            c["functions_compiled"] += len(x["functions"])
+            c["cases_unique"] += len(x["cases"])
+        kept = self._cross_validate(instructions, counts)
+        counts.update(
+            verifier_replies=len(items),
+            reply_failures=dict(failures),
+            functions_parsed=c["functions_parsed"],
+            functions_compiled=c["functions_compiled"],
+            cases_parsed=c["cases_parsed"],
+            cases_bad=c["cases_bad"],
+            cases_unique=c["cases_unique"],
+            replies_truncated=c["replies_truncated"],
+            network_lines_dropped=c["network_lines_dropped"],
+        )
+        self.artifacts["autoif_instructions.jsonl"] = "".join(
+            json.dumps(x, ensure_ascii=False) + "\n" for x in instructions
+        )
+        return kept
+
+    def _cross_validate(self, instructions: list[dict], counts: dict) -> list[dict]:
+        """Step 3: every function on every case of its constraint, in the sandbox."""
+        todo = [x for x in instructions if x["functions"] and x["cases"]]
+        items = [
+            (f["func"], "evaluate", [[case["input"]] for case in x["cases"]])
+            for x in todo
+            for f in x["functions"]
+        ]
+        results = iter(run_programs(items, self.cfg.get("sandbox") or {}, "autoif cross-check"))
+        min_acc = float(self.cfg.min_accuracy)
+        min_funcs = int(self.cfg.get("min_functions") or 1)
+        min_cases = int(self.cfg.get("min_cases") or 1)
+        dropped: Counter = Counter()
+        kept, funcs_kept, cases_kept = [], 0, 0
+        for x in instructions:
+            if not x["functions"]:
+                x["failure"] = "no function"
+            elif not x["cases"]:
+                x["failure"] = "no case"
+            else:
+                expected = [case["output"] for case in x["cases"]]
+                agree = []
+                for f in x["functions"]:
+                    res = next(results)
+                    agree.append(agreement(res, expected))
+                    if not res.ok:
+                        f["error"] = res.error
+                kf, kc, acc = select_verifiers(agree, min_acc)
+                for n, f in enumerate(x["functions"]):
+                    f["accuracy"], f["kept"] = acc[n], n in kf
+                for n, case in enumerate(x["cases"]):
+                    case["kept"] = n in kc
+                if not kc:
+                    x["failure"] = "no case agreed"
+                elif not kf:
+                    x["failure"] = "accuracy below min"
+                elif len(kf) < min_funcs:
+                    x["failure"] = "fewer than min_functions"
+                elif len(kc) < min_cases:
+                    x["failure"] = "fewer than min_cases"
+                else:
+                    x["failure"] = None
+                    funcs_kept += len(kf)
+                    cases_kept += len(kc)
+                    kept.append(x)
+            if x["failure"]:
+                dropped[x["failure"]] += 1
+        counts.update(
+            instructions_cross_checked=len(todo),
+            instructions_kept=len(kept),
+            instructions_dropped=dict(dropped),
+            functions_kept=funcs_kept,
+            cases_kept=cases_kept,
+        )
+        return kept
+
+    def _queries(self, counts: dict) -> list[str]:
+        queries, qcounts = load_queries(
+            self.queries_path, int(self.cfg.query_min_chars), int(self.cfg.query_max_chars)
+        )
+        counts.update(qcounts)
+        if not queries:
+            raise DataError(
+                f"{self.queries_path}: no query of {self.cfg.query_min_chars}-"
+                f"{self.cfg.query_max_chars} characters (scenario.queries)"
+            )
+        return queries
+
+    def _pair_with_queries(
+        self, kept: list[dict], queries: list[str], model_name: str, counts: dict
+    ) -> list[Record]:
+        """Step 4: one record per (kept constraint, query), carrying the kept functions."""
+        per = min(int(self.cfg.queries_per_instruction), len(queries))
+        counts["queries_per_instruction"] = per
+        records = []
+        for x in kept:
+            # Seeded by the constraint itself: the same constraint gets the same queries in
+            # every job (e.g. seed constraints kept by both a small and a large evolver).
+            rng = random.Random(f"{self.seed}:{norm_text(x['instruction'])}")
+            verifiers = [
+                {"id": f["id"], "func": f["func"], "accuracy": f["accuracy"]}
+                for f in x["functions"]
+                if f["kept"]
+            ]
+            for q in sorted(rng.sample(range(len(queries)), per)):
+                records.append(
+                    make_record(
+                        f"{x['id']}-q{q}",
+                        x["instruction"],
+                        queries[q],
+                        "",
+                        source_id=x["id"],
+                        round=1,
+                        method=METHOD,
+                        model=model_name,
+                        parse_ok=True,
+                        parent_instruction=None,
+                        instruction_source=x["source"],
+                        query_id=f"q{q}",
+                        verifiers=verifiers,
+                        cases_kept=sum(case["kept"] for case in x["cases"]),
+                    )
+                )
+        return records
+
+    # -- steps 5-6 (the runner's verification hook) -----------------------------------------------
+    def verify(
+        self, name: str, records: list[Record], set_dir: Path, generate: Generate
+    ) -> tuple[list[Record], dict[str, Any]]:
+        """Check every response with its constraint's kept functions and keep those accepted by
+        at least `pass_rate` of them; with `dpo.enabled`, sample more responses and write chosen /
+        rejected pairs to `dpo.jsonl`; subsample to `equal_size`. Per-response results go to
+        `verification.jsonl`. Returns the kept records and the counts."""
+        dpo = self.cfg.get("dpo") or {}
+        n_samples = int(dpo.get("samples", 0)) if dpo.get("enabled") else 0
+        checkable = [r for r in records if r["meta"].get("verifiers")]
+        texts: dict[str, list[str]] = {r["id"]: [r["output"]] for r in checkable}
+        if n_samples:
+            gens = generate(
+                [
+                    (f"{r['id']}-s{k}", self.respond_prompt(r))
+                    for r in checkable
+                    for k in range(n_samples)
+                ]
+            )
+            for r in checkable:
+                texts[r["id"]] += [gens[f"{r['id']}-s{k}"].text.strip() for k in range(n_samples)]
+        accepted = run_verifiers(checkable, texts, self.cfg.get("sandbox") or {})
+        threshold = float(self.cfg.pass_rate)
+        rows, kept, pairs = [], [], []
+        for r in checkable:
+            funcs = r["meta"]["verifiers"]
+            # An empty response passes no constraint, whatever the functions say.
+            rates = [
+                sum(a.values()) / len(funcs) if t.strip() else 0.0
+                for a, t in zip(accepted[r["id"]], texts[r["id"]])
+            ]
+            row = {"id": r["id"], "pass_rate": rates[0], "passed": rates[0] >= threshold}
+            row["functions"] = accepted[r["id"]][0]
+            if n_samples:
+                row["sample_pass_rates"] = rates[1:]
+                if pair := dpo_pair(r, texts[r["id"]], rates):
+                    pairs.append(pair)
+            rows.append(row)
+            if row["passed"]:
+                kept.append({**r, "meta": {**r["meta"], "pass_rate": rates[0]}})
+        write_jsonl_atomic(set_dir / "verification.jsonl", rows)
+        rates0 = [row["pass_rate"] for row in rows]
+        counts: dict[str, Any] = {
+            "responses": len(records),
+            "responses_verified": len(rows),
+            "responses_passed": len(kept),
+            "responses_failed": len(rows) - len(kept),
+            "responses_empty": sum(not r["output"].strip() for r in checkable),
+            "unverifiable": len(records) - len(checkable),  # no verifier in meta: dropped
+            "pass_rate_threshold": threshold,
+            "pass_rate_mean": sum(rates0) / len(rates0) if rates0 else None,
+        }
+        if n_samples:
+            write_jsonl_atomic(set_dir / "dpo.jsonl", pairs)
+            counts.update(dpo_samples=n_samples, dpo_pairs=len(pairs))
+        size = self.cfg.get("equal_size")
+        if size is not None:
+            kept = subsample(kept, int(size), self.seed, f"verified records in {name}")
+            counts["equal_size"] = int(size)
+        counts["kept"] = len(kept)
+        return kept, counts
+
+
+def dpo_pair(record: Record, texts: list[str], rates: list[float]) -> Record | None:
+    """Chosen: the response with the highest pass rate, if >= 0.5 (SPEC §3.5; the greedy one
+    first on ties); rejected: the first with pass rate 0. Empty texts are neither. None when
+    either is missing."""
+    usable = [k for k, t in enumerate(texts) if t.strip()]
+    if not usable:
+        return None
+    best = max(usable, key=lambda k: (rates[k], -k))
+    worst = next((k for k in usable if rates[k] == 0), None)
+    if rates[best] < DPO_CHOSEN_MIN or worst is None:
+        return None
+    return {
+        "id": record["id"],
+        "instruction": record["instruction"],
+        "input": record["input"],
+        "chosen": texts[best],
+        "rejected": texts[worst],
+        "meta": {
+            "source_id": record["meta"].get("source_id"),
+            "chosen_pass_rate": rates[best],
+            "rejected_pass_rate": rates[worst],
+            "chosen_from": "greedy" if best == 0 else f"sample {best - 1}",
+            "rejected_from": "greedy" if worst == 0 else f"sample {worst - 1}",
+        },
+    }
