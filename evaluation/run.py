@@ -38,6 +38,7 @@ def evaluate(
     backend = eval_cfg.get("backend", "engine")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown eval.backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines drown ours
     ensure_punkt(Path(cache_dir).expanduser() / "nltk_data")
     close_sandbox(timeout=float(eval_cfg.get("code_timeout", 10)))
     tasks = task_configs(eval_cfg)
@@ -111,7 +112,7 @@ def eval_model_config(cfg: Any, trained: Path | None) -> Any:
 
     if trained is not None:
         student = load_model_config(cfg.train.student)
-        name = f"{student.name}-sft-{trained.resolve().name}"
+        name = f"{student.name}-sft-{trained.resolve().parent.name}"
         return OmegaConf.merge(student, {"name": name, "path": str(trained), "gguf": None})
     return load_model_config(cfg.eval.get("model") or cfg.train.student)
 

@@ -180,7 +180,7 @@ def benchmarks(jobs: list[dict], out: Path) -> Path | None:
     keys = [k for k in BENCHMARKS if any(job["summary"].get(k) is not None for job in jobs)]
     if not keys:
         return None
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)) + 3, 4.2))
     width = 0.8 / len(jobs)
     x = np.arange(len(keys))
     for k, job in enumerate(jobs):
@@ -189,7 +189,8 @@ def benchmarks(jobs: list[dict], out: Path) -> Path | None:
         )
     ax.set_xticks(x + 0.4 - width / 2, keys, rotation=20, ha="right")
     ax.set_title("Benchmark scores of the fine-tuned students (by job)")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.0)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, out)
 
 
@@ -201,47 +202,68 @@ def benchmarks_by(
     present = [b for b in BENCHMARKS if any(job["summary"].get(b) is not None for job in jobs)]
     if not present or len({job["summary"].get(key) for job in jobs} - {None}) < 2:
         return None
+    values: dict[str, set] = {}
+    for job in jobs:
+        for k, v in job["overrides"].items():
+            values.setdefault(k, set()).add(v)
+    varying = [k for k, v in values.items() if len(v) > 1 and k != override]
     groups: dict[str, list[tuple[float, dict]]] = {}
     for job in jobs:
         x = job["summary"].get(key)
         if x is None:
             continue
-        label = ", ".join(f"{k}={v}" for k, v in job["overrides"].items() if k != override)
+        label = ", ".join(f"{k}={job['overrides'].get(k, '')}" for k in varying)
         groups.setdefault(label or "all jobs", []).append((float(x), job["summary"]))
-    fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 3.6), squeeze=False)
-    for ax, bench in zip(axes[0], present):
-        for label, pts in groups.items():
+    ncols = min(3, len(present))
+    nrows = -(-len(present) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 0.8), squeeze=False)
+    for ax in axes.flat[len(present) :]:
+        ax.set_visible(False)
+    for ax, bench in zip(axes.flat, present):
+        for k, (label, pts) in enumerate(groups.items()):
             pts = sorted((x, s[bench]) for x, s in pts if s.get(bench) is not None)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=label)
+                ax.plot(*zip(*pts), marker="o", color=f"C{k}", label=label)
         ax.set_title(bench, fontsize=10)
-        ax.set_xlabel(xlabel)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel(xlabel, fontsize=9)
         if log_x:
             ax.set_xscale("log")
         else:
             ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0][0].set_ylabel("score")
-    axes[0][-1].legend(fontsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
     fig.suptitle(f"Benchmark scores of the fine-tuned students by {xlabel}")
-    return _save(fig, out)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 3), 1, 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 def win_tie_lose(jobs: list[dict], out: Path) -> Path | None:
-    rows = [
-        (job["label"], [job["summary"].get(f"judge/{k}") for k in ("win", "tie", "lose")])
-        for job in jobs
-    ]
-    rows = [(lab, v) for lab, v in rows if all(x is not None for x in v)]
+    """Items the job's model wins / ties / loses against its reference; items whose verdicts
+    could not be read are a separate segment, never folded into ties."""
+    outcomes = (("win", "tab:green"), ("tie", "tab:gray"), ("lose", "tab:red"))
+    outcomes += (("unparseable", "#dddddd"),)
+    rows = []
+    for job in jobs:
+        vals = [job["summary"].get(f"judge/{k}") for k, _ in outcomes]
+        if all(v is not None for v in vals[:3]):
+            rows.append((job["label"], [v or 0 for v in vals]))
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(6, 0.6 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.8))
     left = np.zeros(len(rows))
-    for k, (name, color) in enumerate(
-        (("win", "tab:green"), ("tie", "tab:gray"), ("lose", "tab:red"))
-    ):
+    for k, (name, color) in enumerate(outcomes):
         vals = np.array([r[1][k] for r in rows], dtype=float)
-        ax.barh([r[0] for r in rows], vals, left=left, color=color, label=name)
+        ax.barh([r[0] for r in rows], vals, left=left, color=color, label=name, edgecolor="white")
         left += vals
-    ax.set_title("Pairwise judge: win / tie / lose")
-    ax.legend(fontsize=8)
+    against = {job["summary"].get("judge/against") for job in jobs} - {None}
+    ax.set_xlabel("items")
+    ax.set_title(
+        "Pairwise judge: win / tie / lose"
+        + (f" against {', '.join(sorted(against))}" if against else "")
+    )
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, out)
