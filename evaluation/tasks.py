@@ -324,41 +324,32 @@ def _math(data_dir: Path | None, fewshot: int) -> list[dict]:
     ]
 
 
-def _humaneval(data_dir: Path | None) -> list[dict]:
-    cfg = _lm_eval_yaml("humaneval/humaneval_instruct.yaml", resolve=False)
-    cfg |= {
-        "task": "humaneval",
+def _code_task(yaml: str, name: str, programs: Callable, results: Callable) -> dict:
+    """lm-eval's instruct variant of a code benchmark, its programs scored in the sandbox."""
+    cfg = _lm_eval_yaml(yaml, resolve=False)
+    return cfg | {
+        "task": name,
         "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
-        "process_results": humaneval_results,
+        "process_results": results,
         "filter_list": [
-            {
-                "name": "extract_code",
-                "filter": [{"function": "custom", "filter_fn": humaneval_programs}],
-            }
+            {"name": "extract_code", "filter": [{"function": "custom", "filter_fn": programs}]}
         ],
     }
+
+
+def _humaneval(data_dir: Path | None) -> list[dict]:
+    cfg = _code_task(
+        "humaneval/humaneval_instruct.yaml", "humaneval", humaneval_programs, humaneval_results
+    )
     if data_dir and (data_dir / "humaneval" / "test.jsonl").is_file():
-        cfg |= _local("humaneval", data_dir, {"test": "test.jsonl"})
-    else:
-        cfg |= {
-            "dataset_path": "json",
-            "dataset_name": None,
-            "dataset_kwargs": {"data_files": {"test": humaneval_file()}},
-        }
-    return [cfg]
+        return [cfg | _local("humaneval", data_dir, {"test": "test.jsonl"})]
+    files = {"data_files": {"test": humaneval_file()}}
+    return [cfg | {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": files}]
 
 
 def _mbpp(data_dir: Path | None) -> list[dict]:
-    cfg = _lm_eval_yaml("mbpp/mbpp_instruct.yaml", resolve=False)
-    cfg |= {
-        "task": "mbpp",
-        "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
-        "process_results": mbpp_results,
-        "filter_list": [
-            {"name": "extract_code", "filter": [{"function": "custom", "filter_fn": mbpp_programs}]}
-        ],
-        "fewshot_config": {"sampler": "first_n", "samples": mbpp_fewshot},
-    }
+    cfg = _code_task("mbpp/mbpp_instruct.yaml", "mbpp", mbpp_programs, mbpp_results)
+    cfg["fewshot_config"] = {"sampler": "first_n", "samples": mbpp_fewshot}
     if data_dir:
         cfg |= _local("mbpp", data_dir, {"test": "test.jsonl"})
     return [cfg]
