@@ -185,3 +185,13 @@ def test_report_plots_benchmarks_across_rounds_and_the_pairwise_judge(tmp_path):
     md = (sweep / "comparison.md").read_text()
     best = next(line for line in md.splitlines() if line.startswith("| 1 |"))
     assert "**0.34**" in best  # the best IFEval score of the sweep is marked
+
+
+def test_paper_presets_evaluate_with_the_papers_settings():
+    for name in ("table1_evol", "table3_autoif", "table5_filters", "table11_scaling"):
+        cfg = _compose([f"experiment={name}"])
+        assert cfg.eval.name == "paper" and cfg.eval.limit is None, name
+        assert list(cfg.eval.tasks) == ["ifeval", "gsm8k", "math", "humaneval", "mbpp"]
+    win = _compose(["experiment=win_rates"]).eval.pairwise
+    assert win.enabled and win.judge == "llama3.1_70b"
+    assert _compose(["experiment=demo"]).eval.data_dir == "bundled"  # the CPU demo: fixtures
