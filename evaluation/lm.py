@@ -14,7 +14,6 @@ from typing import Any
 import lm_eval.models  # noqa: F401  (lm-eval's own backends first: registering fills the registry)
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from tqdm import tqdm
 
 from engines.base import Sampling, cut_at_stop
 
@@ -61,13 +60,12 @@ class EngineLM(LM):
     def apply_chat_template(
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        text = self.tokenizer.apply_chat_template(
+        return self.tokenizer.apply_chat_template(
             chat_history,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt,
+            continue_final_message=not add_generation_prompt,  # gen_prefix: go on from it
         )
-        return text
 
     # -- requests -------------------------------------------------------------------------------
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
@@ -81,7 +79,7 @@ class EngineLM(LM):
         unique = list({i: (i, c, p) for i, c, p in items}.values())
         gens = self.pool.generate(self.step, self.model_cfg, unique, desc="evaluate")
         out = []
-        for rid, _, params in tqdm(items, disable=True):
+        for rid, _, params in items:
             text, _ = cut_at_stop(gens[rid].text, params.stop)
             out.append(text)
         return out

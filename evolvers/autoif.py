@@ -29,6 +29,7 @@ from typing import Any
 
 from engines.base import Chat, Generation
 from evolvers import TEMPLATE_DIR
+from evolvers.evol_instruct import strip_quotes
 from evolvers.verifiers import (
     COMPILE_ERROR,
     NO_EVALUATE,
@@ -53,7 +54,6 @@ QUERIES_FILE = DATA_DIR / "autoif_queries.jsonl"
 Generate = Callable[..., dict[str, Generation]]
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,3}[.)])\s+")
-_QUOTES = ('"', "'", "“", "”", "`")
 DPO_CHOSEN_MIN = 0.5  # SPEC §3.5: chosen responses pass >= half the functions, rejected none
 
 
@@ -81,9 +81,7 @@ def clean_augmented(text: str) -> tuple[list[str], int]:
         m = _BULLET.match(line)
         if not m:
             continue
-        s = line[m.end() :].strip()
-        while len(s) >= 2 and s[0] in _QUOTES and s[-1] in _QUOTES:
-            s = s[1:-1].strip()
+        s = strip_quotes(line[m.end() :].strip())
         if s and not s.endswith(":") and len(s.split()) >= 3:
             out.append(s)
     return out, len(lines)

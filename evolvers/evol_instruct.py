@@ -115,6 +115,11 @@ def clean_evolution(text: str) -> str:
         if not m:
             break
         s = s[m.end() :].strip()
+    return strip_quotes(s)
+
+
+def strip_quotes(s: str) -> str:
+    """`s` without the quotes (or backticks) wrapped around the whole of it."""
     while len(s) >= 2 and s[0] in _QUOTES and s[-1] in _QUOTES:
         s = s[1:-1].strip()
     return s
