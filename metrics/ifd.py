@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.records import Record, query_text
 
@@ -50,11 +50,11 @@ def tokenise(tokenizer: Any, q: str, a: str, max_length: int) -> Tokenised:
     return Tokenised(x_ids[:max_length], len(q_ids), a_ids[:max_length], truncated, fallback)
 
 
-HEAD_ROWS = 512  # positions per LM-head chunk: a (rows x vocab) block stays cache-sized
+HEAD_ROWS = 256  # positions per LM-head chunk: a small (rows x vocab) logits block (fastest on CPU)
 
 
 def _token_losses(
-    model: Any, seqs: list[list[int]], pad_id: int, device: str
+    model: Any, seqs: list[list[int]], pad_id: int, device: str, loss_fn: Callable | None = None
 ) -> list[torch.Tensor]:
     """Per-token cross-entropy (nats) of each sequence's tokens 1..n-1, one padded forward pass.
 
@@ -62,6 +62,7 @@ def _token_losses(
     (non-padding) positions, a chunk at a time, so the full (batch x length x vocab) logits are
     never materialised — on CPU that tensor, not the matmuls, was the bottleneck.
     """
+    loss_fn = loss_fn or token_cross_entropy
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -72,9 +73,11 @@ def _token_losses(
     head = model.get_output_embeddings()
     if head is None or _scales_logits(model.config):
         hidden, head = None, None
-        logits_all = model(input_ids=ids, attention_mask=mask).logits
+        logits_all = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     else:
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = model.base_model(
+            input_ids=ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state
     # Next-token prediction: position t scores token t+1; only positions whose target is real.
     keep = mask[:, 1:].bool()
     targets = ids[:, 1:][keep]
@@ -83,17 +86,50 @@ def _token_losses(
     for start in range(0, rows.shape[0], HEAD_ROWS):
         block = rows[start : start + HEAD_ROWS]
         logits = head(block) if head is not None else block
-        # fp32 loss whatever the model dtype, in the (rows, vocab) layout: on CPU the
-        # (N, vocab, L) layout is measurably less accurate (~2e-4 relative).
-        losses.append(
-            F.cross_entropy(logits.float(), targets[start : start + HEAD_ROWS], reduction="none")
-        )
+        losses.append(loss_fn(logits, targets[start : start + HEAD_ROWS]))
     flat = torch.cat(losses).cpu() if losses else torch.empty(0)
     out, offset = [], 0
     for s in seqs:
         out.append(flat[offset : offset + len(s) - 1])
         offset += len(s) - 1
     return out
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (nats) of each (rows, vocab) logit row at its target, computed in fp32 whatever
+    the logits' dtype: logsumexp minus the target's logit, which is what F.cross_entropy computes.
+    The (rows, vocab) layout matters: on CPU the (N, vocab, L) layout is measurably less accurate
+    (~2e-4 relative)."""
+    f = logits.float()
+    return torch.logsumexp(f, -1) - f.gather(1, targets[:, None])[:, 0]
+
+
+class FusedCrossEntropy:
+    """`token_cross_entropy` fused by torch.compile: the fp32 upcast, logsumexp and gather become
+    one pass over the logits. In eager mode that upcast and the softmax passes cost more than the
+    LM-head matmul itself on CPU with bf16; fused, they are nearly free. Falls back to eager, with a
+    warning, where torch.compile cannot build a kernel (e.g. no C++ compiler)."""
+
+    def __init__(self) -> None:
+        self.fn: Callable = torch.compile(token_cross_entropy, dynamic=True)
+        self.fused = True
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            try:
+                return self.fn(logits, targets)
+            except Exception as exc:  # noqa: BLE001 - any backend failure means: use eager
+                log.warning("torch.compile of the IFD loss failed, using eager: %s", exc)
+                self.fn, self.fused = token_cross_entropy, False
+        return token_cross_entropy(logits, targets)
+
+
+def attention_for(attn_implementation: str, dtype: str, device: str) -> str | None:
+    """`auto`: eager attention for bf16 on CPU, where PyTorch's SDPA kernel is slower than eager's
+    batched matmuls (measured in bench/ifd_throughput.py); transformers' default elsewhere."""
+    if attn_implementation != "auto":
+        return attn_implementation
+    return "eager" if device == "cpu" and dtype in ("bf16", "bfloat16") else None
 
 
 def _scales_logits(config: Any) -> bool:
@@ -148,9 +184,11 @@ class IFDScorer:
         path: str,
         dtype: str = "float32",
         max_length: int = 2048,
-        token_budget: int = 2048,
+        token_budget: int = 1024,
         form: str = "loss",
         device: str | None = None,
+        attn_implementation: str = "auto",
+        compile_loss: bool = True,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -159,7 +197,11 @@ class IFDScorer:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.pad_id = pad_id_for(self.tokenizer)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+        attn = attention_for(attn_implementation, dtype, self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype(dtype), **({"attn_implementation": attn} if attn else {})
+        )
+        self.loss_fn = FusedCrossEntropy() if compile_loss else token_cross_entropy
         self.model.to(self.device).eval()
         self.max_length = max_length
         self.token_budget = token_budget
@@ -216,7 +258,9 @@ class IFDScorer:
             if batch:
                 for j, loss in zip(
                     batch,
-                    _token_losses(self.model, [seqs[j] for j in batch], self.pad_id, self.device),
+                    _token_losses(
+                        self.model, [seqs[j] for j in batch], self.pad_id, self.device, self.loss_fn
+                    ),
                 ):
                     out[j] = loss
                 self.tokens_scored += sum(len(seqs[j]) for j in batch)

@@ -160,6 +160,8 @@ class Scorer:
                         max_length=int(cfg.max_length),
                         token_budget=int(cfg.token_budget),
                         form=cfg.form,
+                        attn_implementation=cfg.attn_implementation,
+                        compile_loss=bool(cfg.compile_loss),
                     )
                 )
             return scorer_box[0].score([by_id[i] for i in ids])

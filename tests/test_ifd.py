@@ -1,12 +1,21 @@
 """IFD / IC-IFD: the batched two-pass scorer against a one-record-at-a-time computation with plain
 transformers calls (HF's own loss), on the real bundled model."""
 
+import logging
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from metrics.ifd import IFDScorer, ifd_from_losses, tokenise
+from metrics.ifd import (
+    FusedCrossEntropy,
+    IFDScorer,
+    attention_for,
+    ifd_from_losses,
+    token_cross_entropy,
+    tokenise,
+)
 from pipeline.records import make_record, query_text
 
 RECORDS = [
@@ -46,6 +55,41 @@ def test_formulas_and_guards():
     assert ifd_from_losses(None, 1.0, 1.0)["ifd_reason"].startswith("answer")
     with pytest.raises(ValueError, match="valid: loss, ppl"):
         ifd_from_losses(1.0, 1.0, 1.0, form="log")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_loss_matches_torch_cross_entropy(dtype):
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(37, 1000, generator=g) * 4).to(dtype)
+    targets = torch.randint(0, 1000, (37,), generator=g)
+    want = F.cross_entropy(logits.double(), targets, reduction="none")
+    eager = token_cross_entropy(logits, targets)
+    fused = FusedCrossEntropy()(logits, targets)
+    assert eager.dtype == fused.dtype == torch.float32  # fp32 loss whatever the logits' dtype
+    torch.testing.assert_close(eager.double(), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused.double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_loss_falls_back_to_eager(caplog):
+    def broken(*_):
+        raise RuntimeError("no C++ compiler")
+
+    loss = FusedCrossEntropy()
+    loss.fn = broken
+    logits, targets = torch.randn(3, 10), torch.tensor([1, 2, 3])
+    with caplog.at_level(logging.WARNING, logger="metrics.ifd"):
+        got = loss(logits, targets)
+    assert "using eager" in caplog.text and not loss.fused
+    torch.testing.assert_close(got, F.cross_entropy(logits, targets, reduction="none"))
+    assert loss.fn is token_cross_entropy  # no second attempt
+
+
+def test_attention_choice():
+    assert attention_for("auto", "bfloat16", "cpu") == "eager"
+    assert attention_for("auto", "bf16", "cpu") == "eager"
+    assert attention_for("auto", "float32", "cpu") is None  # transformers' default
+    assert attention_for("auto", "bfloat16", "cuda") is None
+    assert attention_for("sdpa", "bfloat16", "cpu") == "sdpa"
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +146,27 @@ def test_query_token_boundary(scorer):
         t = tokenise(tok, q, rec["output"], 10_000)
         assert t.x[: t.n_q] == tok(q)["input_ids"]
         assert tok.decode(t.x) == q + "\n" + rec["output"]
+
+
+@pytest.mark.slow
+def test_bf16_scorer_on_cpu(scorer, bundled_model_dir):
+    """The bf16 path (eager attention, fused fp32 loss) against the fp32 scorer, and the fused
+    loss against the eager one on the same bf16 model."""
+    fused = IFDScorer(bundled_model_dir, dtype="bfloat16", max_length=CUTOFF, token_budget=512)
+    assert fused.model.config._attn_implementation == "eager"
+    eager = IFDScorer(
+        bundled_model_dir,
+        dtype="bfloat16",
+        max_length=CUTOFF,
+        token_budget=512,
+        compile_loss=False,
+    )
+    want = scorer.score(RECORDS)
+    got_fused, got_eager = fused.score(RECORDS), eager.score(RECORDS)
+    for w, f, e in zip(want, got_fused, got_eager):
+        for key in ("loss_a_given_q", "loss_q", "loss_a", "ifd"):
+            if w[key] is None:
+                assert f[key] is None and e[key] is None
+                continue
+            assert f[key] == pytest.approx(e[key], rel=1e-5)
+            assert f[key] == pytest.approx(w[key], rel=5e-2)  # bf16 weights and activations
