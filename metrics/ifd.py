@@ -124,12 +124,12 @@ class FusedCrossEntropy:
         return token_cross_entropy(logits, targets)
 
 
-def attention_for(attn_implementation: str, dtype: str, device: str) -> str | None:
+def attention_for(attn_implementation: str, dtype: torch.dtype, device: str) -> str | None:
     """`auto`: eager attention for bf16 on CPU, where PyTorch's SDPA kernel is slower than eager's
     batched matmuls (measured in bench/ifd_throughput.py); transformers' default elsewhere."""
     if attn_implementation != "auto":
         return attn_implementation
-    return "eager" if device == "cpu" and dtype in ("bf16", "bfloat16") else None
+    return "eager" if device == "cpu" and dtype == torch.bfloat16 else None
 
 
 def _scales_logits(config: Any) -> bool:
@@ -197,9 +197,10 @@ class IFDScorer:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.pad_id = pad_id_for(self.tokenizer)
-        attn = attention_for(attn_implementation, dtype, self.device)
+        dt = torch_dtype(dtype)
+        attn = attention_for(attn_implementation, dt, self.device)
         self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype(dtype), **({"attn_implementation": attn} if attn else {})
+            path, dtype=dt, **({"attn_implementation": attn} if attn else {})
         )
         self.loss_fn = FusedCrossEntropy() if compile_loss else token_cross_entropy
         self.model.to(self.device).eval()

@@ -85,11 +85,10 @@ def test_fused_loss_falls_back_to_eager(caplog):
 
 
 def test_attention_choice():
-    assert attention_for("auto", "bfloat16", "cpu") == "eager"
-    assert attention_for("auto", "bf16", "cpu") == "eager"
-    assert attention_for("auto", "float32", "cpu") is None  # transformers' default
-    assert attention_for("auto", "bfloat16", "cuda") is None
-    assert attention_for("sdpa", "bfloat16", "cpu") == "sdpa"
+    assert attention_for("auto", torch.bfloat16, "cpu") == "eager"
+    assert attention_for("auto", torch.float32, "cpu") is None  # transformers' default
+    assert attention_for("auto", torch.bfloat16, "cuda") is None
+    assert attention_for("sdpa", torch.bfloat16, "cpu") == "sdpa"
 
 
 @pytest.fixture(scope="module")
