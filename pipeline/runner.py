@@ -32,6 +32,15 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 STAGES = ("evolve", "respond", "score", "filter", "train", "evaluate", "report")
+# Train settings that do not change the trained model, so not part of its cache key.
+TRAIN_KEY_EXCLUDES = (
+    "resume",
+    "keep_checkpoints",
+    "devices",
+    "num_nodes",
+    "save_every_n_steps",
+    "name",
+)
 NEEDS_SCORES = ("ic_ifd", "ifd", "length", "instruction_loss")
 
 # Jobs of this process that failed with a user-facing error (run.py exits non-zero if any).
@@ -207,7 +216,7 @@ class Run:
         settings = {
             k: v
             for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-            if k not in ("resume", "devices", "num_nodes", "save_every_n_steps", "name")
+            if k not in TRAIN_KEY_EXCLUDES
         }
         key = stable_hash(
             {

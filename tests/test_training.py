@@ -151,12 +151,18 @@ def _mean_loss(model_dir, tokenizer, records):
 def test_overfit_export_and_resume(tmp_path, tokenizer, bundled_model_dir):
     student = compose_cfg().model
     cfg = _train_cfg(
-        max_steps=24, micro_batch_size=8, effective_batch_size=8, lr=1e-4, save_every_n_steps=12
+        max_steps=24,
+        micro_batch_size=8,
+        effective_batch_size=8,
+        lr=1e-4,
+        save_every_n_steps=12,
+        keep_checkpoints=True,
     )
     out = tmp_path / "train"
     s = train_sft(cfg, student, RECORDS, out, MODELS_DIR, seed=0)
     losses = _losses(out)
     assert s["train/steps"] == 24 and len(losses) == 24
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"]  # one copy only
     assert losses[-1] <= 0.5 * losses[0], losses
     assert _mean_loss(out / "hf", tokenizer, RECORDS) < _mean_loss(
         bundled_model_dir, tokenizer, RECORDS
@@ -195,6 +201,7 @@ def test_lora_trains_adapters_only_and_merges(tmp_path, tokenizer, bundled_model
         effective_batch_size=8,
         lr=1e-3,
         precision="32-true",
+        keep_checkpoints=True,
     )
     module = SFTModule(bundled_model_dir, cfg)
     module.configure_model()
@@ -243,6 +250,7 @@ def test_train_stage_on_a_file_and_cache(tmp_path, bundled_model_dir):
     s = Run(compose_cfg(over), tmp_path / "run").run()
     assert s["train/steps"] == 2 and s["train/kept"] == 8 and s["train/zero_stage"] == 0
     assert (tmp_path / "run" / "train" / "hf" / "config.json").is_file()
+    assert not (tmp_path / "run" / "train" / "checkpoints").exists()  # keep_checkpoints=false
     again = Run(compose_cfg(over), tmp_path / "again").run()  # cached: no second training
     assert again["train/data_sha256"] == s["train/data_sha256"]
     assert (tmp_path / "again" / "train").resolve() == (tmp_path / "run" / "train").resolve()

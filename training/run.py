@@ -107,12 +107,13 @@ def train_sft(
         # One CSV version per (re)start, so a resumed run keeps the earlier logs.
         logger=[CSVLogger(out_dir, name="logs"), *(loggers or [])],
         callbacks=[
+            # One resumable checkpoint, last.ckpt, rewritten every `save_every_n_steps`: a
+            # numbered copy beside it would double the disk a full optimizer state takes.
             ModelCheckpoint(
                 dirpath=ckpt_dir,
-                filename="step{step}",
                 save_last=True,
+                save_top_k=0,
                 every_n_train_steps=int(cfg.save_every_n_steps),
-                save_top_k=1,
             ),
             LearningRateMonitor(logging_interval="step"),
         ],
@@ -145,6 +146,12 @@ def train_sft(
         **{f"train/{k}": v for k, v in stats.as_dict().items()},
     }
     write_json_atomic(out_dir / "summary.json", summary)
+    if trainer.is_global_zero and not cfg.get("keep_checkpoints"):
+        # The export is the result; the optimizer state is only needed to resume a run that did
+        # not finish. Deleted only after summary.json is written, so a kill before that resumes.
+        for p in (ckpt_dir, out_dir / "final_zero"):
+            shutil.rmtree(p, ignore_errors=True)
+        log.info("train: removed %s (train.keep_checkpoints=false)", ckpt_dir)
     return summary
 
 
@@ -167,7 +174,9 @@ def export_hf(trainer: Any, module: Any, tokenizer: Any, hf_dir: Path, stage: in
 
         ckpt = hf_dir.parent / "final_zero"
         trainer.save_checkpoint(ckpt)
-        state = convert_zero_checkpoint_to_fp32_state_dict(ckpt, hf_dir.parent / "final_fp32.pt")
+        fp32 = hf_dir.parent / "final_fp32.pt"
+        state = convert_zero_checkpoint_to_fp32_state_dict(ckpt, fp32)
+        fp32.unlink(missing_ok=True)  # loaded below; the export holds the same weights
         weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
         model.load_state_dict(weights, strict=False)
     if hasattr(model, "merge_and_unload"):
