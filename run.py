@@ -32,7 +32,17 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.signals import Interrupted, stop_on_signals
+
+    stop_on_signals()
+    try:
+        main()
+    except Interrupted as e:
+        print(
+            f"\n{e}: stopped. Finished work is cached; rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        sys.exit(e.exit_code)
     from pipeline.runner import FAILED_JOBS
 
     if FAILED_JOBS:

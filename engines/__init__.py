@@ -9,6 +9,7 @@ from typing import Any
 
 from engines.base import Chat, Engine, Generation, Sampling
 from engines.models import resolve_model_path
+from engines.precision import resolve_dtype
 from pipeline.errors import unknown_option
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def build_engine(engine_cfg: Any, model_cfg: Any, models_dir: str | Path) -> Eng
             timeout_s=engine_cfg.timeout_s,
         )
     path = resolve_model_path(model_cfg, models_dir)
-    dtype = engine_cfg.get("dtype") or model_cfg.dtype
+    dtype = resolve_dtype(engine_cfg.get("dtype") or model_cfg.get("dtype"))
     if kind == "vllm":
         from engines.vllm_engine import VLLMEngine
 

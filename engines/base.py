@@ -78,4 +78,5 @@ class EngineStats:
     prompts: int = 0
     generated_tokens: int = 0
     seconds: float = 0.0
+    load_seconds: float = 0.0  # starting engines (weights read, vLLM workers up)
     by_stage: dict[str, int] = field(default_factory=dict)

@@ -9,17 +9,10 @@ from typing import Any
 import torch
 
 from engines.base import Chat, Generation, Sampling, cut_at_stop, per_prompt
+from engines.precision import resolve_dtype, torch_dtype
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def load_tokenizer(path: str, padding_side: str = "left"):
@@ -51,7 +44,7 @@ class HFEngine:
     def __init__(
         self,
         path: str,
-        dtype: str = "float32",
+        dtype: str = "auto",
         batch_size: int = 16,
         device: str | None = None,
         chat_template: str | None = None,
@@ -65,6 +58,7 @@ class HFEngine:
         if chat_template:
             self.tokenizer.chat_template = chat_template
         t0 = time.perf_counter()
+        dtype = resolve_dtype(dtype)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
         self.model.to(self.device).eval()
         self.max_model_len = max_model_len or getattr(

@@ -8,6 +8,7 @@ import os
 import time
 
 from engines.base import Chat, Generation, Sampling, per_prompt
+from engines.precision import resolve_dtype
 from pipeline.errors import ConfigError, UserFacingError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class VLLMEngine:
     def __init__(
         self,
         path: str,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         max_model_len: int | None = None,
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
@@ -74,7 +75,7 @@ class VLLMEngine:
         self.per_prompt_seeds = gpus > 0
         kwargs = dict(
             model=path,
-            dtype=dtype,
+            dtype=resolve_dtype(dtype),
             max_model_len=max_model_len,
             tensor_parallel_size=tensor_parallel_size,
             pipeline_parallel_size=pipeline_parallel_size,

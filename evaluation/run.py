@@ -94,11 +94,11 @@ def _hf_args(model_cfg: Any, pool: Any) -> str:
     import torch
 
     from engines.models import resolve_model_path
+    from engines.precision import resolve_dtype
 
     path = resolve_model_path(model_cfg, pool.models_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = model_cfg.get("dtype") if device == "cuda" else "float32"
-    return f"pretrained={path},dtype={dtype},device={device}"
+    return f"pretrained={path},dtype={resolve_dtype(model_cfg.get('dtype'))},device={device}"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -182,7 +182,7 @@ class IFDScorer:
     def __init__(
         self,
         path: str,
-        dtype: str = "float32",
+        dtype: str = "auto",
         max_length: int = 2048,
         token_budget: int = 1024,
         form: str = "loss",
@@ -192,7 +192,7 @@ class IFDScorer:
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from engines.hf import torch_dtype
+        from engines.precision import torch_dtype
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(path)

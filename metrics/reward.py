@@ -19,14 +19,14 @@ class RewardScorer:
         self,
         path: str,
         kind: str = "seq_cls",
-        dtype: str = "float32",
+        dtype: str = "auto",
         batch_size: int = 8,
         max_length: int = 4096,
         device: str | None = None,
     ):
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-        from engines.hf import torch_dtype
+        from engines.precision import torch_dtype
         from pipeline.errors import unknown_option
 
         if kind not in ("seq_cls", "get_scores"):

@@ -33,6 +33,7 @@ LOWER_IS_BETTER = (
     "_null",
     "truncated",
     "seconds",
+    "time/",
     "near_dup",
     "confidence/mean",
     "empty",
@@ -237,6 +238,7 @@ def compare(
         "Bold: the best value of its column. All numbers: comparison.csv.",
         "",
     ]
+    report += time_table(jobs)
     for title, path in figs.items():
         if path is not None:
             report += [f"## {title}", "", f"![{title}](plots/{path.name})", ""]
@@ -248,6 +250,32 @@ def compare(
         print(table)
         print(f"\nreport: {out / 'report.md'}")
     return out / "report.md"
+
+
+def time_table(jobs: list[dict]) -> list[str]:
+    """Report lines: wall-clock seconds per stage and job (model loads counted inside their
+    stage and again on their own), and the number format each job ran in."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job["summary"] if k.startswith("time/") and k not in keys]
+    if not keys:
+        return []
+    fmt = ("hardware/engine_dtype", "hardware/train_precision")
+    lines = [
+        "## Where the time goes",
+        "",
+        "| job | "
+        + " | ".join(k.removeprefix("time/") + " (s)" for k in keys)
+        + " | "
+        + " | ".join(k.removeprefix("hardware/") for k in fmt)
+        + " |",
+        "|" + "---|" * (len(keys) + len(fmt) + 1),
+    ]
+    for job in jobs:
+        s = job["summary"]
+        cells = [job["label"], *(_fmt(s.get(k)) for k in keys), *(_fmt(s.get(k)) for k in fmt)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 class CompareCallback(Callback):

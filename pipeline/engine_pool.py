@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from engines import build_engine, resolve_engine_kind
 from engines.base import Chat, Engine, EngineStats, Generation, Sampling, sampling_key
+from engines.precision import resolve_dtype
 from pipeline.cache import StepCache
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ class EnginePool:
         self.release()
         log.info("loading %s with the %s engine", name, self.kind)
         cfg = OmegaConf.merge(self.engine_cfg, {"kind": self.kind})
+        t0 = time.perf_counter()
         self._loaded = (name, build_engine(cfg, model_cfg, self.models_dir))
+        self.stats.load_seconds += time.perf_counter() - t0
         return self._loaded[1]
 
     def adopt(self, model_name: str, engine: Engine) -> None:
@@ -67,7 +70,13 @@ class EnginePool:
     ) -> dict[str, Generation]:
         """Generations for (id, prompt, sampling) items; cached by everything they depend on."""
         by_id = {i: (prompt, sampling) for i, prompt, sampling in items}
-        dtype = self.engine_cfg.get("dtype") or model_cfg.get("dtype")
+        # The resolved format decides the outputs (auto is bf16 on one machine, fp32 on another);
+        # a server's format is the server's business.
+        dtype = (
+            None
+            if self.kind == "openai"
+            else resolve_dtype(self.engine_cfg.get("dtype") or model_cfg.get("dtype"))
+        )
         payload = {
             "model": model_identity(model_cfg),
             "engine": self.kind,

@@ -7,16 +7,19 @@ the engines and the counts. DESIGN.md › Run directory gives the files it write
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from engines.base import Chat, Generation, Sampling
+from engines.precision import hardware_summary, resolve_precision
 from evolvers import build_scenario
 from evolvers.respond import Responder, respond_counts, responded_record
 from pipeline.cache import StepCache, stable_hash
@@ -26,6 +29,7 @@ from pipeline.engine_pool import EnginePool, model_identity
 from pipeline.errors import ConfigError, DataError, UserFacingError, unknown_option
 from pipeline.records import Record, hash_records, write_json_atomic, write_jsonl_atomic
 from pipeline.scoring import Scorer, filter_set
+from pipeline.signals import Interrupted
 from pipeline.summary import build_summary, print_summary
 from pipeline.tracking import Tracker
 
@@ -75,6 +79,26 @@ class Run:
         self.train_dir: Path | None = None
         self.eval_summary: dict | None = None
         self.t0 = time.perf_counter()
+        self.timings: dict[str, float] = {}  # stage -> wall-clock seconds
+        self.stage: str | None = None  # the stage running now (named when a job is interrupted)
+        self.scorer: Scorer | None = None
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        self.stage, t0 = stage, time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+
+    def time_summary(self) -> dict[str, float]:
+        """time/<stage> (model loads included), time/model_load (engines and forward-pass
+        models started), time/total."""
+        out = {f"time/{k}": round(v, 2) for k, v in self.timings.items()}
+        loads = self.pool.stats.load_seconds + (self.scorer.load_seconds if self.scorer else 0.0)
+        out["time/model_load"] = round(loads, 2)
+        out["time/total"] = round(time.perf_counter() - self.t0, 2)
+        return out
 
     def generator(self, step: str, model_cfg: Any, params: Any, desc: str):
         """A `generate(items)` for scenarios: [(id, prompt)] -> {id: Generation}, cached.
@@ -218,6 +242,8 @@ class Run:
             for k, v in OmegaConf.to_container(cfg, resolve=True).items()
             if k not in TRAIN_KEY_EXCLUDES
         }
+        # What ran, not what was asked: `auto` trains in bf16 on one machine and fp32 on another.
+        settings["precision"] = resolve_precision(cfg.get("precision"))
         key = stable_hash(
             {
                 "train": settings,
@@ -288,42 +314,58 @@ class Run:
             )
         scenario = build_scenario(self.cfg.scenario)
         try:
-            sets = self.evolve(scenario, seeds) if "evolve" in stages else {"input": seeds}
+            if "evolve" in stages:
+                with self.timed("evolve"):
+                    sets = self.evolve(scenario, seeds)
+            else:
+                sets = {"input": seeds}
             if "respond" in stages:
-                self.respond(sets, scenario)
+                with self.timed("respond"):
+                    self.respond(sets, scenario)
             scores: dict[str, dict] = {}
             if "score" in stages:
-                scorer = Scorer(self, scenario)
-                for name, records in sets.items():
-                    scores[name] = scorer.score_set(name, self._usable(records))
+                with self.timed("score"):
+                    self.scorer = Scorer(self, scenario)
+                    scores = self.scorer.score_sets(
+                        {name: self._usable(records) for name, records in sets.items()}
+                    )
             for name, records in sets.items():
                 self.tracker.log_set(
                     name, self.metrics.get(name, {}), records, scores.get(name, {})
                 )
-            selected = self.filter(sets, scores) if "filter" in stages else None
+            selected = None
+            if "filter" in stages:
+                with self.timed("filter"):
+                    selected = self.filter(sets, scores)
             if "train" in stages:
                 if selected is None:
                     selected = self._usable(list(sets.values())[-1]) if sets else []
-                self.train_summary = self.train(selected)
+                with self.timed("train"):
+                    self.train_summary = self.train(selected)
             if "evaluate" in stages and (
                 self.cfg.eval.get("tasks") or self.cfg.eval.get("pairwise", {}).get("enabled")
             ):
-                self.eval_summary = self.evaluate()
+                with self.timed("evaluate"):
+                    self.eval_summary = self.evaluate()
         finally:
             self.pool.release()
         summary = build_summary(self.cfg, self.metrics, self.pool, self.cache, len(seeds))
+        summary.update(hardware_summary(self.cfg))
         if self.filter_counts:
             summary.update({f"filter/{k}": v for k, v in self.filter_counts.items()})
         if self.train_summary:
             summary.update(self.train_summary)
         if self.eval_summary:
             summary.update(self.eval_summary)
-        summary["seconds"] = round(time.perf_counter() - self.t0, 2)
+        summary.update(self.time_summary())
         write_json_atomic(self.dir / "summary.json", summary)
         if "report" in stages:
             from pipeline.compare import compare
 
-            compare([self.dir], self.dir, quiet=True)  # report.md + plots/ for this job
+            with self.timed("report"):
+                compare([self.dir], self.dir, quiet=True)  # report.md + plots/ for this job
+            summary.update(self.time_summary())
+            write_json_atomic(self.dir / "summary.json", summary)
             print_summary(summary, self.dir)
         return summary
 
@@ -333,12 +375,23 @@ def run_job(
 ) -> dict | None:
     """Run one job; a user-facing error is logged as one line and recorded, never a traceback.
     The tracker (W&B) is finished whatever happens, so a failing sweep job leaves no open run."""
-    summary, tracker = None, None
+    summary, tracker, run = None, None, None
     try:
         _check_config(cfg)
         tracker = Tracker(cfg, Path(run_dir), group=group, name=name)
-        summary = Run(cfg, run_dir, tracker).run()
+        run = Run(cfg, run_dir, tracker)
+        summary = run.run()
         return summary
+    except Interrupted as e:
+        # Every finished chunk is already in the cache (whole lines, fsync'd): a rerun of the same
+        # command resumes from there.
+        stage = run.stage if run else None
+        log.error("%s during %s: stopped; rerun the same command to resume", e, stage or "setup")
+        summary = {"status": "interrupted", "signal": e.name, "stage": stage}
+        if run:
+            summary.update(run.time_summary())
+        write_json_atomic(Path(run_dir) / "summary.json", summary)
+        raise
     except UserFacingError as e:
         log.error("%s", e)
         FAILED_JOBS.append({"dir": str(run_dir), "error": str(e)})

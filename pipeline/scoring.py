@@ -1,14 +1,20 @@
 """The `score` and `filter` stages: every enabled metric of SPEC §5 for each set, per record into
-`scores.jsonl` and as set summaries into `metrics.json`; then selection into `selected.jsonl`."""
+`scores.jsonl` and as set summaries into `metrics.json`; then selection into `selected.jsonl`.
+
+Metrics run metric by metric over all sets, in the order of the models they need, so each model is
+loaded once per stage: the generation-based metrics (judges, top-1 confidence) while the engine is
+up, then the embedder, then the forward-pass models (IFD scorer, reward model)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from engines.base import Sampling
 from engines.models import resolve_model_path
+from engines.precision import resolve_dtype
 from metrics import confidence, diversity, judge
 from metrics.filters import select_top_fraction
 from metrics.reward import reward_pair, reward_summary
@@ -33,10 +39,13 @@ class Scorer:
         self.cfg = run.cfg
         self.m = run.cfg.metrics
         self.scenario = scenario
+        self._models: dict[str, Any] = {}  # forward-pass models, loaded on the first cache miss
+        self.load_seconds = 0.0
 
-    def score_set(self, name: str, records: list[Record]) -> dict[str, dict]:
-        scores: dict[str, dict] = {r["id"]: {"id": r["id"]} for r in records}
-        summary: dict[str, Any] = {"records": len(records)}
+    def score_sets(self, sets: dict[str, list[Record]]) -> dict[str, dict[str, dict]]:
+        """{set name: {id: scores}} for every set; writes each set's scores.jsonl and metrics."""
+        scores = {name: {r["id"]: {"id": r["id"]} for r in recs} for name, recs in sets.items()}
+        summaries: dict[str, dict[str, Any]] = {n: {"records": len(r)} for n, r in sets.items()}
         steps: list[tuple[str, Callable]] = [
             ("judge", self._judge),
             ("confidence", self._confidence),
@@ -44,12 +53,34 @@ class Scorer:
             ("ifd", self._ifd),
             ("reward", self._reward),
         ]
-        for key, fn in steps:
-            if self.m[key].enabled:
-                summary[key] = fn(name, records, scores)
-        write_jsonl_atomic(self.run.dir / name / "scores.jsonl", scores.values())
-        self.run.add_metrics(name, "score", summary)
+        try:
+            for key, fn in steps:
+                if not self.m[key].enabled:
+                    continue
+                for name, records in sets.items():
+                    summaries[name][key] = fn(name, records, scores[name])
+                self._close_models()  # before the next metric's model is loaded
+        finally:
+            self._close_models()
+        for name in sets:
+            write_jsonl_atomic(self.run.dir / name / "scores.jsonl", scores[name].values())
+            self.run.add_metrics(name, "score", summaries[name])
         return scores
+
+    def _model(self, key: str, load: Callable[[], Any]) -> Any:
+        """A forward-pass model, loaded once for all sets (the generation engine released first:
+        one model in memory at a time)."""
+        if key not in self._models:
+            self.run.pool.release()
+            t0 = time.perf_counter()
+            self._models[key] = load()
+            self.load_seconds += time.perf_counter() - t0
+        return self._models[key]
+
+    def _close_models(self) -> None:
+        for model in self._models.values():
+            model.close()
+        self._models.clear()
 
     # -- LLM judges -------------------------------------------------------------------------
     def _judge(self, name: str, records: list[Record], scores: dict) -> dict:
@@ -66,7 +97,12 @@ class Scorer:
             gen = self.run.generator(
                 f"judge_{kind}", model_cfg, self.cfg.generation.greedy, desc=f"{name} {kind}"
             )
-            gens = gen([(r["id"], judge.judge_prompt(r, templates[kind])) for r in records])
+            # A judge answers a number or a short label: generating to the run's length limit
+            # would cost minutes for nothing.
+            gens = gen(
+                [(r["id"], judge.judge_prompt(r, templates[kind])) for r in records],
+                max_tokens=int(cfg.max_tokens[kind]),
+            )
             values = [parse(gens[r["id"]].text) for r in records]
             for r, v in zip(records, values):
                 scores[r["id"]][kind] = v
@@ -145,31 +181,28 @@ class Scorer:
                 "metrics.ifd.missing_output=skip"
             )
         model_cfg = model_for_role(self.cfg, cfg.model)
-        scorer_box: list = []
+        dtype = resolve_dtype(cfg.dtype, what="metrics.ifd.dtype")
+
+        def load():
+            from metrics.ifd import IFDScorer
+
+            return IFDScorer(
+                resolve_model_path(model_cfg, self.cfg.models_dir),
+                dtype=dtype,
+                max_length=int(cfg.max_length),
+                token_budget=int(cfg.token_budget),
+                form=cfg.form,
+                attn_implementation=cfg.attn_implementation,
+                compile_loss=bool(cfg.compile_loss),
+            )
 
         def compute(ids: list[str]) -> list[dict]:
-            if not scorer_box:
-                from metrics.ifd import IFDScorer
-
-                self.run.pool.release()  # one model in memory at a time
-                path = resolve_model_path(model_cfg, self.cfg.models_dir)
-                scorer_box.append(
-                    IFDScorer(
-                        path,
-                        dtype=cfg.dtype,
-                        max_length=int(cfg.max_length),
-                        token_budget=int(cfg.token_budget),
-                        form=cfg.form,
-                        attn_implementation=cfg.attn_implementation,
-                        compile_loss=bool(cfg.compile_loss),
-                    )
-                )
-            return scorer_box[0].score([by_id[i] for i in ids])
+            return self._model("ifd", load).score([by_id[i] for i in ids])
 
         by_id = {r["id"]: r for r in with_output}
         payload = {
             "model": model_identity(model_cfg),
-            "dtype": cfg.dtype,
+            "dtype": dtype,
             "form": cfg.form,
             "max_length": int(cfg.max_length),
             "items": {i: (query_text(r), r["output"]) for i, r in by_id.items()},
@@ -177,8 +210,6 @@ class Scorer:
         res = self.run.cache.run(
             "ifd", payload, list(by_id), compute, int(cfg.chunk_size), desc=f"{name} ifd"
         )
-        if scorer_box:
-            scorer_box[0].close()
         for i, d in res.items():
             scores[i].update(d)
         vals = list(res.values())
@@ -210,26 +241,23 @@ class Scorer:
         }
         if not pairs:
             return {"skipped": "no evolution prompts (records were not evolved)"}
-        box: list = []
+        dtype = resolve_dtype(cfg.dtype, what="metrics.reward.dtype")
+
+        def load():
+            from metrics.reward import RewardScorer
+
+            return RewardScorer(
+                cfg.model, kind=cfg.kind, dtype=dtype, batch_size=int(cfg.batch_size)
+            )
 
         def compute(ids: list[str]) -> list[dict]:
-            if not box:
-                from metrics.reward import RewardScorer
+            scorer = self._model("reward", load)
+            return [{"reward": s} for s in scorer.score([pairs[i] for i in ids])]
 
-                self.run.pool.release()
-                box.append(
-                    RewardScorer(
-                        cfg.model, kind=cfg.kind, dtype=cfg.dtype, batch_size=int(cfg.batch_size)
-                    )
-                )
-            return [{"reward": s} for s in box[0].score([pairs[i] for i in ids])]
-
-        payload = {"model": cfg.model, "kind": cfg.kind, "dtype": cfg.dtype, "pairs": pairs}
+        payload = {"model": cfg.model, "kind": cfg.kind, "dtype": dtype, "pairs": pairs}
         res = self.run.cache.run(
             "reward", payload, list(pairs), compute, 256, desc=f"{name} reward"
         )
-        if box:
-            box[0].close()
         lengths = []
         for i in pairs:
             scores[i]["reward"] = res[i]["reward"]

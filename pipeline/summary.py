@@ -74,6 +74,7 @@ def print_summary(summary: dict, run_dir: Path) -> None:
     extra = ("filter/kept", "train/steps", "train/final_loss", *BENCHMARKS)
     extra += ("engine/prompts", "cache/hits")
     rows += [(k, summary[k]) for k in extra if k in summary]
+    rows += [(k, v) for k, v in summary.items() if k.startswith(("time/", "hardware/"))]
     width = max(len(k) for k, _ in rows)
     print(f"\n== {summary['model']} · {summary['scenario']} · {summary['rounds']} round(s) ==")
     for k, v in rows:

@@ -40,13 +40,18 @@ class Tracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
+        from engines.precision import hardware_summary
+
+        config = OmegaConf.to_container(cfg, resolve=True)
+        # The formats `auto` resolved to on this machine: runs on different hardware differ here.
+        config["hardware"] = {k.split("/", 1)[1]: v for k, v in hardware_summary(cfg).items()}
         self.run = wandb.init(
             project=self.cfg.project,
             entity=self.cfg.get("entity"),
             group=self.cfg.get("group") or group,
             name=name,
             tags=list(self.cfg.get("tags") or []),
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=config,
             dir=str(run_dir),
             reinit="finish_previous",
         )

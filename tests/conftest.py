@@ -57,6 +57,7 @@ def hf_engine(bundled_model_dir):
 def vllm_engine(bundled_model_dir):
     from engines.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(bundled_model_dir, dtype="bfloat16", max_model_len=2048, seed=0)
+    # dtype auto, as in the product: bf16 where the CPU has it natively, else fp32.
+    engine = VLLMEngine(bundled_model_dir, dtype="auto", max_model_len=2048, seed=0)
     yield engine
     engine.close()

@@ -100,3 +100,35 @@ def test_unknown_stage_and_missing_path_fail_cleanly(tmp_path, fake):
     assert "unknown stage 'dance'" in err and "evolve" in err and "respond" in err
     assert run_job(_cfg(tmp_path, "data=file"), tmp_path / "y") is None
     assert "data.path" in json.loads((tmp_path / "y" / "summary.json").read_text())["error"]
+
+
+def test_score_stage_loads_each_model_once_and_judges_generate_little(tmp_path, fake, monkeypatch):
+    """Three rounds scored: the generation engine and the IFD scorer are each loaded once (not
+    once per round), the judges generate at most metrics.judge.max_tokens, and summary.json
+    says where the time went and in which format."""
+    import metrics.ifd
+    from tests.fakes import FakeIFDScorer
+
+    monkeypatch.setattr(metrics.ifd, "IFDScorer", FakeIFDScorer)
+    FakeIFDScorer.loads = 0
+    cfg = _cfg(
+        tmp_path,
+        "rounds=3",
+        "stages=[evolve,respond,score]",
+        "metrics.diversity.enabled=false",
+        "metrics.judge.max_tokens.complexity=7",
+        "metrics.judge.max_tokens.difficulty=9",
+    )
+    s = Run(cfg, tmp_path / "run").run()
+    assert fake.loads == 1 and FakeIFDScorer.loads == 1
+    assert s["round_3/score/ifd/ifd_mean"] == 0.5
+    judged = {
+        p.max_tokens
+        for text, p in zip(fake.prompts_seen, fake.params_seen)
+        if "Score (0-100)" in text or "Difficulty: <label>" in text
+    }
+    assert judged == {7, 9}
+    for stage in ("evolve", "respond", "score", "model_load", "total"):
+        assert s[f"time/{stage}"] >= 0.0
+    assert s["hardware/engine_dtype"] in ("float32", "bfloat16", "float16")
+    assert isinstance(s["hardware/cpu_bf16"], bool) and s["hardware/train_precision"]

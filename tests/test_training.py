@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from engines.precision import Hardware, resolve_precision
 from pipeline.errors import ConfigError, DataError
 from pipeline.records import make_record
 from tests.conftest import MODELS_DIR, compose_cfg
@@ -114,8 +115,10 @@ def test_deepspeed_configs_compose_and_build():
         paper.warmup_ratio,
         paper.cutoff_len,
         paper.effective_batch_size,
-        paper.precision,
-    ) == (2e-5, 3, "cosine", 0.03, 2048, 64, "bf16-mixed")
+    ) == (2e-5, 3, "cosine", 0.03, 2048, 64)
+    # The paper trained in bf16 on A100-class GPUs: `auto` resolves to that there.
+    a100 = Hardware(cuda=True, cuda_bf16=True, cuda_name="NVIDIA A100-SXM4-80GB")
+    assert resolve_precision(paper.precision, a100) == "bf16-mixed"
     assert compose_cfg(["train=qwen25_small"]).train.lr == 1e-5
     assert compose_cfg(["train=qwen25_mid"]).train.lr == 7e-6
     lora = compose_cfg(["train=qwen25_lora"]).train

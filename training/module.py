@@ -17,6 +17,9 @@ class SFTModule(pl.LightningModule):
         self.cfg = cfg
         self.model = None
         self._t_last: float | None = None
+        # The dtype of the first training forward's logits: what the arithmetic really ran in
+        # (bfloat16 under bf16-mixed autocast, float32 under 32-true).
+        self.compute_dtype: str | None = None
 
     def configure_model(self) -> None:
         # Called by Lightning inside the strategy's init context (ZeRO-3 shards from the start).
@@ -44,7 +47,10 @@ class SFTModule(pl.LightningModule):
             )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        out = self.model(**batch)
+        loss = out.loss
+        if self.compute_dtype is None:
+            self.compute_dtype = str(out.logits.dtype).removeprefix("torch.")
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["labels"]))
         now = time.perf_counter()
         if self._t_last is not None:

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from engines.hf import load_tokenizer
 from engines.models import resolve_model_path
+from engines.precision import resolve_precision
 from pipeline.errors import ConfigError, unknown_option
 from pipeline.records import Record, hash_records, write_json_atomic
 from training.data import SFTDataModule, ensure_chat_template
@@ -67,6 +68,7 @@ def train_sft(
 
     out_dir = Path(out_dir)
     strategy = make_strategy(cfg.strategy)
+    precision = resolve_precision(cfg.get("precision"))
     pl.seed_everything(seed, workers=True)
     path = resolve_model_path(student_cfg, models_dir)
     tokenizer = load_tokenizer(path, padding_side="right")
@@ -99,7 +101,7 @@ def train_sft(
         max_epochs=int(cfg.epochs),
         max_steps=int(cfg.max_steps) if cfg.get("max_steps") else -1,
         accumulate_grad_batches=accumulate,
-        precision=cfg.precision,
+        precision=precision,
         strategy=strategy,
         devices=cfg.devices,
         num_nodes=int(cfg.num_nodes),
@@ -140,6 +142,9 @@ def train_sft(
         "train/strategy": cfg.strategy,
         "train/zero_stage": zero_stage(cfg.strategy) or 0,
         "train/steps": int(trainer.global_step),
+        # Read back from what ran: Lightning's precision and the dtype the forward pass computed in.
+        "train/precision": str(trainer.precision),
+        "train/compute_dtype": module.compute_dtype,
         "train/resumed_from_step": start_step,
         "train/final_loss": float(loss) if loss is not None else None,
         "train/data_sha256": data_hash,

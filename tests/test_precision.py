@@ -1,0 +1,129 @@
+"""`dtype: auto` / `precision: auto`: every branch of the resolver with injected hardware facts,
+explicit values winning, and the real model running in the resolved format."""
+
+import logging
+
+import pytest
+import torch
+
+from engines.precision import (
+    Hardware,
+    detect_hardware,
+    hardware,
+    hardware_summary,
+    read_cpu,
+    resolve_dtype,
+    resolve_precision,
+    torch_dtype,
+)
+from pipeline.errors import ConfigError
+from tests.conftest import compose_cfg
+
+H100 = Hardware(cuda=True, cuda_bf16=True, cuda_name="NVIDIA H100")
+V100 = Hardware(cuda=True, cuda_bf16=False, cuda_name="Tesla V100")
+XEON_BF16 = Hardware(cpu_model="Xeon", cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
+XEON_AMX = Hardware(cpu_model="Xeon", cpu_flags=frozenset({"avx2", "amx_bf16", "amx_tile"}))
+EPYC_AVX2 = Hardware(cpu_model="AMD EPYC", cpu_flags=frozenset({"avx2", "fma"}))
+APPLE = Hardware(cpu_model="arm", cpu_flags=frozenset())
+
+
+@pytest.mark.parametrize(
+    "hw, dtype, precision",
+    [
+        (H100, "bfloat16", "bf16-mixed"),
+        (V100, "float16", "16-mixed"),
+        (XEON_BF16, "bfloat16", "bf16-mixed"),
+        (XEON_AMX, "bfloat16", "bf16-mixed"),
+        (EPYC_AVX2, "float32", "32-true"),
+        (APPLE, "float32", "32-true"),
+    ],
+)
+def test_auto_follows_the_hardware(hw, dtype, precision):
+    assert resolve_dtype("auto", hw) == dtype
+    assert resolve_dtype(None, hw) == dtype  # an engine's `dtype: null` falls back to auto
+    assert resolve_precision("auto", hw) == precision
+
+
+def test_onednn_isa_cap_turns_native_bf16_off():
+    capped = Hardware(cpu_flags=XEON_BF16.cpu_flags, onednn_isa="AVX2")
+    assert not capped.cpu_bf16 and "ONEDNN_MAX_CPU_ISA=AVX2" in capped.why_no_cpu_bf16()
+    assert resolve_dtype("auto", capped) == "float32"
+    assert resolve_precision("auto", capped) == "32-true"
+    assert Hardware(cpu_flags=XEON_BF16.cpu_flags, onednn_isa="avx512_core_bf16").cpu_bf16
+    assert "avx512_bf16" in EPYC_AVX2.why_no_cpu_bf16()  # names the missing flag
+    assert XEON_BF16.why_no_cpu_bf16() is None
+
+
+def test_explicit_values_win_and_bad_ones_list_the_valid():
+    assert resolve_dtype("float32", H100) == "float32"
+    assert resolve_dtype("bf16", EPYC_AVX2) == "bfloat16"  # asked for, so given, even if slow
+    assert resolve_dtype("FP16", XEON_BF16) == "float16"
+    assert resolve_precision("32-true", H100) == "32-true"
+    assert resolve_precision("bf16-mixed", EPYC_AVX2) == "bf16-mixed"
+    with pytest.raises(ConfigError, match="unknown metrics.ifd.dtype 'int8'.*auto.*bfloat16"):
+        resolve_dtype("int8", H100, what="metrics.ifd.dtype")
+    with pytest.raises(ConfigError, match="unknown train.precision 'bf16'.*32-true.*auto"):
+        resolve_precision("bf16", H100)
+    assert torch_dtype("float32") is torch.float32 and torch_dtype("bf16") is torch.bfloat16
+
+
+def test_read_cpu_parses_x86_and_arm(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+        "processor\t: 1\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu avx2 avx512_bf16\n"
+    )
+    model, flags = read_cpu(x86)
+    assert model == "Intel(R) Xeon(R)" and {"avx2", "avx512_bf16"} <= flags
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert "asimd" in read_cpu(arm)[1]
+    assert read_cpu(tmp_path / "missing")[1] == frozenset()
+
+
+def test_detection_reads_the_isa_cap(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    hw = detect_hardware()
+    assert hw.onednn_isa == "AVX2" and not hw.cpu_bf16
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert detect_hardware().onednn_isa is None
+
+
+def test_decision_is_logged_once_per_process(caplog):
+    hardware.cache_clear()
+    with caplog.at_level(logging.INFO, logger="engines.precision"):
+        first, second = hardware(), hardware()
+    assert first is second
+    lines = [r.getMessage() for r in caplog.records if r.name == "engines.precision"]
+    assert len(lines) == 1 and "dtype auto ->" in lines[0] and "train precision auto" in lines[0]
+
+
+def test_summary_says_what_ran():
+    cfg = compose_cfg()
+    s = hardware_summary(cfg, EPYC_AVX2)
+    assert s["hardware/engine_dtype"] == "float32" and s["hardware/train_precision"] == "32-true"
+    assert s["hardware/cpu_bf16"] is False and s["hardware/ifd_dtype"] == "float32"
+    s = hardware_summary(compose_cfg(["engine.dtype=float16", "train.precision=16-mixed"]), H100)
+    assert s["hardware/engine_dtype"] == "float16" and s["hardware/train_precision"] == "16-mixed"
+    assert hardware_summary(cfg, XEON_BF16)["hardware/engine_dtype"] == "bfloat16"
+
+
+@pytest.mark.slow
+def test_ifd_scorer_and_training_run_in_the_resolved_format(tmp_path, bundled_model_dir):
+    """Read back from the loaded model and from the training forward pass, not from config."""
+    from metrics.ifd import IFDScorer
+    from pipeline.records import make_record
+    from tests.conftest import MODELS_DIR
+    from training.run import train_sft
+
+    want = resolve_dtype("auto")
+    scorer = IFDScorer(bundled_model_dir, dtype=compose_cfg().metrics.ifd.dtype)
+    assert scorer.model.dtype == torch_dtype(want)
+    scorer.close()
+
+    cfg = compose_cfg(["train=cpu_tiny", "train.max_steps=1", "train.micro_batch_size=2"]).train
+    records = [make_record(f"r{i}", f"Say {i}.", "", f"{i}.") for i in range(2)]
+    s = train_sft(cfg, compose_cfg().model, records, tmp_path / "train", MODELS_DIR, seed=0)
+    assert s["train/precision"] == resolve_precision("auto")
+    # bf16-mixed autocasts the matmuls to bf16; 32-true computes in fp32.
+    assert s["train/compute_dtype"] == ("bfloat16" if want == "bfloat16" else "float32")
