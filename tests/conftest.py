@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,19 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 600, cwd=RO
         text=True,
         timeout=timeout,
     )
+
+
+def inspect_wandb(run_dir: Path) -> dict:
+    """A job's offline W&B run read back with W&B's own reader: {"summary": state, config and
+    summary as JSON, "history": the logged rows as text}."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    (offline,) = list((Path(run_dir) / "wandb").glob("offline-run-*"))
+
+    def leet(*flags: str) -> str:
+        cmd = [str(wandb_cli), "leet", "inspect", *flags, "--json", str(offline)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    return {"summary": json.loads(leet("--summary")), "history": leet()}
 
 
 @pytest.fixture(scope="session")

@@ -2,33 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODELS_DIR, run_cli
+from tests.conftest import MODELS_DIR, inspect_wandb, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def _inspect(run_dir: Path) -> dict:
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    (offline,) = list((run_dir / "wandb").glob("offline-run-*"))
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(offline)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    history = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--json", str(offline)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {"summary": json.loads(out), "history": history}
 
 
 def test_two_job_sweep_logs_two_offline_runs(tmp_path, bundled_model_dir):
@@ -51,7 +30,7 @@ def test_two_job_sweep_logs_two_offline_runs(tmp_path, bundled_model_dir):
     groups = set()
     for job, rounds in (("0", 1), ("1", 2)):
         run_dir = tmp_path / "sweep" / job
-        s = _inspect(run_dir)
+        s = inspect_wandb(run_dir)
         info = s["summary"]
         summary = json.loads((run_dir / "summary.json").read_text())
         assert info["state"] == "finished" and info["exit_code"] == 0
@@ -59,6 +38,9 @@ def test_two_job_sweep_logs_two_offline_runs(tmp_path, bundled_model_dir):
             info["config"]["rounds"] == rounds and info["config"]["model"]["name"] == "smollm2_135m"
         )
         assert f"rounds={rounds}" in info["name"] and "cache_dir" not in info["name"]
+        # What `auto` resolved to on this machine, so runs on different hardware can be told apart.
+        assert info["config"]["hardware"]["engine_dtype"] == summary["hardware/engine_dtype"]
+        assert info["config"]["hardware"]["cpu_bf16"] == summary["hardware/cpu_bf16"]
         for key in ("round_1/evolve/parsed", "engine/prompts", "status"):
             assert info["summary"][key] == summary[key]
         assert info["summary"]["round"] == rounds  # per-round metrics, the round as their step
