@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: venv demo test test-fast lint format bench clean-venv
+.PHONY: venv demo test test-fast lint format bench bench-demo clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -33,8 +33,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) run.py $(ARGS)
 
+# --durations: the slowest tests are listed at the end of every run (and of CI's log).
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=15 $(ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
@@ -43,6 +44,10 @@ bench: $(STAMP)
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/ifd_throughput.py
 	$(PY) bench/sandbox.py
+
+# The demo timed per stage, defaults vs bf16 forced, then warm; ISA=AVX2 as on a CPU without bf16.
+bench-demo: $(STAMP)
+	$(PY) bench/demo_time.py $(if $(ISA),--isa $(ISA))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -68,6 +68,7 @@ def build_engine(engine_cfg: Any, model_cfg: Any, models_dir: str | Path) -> Eng
             pipeline_parallel_size=model_cfg.get("pipeline_parallel_size", 1),
             gpu_memory_utilization=model_cfg.get("gpu_memory_utilization", 0.9),
             cpu_memory_utilization=engine_cfg.get("cpu_memory_utilization", 0.3),
+            cpu_kv_cache_gib=engine_cfg.get("cpu_kv_cache_gib"),
             enforce_eager=engine_cfg.get("enforce_eager"),
             distributed_executor_backend=engine_cfg.get("distributed_executor_backend"),
             seed=engine_cfg.get("seed", 0),

@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.records import AppendLog, write_json_atomic
+from pipeline.signals import check_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class StepCache:
             write_json_atomic(folder / "info.json", {"step": step, "n": len(ids)})
         with tqdm(total=len(ids), initial=cached, desc=desc or step, unit="item") as bar:
             for start in range(0, len(todo), chunk_size):
+                check_interrupt()
                 chunk = todo[start : start + chunk_size]
                 out = compute(chunk)
                 if len(out) != len(chunk):

@@ -29,7 +29,7 @@ from pipeline.engine_pool import EnginePool, model_identity
 from pipeline.errors import ConfigError, DataError, UserFacingError, unknown_option
 from pipeline.records import Record, hash_records, write_json_atomic, write_jsonl_atomic
 from pipeline.scoring import Scorer, filter_set
-from pipeline.signals import Interrupted
+from pipeline.signals import Interrupted, unwinding
 from pipeline.summary import build_summary, print_summary
 from pipeline.tracking import Tracker
 
@@ -383,6 +383,7 @@ def run_job(
         summary = run.run()
         return summary
     except Interrupted as e:
+        unwinding()
         # Every finished chunk is already in the cache (whole lines, fsync'd): a rerun of the same
         # command resumes from there.
         stage = run.stage if run else None

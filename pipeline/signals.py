@@ -5,6 +5,11 @@ main thread at the next Python instruction, during any stage.
 tears the trainer down and re-raises it, the runner's `finally` shuts engines down, the W&B run is
 finished, and run.py exits with 128 + the signal number. Finished cache chunks are whole fsync'd
 lines, so a rerun of the same command resumes. A second signal while unwinding exits at once.
+
+An exception raised by a signal handler lands wherever the main thread is, and a few places drop it
+(a finalizer, a library's blanket `except BaseException`). So long loops also check in
+cooperatively with `check_interrupt()` (between cache chunks, between training steps), which raises
+`Interrupted` again if a signal arrived and its exception was lost.
 """
 
 from __future__ import annotations
@@ -26,6 +31,18 @@ class Interrupted(BaseException):
 
 
 _received: list[int] = []
+_unwinding: list[bool] = []  # set once an Interrupted has been seen by the job's handler
+
+
+def check_interrupt() -> None:
+    """Raise `Interrupted` if a signal arrived (a no-op while the job is already unwinding)."""
+    if _received and not _unwinding:
+        raise Interrupted(_received[0])
+
+
+def unwinding() -> None:
+    """Called by the job's handler of `Interrupted`: the signal has been acted on."""
+    _unwinding.append(True)
 
 
 def _raise_interrupted(signum: int, frame) -> None:
@@ -43,5 +60,6 @@ def stop_on_signals() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     _received.clear()
+    _unwinding.clear()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_interrupted)

@@ -127,3 +127,11 @@ def test_ifd_scorer_and_training_run_in_the_resolved_format(tmp_path, bundled_mo
     assert s["train/precision"] == resolve_precision("auto")
     # bf16-mixed autocasts the matmuls to bf16; 32-true computes in fp32.
     assert s["train/compute_dtype"] == ("bfloat16" if want == "bfloat16" else "float32")
+
+
+def test_machine_report_names_the_path_taken():
+    from engines.__main__ import report
+
+    text = report()
+    for field in ("cpu:", "native cpu bf16:", "dtype auto ->", "torch:", "vllm:", "engine auto ->"):
+        assert field in text

@@ -189,6 +189,8 @@ def test_score_and_filter_stages_fill_every_metric(tmp_path, bundled_model_dir):
             "generation.evolve.max_tokens=48",
             "generation.greedy.max_tokens=48",
             "metrics.ifd.max_length=256",
+            # Training and evaluation are covered by the full-pipeline tests.
+            "stages=[evolve,respond,score,filter]",
         ]
     )
     s = Run(cfg, tmp_path / "run").run()

@@ -70,9 +70,9 @@ def test_sigterm_during_generation_stops_promptly_and_resumes(tmp_path, bundled_
         "engine=auto",  # the default: vLLM where it imports
         "stages=[evolve]",
         "rounds=1",
-        "data.limit=8",
+        "data.limit=6",
         "engine.chunk_size=1",
-        "generation.evolve.max_tokens=64",
+        "generation.evolve.max_tokens=48",
         f"cache_dir={cache}",
         f"models_dir={MODELS_DIR}",
     ]
@@ -84,13 +84,13 @@ def test_sigterm_during_generation_stops_promptly_and_resumes(tmp_path, bundled_
     )
     _assert_stopped(rc, took, tmp_path / "killed", "evolve", log)
     done = _lines("steps/evolve_*/*/partial.jsonl", cache)
-    assert 1 <= done < 8
+    assert 1 <= done < 6
 
     res = run_cli([*args, f"hydra.run.dir={tmp_path}/resumed"])
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    assert f"resuming, {done} of 8 already done" in res.stdout + res.stderr
+    assert f"resuming, {done} of 6 already done" in res.stdout + res.stderr
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["engine/prompts"] == 8 - done
+    assert summary["status"] == "ok" and summary["engine/prompts"] == 6 - done
 
 
 def test_sigterm_during_training_stops_promptly_and_resumes(tmp_path, bundled_model_dir):

@@ -9,6 +9,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from pipeline.signals import check_interrupt
+
 
 class SFTModule(pl.LightningModule):
     def __init__(self, model_path: str, cfg: Any):
@@ -75,3 +77,14 @@ class SFTModule(pl.LightningModule):
         )
         sched = make(opt, warmup, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class StopOnSignal(pl.Callback):
+    """Between training steps, re-raise a Ctrl-C/SIGTERM whose exception got lost inside a step
+    (pipeline/signals.py), before Lightning's own SIGTERM stop, which exits with code 0."""
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        check_interrupt()
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        check_interrupt()

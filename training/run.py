@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from engines.models import resolve_model_path
 from engines.precision import resolve_precision
 from pipeline.errors import ConfigError, unknown_option
 from pipeline.records import Record, hash_records, write_json_atomic
+from pipeline.signals import Interrupted
 from training.data import SFTDataModule, ensure_chat_template
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,9 @@ def train_sft(
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from training.module import SFTModule
+    from training.module import SFTModule, StopOnSignal
 
     out_dir = Path(out_dir)
     strategy = make_strategy(cfg.strategy)
@@ -118,6 +121,7 @@ def train_sft(
                 every_n_train_steps=int(cfg.save_every_n_steps),
             ),
             LearningRateMonitor(logging_interval="step"),
+            StopOnSignal(),
         ],
         log_every_n_steps=1,
         default_root_dir=out_dir,
@@ -128,7 +132,11 @@ def train_sft(
     if resume_from:
         log.info("train: resuming from %s", resume_from)
     start_step = _checkpoint_step(last) if resume_from else 0
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    except SIGTERMException:
+        # Lightning's own SIGTERM stop is a SystemExit with code 0: not a success here.
+        raise Interrupted(signal.SIGTERM) from None
     if not zero_stage(cfg.strategy):
         trainer.save_checkpoint(last)  # the final state, so a longer rerun resumes from here
 
