@@ -172,9 +172,7 @@ def test_overfit_export_and_resume(tmp_path, tokenizer, bundled_model_dir):
         bundled_model_dir, tokenizer, RECORDS
     )
     cfg_json = json.loads((out / "config.json").read_text())
-    assert (
-        cfg_json["data_sha256"] == s["train/data_sha256"] and cfg_json["train"]["max_steps"] == 8
-    )
+    assert cfg_json["data_sha256"] == s["train/data_sha256"] and cfg_json["train"]["max_steps"] == 8
 
     # The export loads and generates, with its chat template.
     from engines.base import Sampling
