@@ -32,11 +32,12 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
-    from pipeline.signals import Interrupted, stop_on_signals
+    from pipeline.signals import Interrupted, check_interrupt, stop_on_signals
 
     stop_on_signals()
     try:
         main()
+        check_interrupt()
     except Interrupted as e:
         print(
             f"\n{e}: stopped. Finished work is cached; rerun the same command to resume.",

@@ -26,6 +26,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from engines.models import resolve_model_path
+    from engines.precision import resolve_dtype
     from engines.vllm_engine import VLLMEngine
     from evolvers.evol_instruct import EvolInstruct
     from pipeline.cache import StepCache
@@ -115,7 +116,8 @@ def main() -> None:
             t0 = time.perf_counter()
             n_tok = sum(g.num_tokens for g in hf.generate(prompts, p))
             rates[name] = n_tok / (time.perf_counter() - t0)
-        print(f"\nhf engine, {args.hf_n} prompts, greedy, max 64 tokens, {model_cfg.dtype}")
+        dtype = resolve_dtype(model_cfg.dtype)
+        print(f"\nhf engine, {args.hf_n} prompts, greedy, max 64 tokens, {dtype}")
         print(f"  batched ({args.hf_n})     {rates['batched']:8.1f} tok/s")
         print(f"  one at a time    {rates['one at a time']:8.1f} tok/s")
         print(f"  ratio            {rates['batched'] / rates['one at a time']:8.2f}x")

@@ -10,7 +10,7 @@ from engines.precision import auto_dtype, auto_precision, detect_hardware
 
 
 def report() -> str:
-    """What this machine is and what `auto` picks on it (`python -m engines.precision`)."""
+    """What this machine is and what `auto` picks on it (`python -m engines`)."""
     import importlib.metadata as md
 
     import torch

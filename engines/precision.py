@@ -34,8 +34,18 @@ DTYPE_ALIASES = {
     "fp16": "float16",
     "half": "float16",
 }
-# What Lightning's Trainer(precision=...) accepts, besides `auto`.
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+# What Lightning's Trainer(precision=...) accepts, besides `auto`, and its short forms.
+PRECISIONS = (
+    "32-true",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
 # oneDNN ISA caps under which bf16 kernels still run natively (oneDNN's `dnnl_cpu_isa_t` names).
 ONEDNN_BF16_ISAS = (
     "AVX512_CORE_BF16",
@@ -108,16 +118,40 @@ def read_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, frozenset[str]
     return model, flags
 
 
-def detect_hardware() -> Hardware:
-    """The facts of this machine (uncached: `hardware()` is the once-per-process view)."""
+def _cuda_facts() -> tuple[bool, bool, str | None]:
+    """(CUDA usable, native bf16 on its first visible GPU, its name).
+
+    Read through NVML where it is installed (it comes with vLLM's CUDA build), so that this check
+    does not create a CUDA context in the parent process before vLLM starts its workers. bf16 is
+    native from compute capability 8.0 (Ampere) on; torch's `is_bf16_supported()` would also say
+    yes for older GPUs, where it is emulated."""
     import torch
 
-    cuda = torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        return False, False, None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+        index = int(first) if first.isdigit() else 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        major, _ = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+        name = pynvml.nvmlDeviceGetName(handle)
+        return True, major >= 8, name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # no NVML (or a UUID in CUDA_VISIBLE_DEVICES): ask torch
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return True, bf16, torch.cuda.get_device_name(0)
+
+
+def detect_hardware() -> Hardware:
+    """The facts of this machine (uncached: `hardware()` is the once-per-process view)."""
+    cuda, cuda_bf16, cuda_name = _cuda_facts()
     model, flags = read_cpu()
     return Hardware(
         cuda=cuda,
-        cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
-        cuda_name=torch.cuda.get_device_name(0) if cuda else None,
+        cuda_bf16=cuda_bf16,
+        cuda_name=cuda_name,
         cpu_model=model,
         cpu_flags=flags,
         onednn_isa=os.environ.get("ONEDNN_MAX_CPU_ISA") or None,
@@ -165,28 +199,33 @@ def resolve_precision(value: Any, hw: Hardware | None = None) -> str:
     name = "auto" if value is None else str(value).strip().lower()
     if name == "auto":
         return auto_precision(hw or hardware())
+    name = PRECISION_ALIASES.get(name, name)
     if name not in PRECISIONS:
         raise unknown_option("train.precision", value, ("auto", *PRECISIONS))
     return name
 
 
 def hardware_summary(cfg: Any, hw: Hardware | None = None) -> dict[str, Any]:
-    """`hardware/*` for summary.json and the W&B config: what ran where, in which format."""
+    """`hardware/*` for summary.json and the W&B config: what runs where, in which format, for the
+    stages the config runs. Computed before any work, so a bad dtype or precision fails first."""
     hw = hw or hardware()
     engine_cfg, model_cfg = cfg.get("engine") or {}, cfg.get("model") or {}
+    stages = set(cfg.get("stages") or ())
     out: dict[str, Any] = {
         "hardware/device": hw.describe(),
         "hardware/cpu_bf16": hw.cpu_bf16,
         "hardware/cuda_bf16": hw.cuda_bf16,
-        "hardware/engine_dtype": resolve_dtype(
-            engine_cfg.get("dtype") or model_cfg.get("dtype"), hw
-        ),
     }
-    metrics = cfg.get("metrics") or {}
-    if metrics.get("ifd"):
-        out["hardware/ifd_dtype"] = resolve_dtype(metrics.ifd.get("dtype"), hw)
-    if cfg.get("train"):
-        out["hardware/train_precision"] = resolve_precision(cfg.train.get("precision"), hw)
+    if engine_cfg.get("kind") != "openai":  # a server's format is the server's business
+        out["hardware/engine_dtype"] = resolve_dtype(
+            engine_cfg.get("dtype") or model_cfg.get("dtype"), hw, what="engine.dtype"
+        )
+    ifd = (cfg.get("metrics") or {}).get("ifd")
+    if ifd and ifd.get("enabled", True) and (not stages or "score" in stages):
+        out["hardware/ifd_dtype"] = resolve_dtype(ifd.get("dtype"), hw, what="metrics.ifd.dtype")
+    train = cfg.get("train")
+    if train and (not stages or "train" in stages):
+        out["hardware/train_precision"] = resolve_precision(train.get("precision"), hw)
     if hw.onednn_isa:
         out["hardware/onednn_max_cpu_isa"] = hw.onednn_isa
     return out

@@ -39,6 +39,23 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def kv_bytes_per_token(path: str, dtype: str) -> int:
+    """KV cache bytes one token takes in a checkpoint's attention layers (0 where unknown)."""
+    import json
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        cfg = cfg.get("text_config", cfg)
+        heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        kv_heads = cfg.get("num_key_value_heads") or heads
+        width = 4 if dtype == "float32" else 2
+        return 2 * cfg["num_hidden_layers"] * kv_heads * head_dim * width
+    except (OSError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 0
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -87,11 +104,13 @@ class VLLMEngine:
             enforce_eager=(gpus == 0) if enforce_eager is None else enforce_eager,
             seed=seed,
         )
-        if not gpus and cpu_kv_cache_gib:
+        if not gpus and cpu_kv_cache_gib and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             # A KV cache sized by need, not by a share of host memory: vLLM on CPU allocates and
-            # touches all of it at start-up (5 GiB took 14 s here, 1 GiB under a second), and
-            # 1 GiB holds ~45k tokens of the bundled model.
-            kwargs["kv_cache_memory_bytes"] = int(float(cpu_kv_cache_gib) * 2**30)
+            # touches all of it at start-up (5 GiB took 14 s here, 1 GiB under a second). 1 GiB
+            # holds ~45k tokens of the bundled model; a larger model gets at least room for two
+            # sequences of max_model_len.
+            need = 2 * kv_bytes_per_token(path, kwargs["dtype"]) * (max_model_len or 0)
+            kwargs["kv_cache_memory_bytes"] = max(int(float(cpu_kv_cache_gib) * 2**30), need)
         if distributed_executor_backend:
             kwargs["distributed_executor_backend"] = distributed_executor_backend
         t0 = time.perf_counter()

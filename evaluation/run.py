@@ -98,7 +98,9 @@ def _hf_args(model_cfg: Any, pool: Any) -> str:
 
     path = resolve_model_path(model_cfg, pool.models_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return f"pretrained={path},dtype={resolve_dtype(model_cfg.get('dtype'))},device={device}"
+    # The engine's dtype wins over the model's, as for generation.
+    dtype = resolve_dtype(pool.engine_cfg.get("dtype") or model_cfg.get("dtype"))
+    return f"pretrained={path},dtype={dtype},device={device}"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -30,24 +30,37 @@ def resolve_embedder(name: str) -> str:
     return name
 
 
-def embed(texts: list[str], model_name: str, batch_size: int = 64, device: str | None = None):
-    from sentence_transformers import SentenceTransformer
+class Embedder:
+    """A sentence-transformer, loaded once and used for every set of a stage."""
 
-    path = resolve_embedder(model_name)
-    try:
-        model = SentenceTransformer(
-            path, device=device or ("cuda" if torch.cuda.is_available() else "cpu")
+    def __init__(self, model_name: str, device: str | None = None):
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_embedder(model_name)
+        try:
+            self.model = SentenceTransformer(
+                path, device=device or ("cuda" if torch.cuda.is_available() else "cpu")
+            )
+        except Exception as e:
+            raise ModelUnavailableError(
+                f"embedder {model_name}: cannot load ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160]}); use metrics.diversity.model="
+                "bundled:all-MiniLM-L6-v2 offline, or a local folder"
+            ) from None
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        emb = self.model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
-    except Exception as e:
-        raise ModelUnavailableError(
-            f"embedder {model_name}: cannot load ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:160]}); use metrics.diversity.model="
-            "bundled:all-MiniLM-L6-v2 offline, or a local folder"
-        ) from None
-    emb = model.encode(
-        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
-    )
-    return emb.astype(np.float32)
+        return emb.astype(np.float32)
+
+    def close(self) -> None:
+        del self.model
+
+
+def embed(texts: list[str], model_name: str, batch_size: int = 64, device: str | None = None):
+    """Unit-normalised float32 embeddings of `texts` (loads the model for this one call)."""
+    return Embedder(model_name, device).encode(texts, batch_size)
 
 
 def nearest_neighbours(emb: np.ndarray, near_dup: float = 0.05, use_faiss: bool = False) -> dict:

@@ -16,10 +16,11 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 LABELS = ("very easy", "easy", "medium", "hard", "very hard")
 _LABEL_RE = re.compile(r"very\s+easy|very\s+hard|easy|medium|hard", re.IGNORECASE)
+_MARKER_RE = re.compile(r"difficulty\s*:", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?!\d|\.\d)")
 
 
-def parse_complexity(text: str) -> float | None:
+def parse_complexity(text: str, finish_reason: str = "stop") -> float | None:
     """The first number in [0, 100]."""
     for m in _NUMBER_RE.finditer(text):
         v = float(m.group(1))
@@ -28,8 +29,15 @@ def parse_complexity(text: str) -> float | None:
     return None
 
 
-def parse_difficulty(text: str) -> str | None:
-    """The last label mentioned, case-insensitive ("very hard" is not read as "hard")."""
+def parse_difficulty(text: str, finish_reason: str = "stop") -> str | None:
+    """The label after the last "Difficulty:" the template asks to end with, else the last label
+    mentioned, case-insensitive ("very hard" is not read as "hard"). A reply cut off by the token
+    cap before its "Difficulty:" line is a failure: its last label is only part of the reasoning."""
+    marker = _MARKER_RE.split(text)
+    if len(marker) > 1 and (found := _LABEL_RE.findall(marker[-1])):
+        return " ".join(found[0].lower().split())
+    if finish_reason == "length":
+        return None
     found = _LABEL_RE.findall(text)
     return " ".join(found[-1].lower().split()) if found else None
 

@@ -29,7 +29,7 @@ from pipeline.engine_pool import EnginePool, model_identity
 from pipeline.errors import ConfigError, DataError, UserFacingError, unknown_option
 from pipeline.records import Record, hash_records, write_json_atomic, write_jsonl_atomic
 from pipeline.scoring import Scorer, filter_set
-from pipeline.signals import Interrupted, unwinding
+from pipeline.signals import Interrupted, check_interrupt, unwinding
 from pipeline.summary import build_summary, print_summary
 from pipeline.tracking import Tracker
 
@@ -82,6 +82,8 @@ class Run:
         self.timings: dict[str, float] = {}  # stage -> wall-clock seconds
         self.stage: str | None = None  # the stage running now (named when a job is interrupted)
         self.scorer: Scorer | None = None
+        # Resolved before any work: a bad dtype or precision fails here, not after the generations.
+        self.hardware = hardware_summary(cfg)
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -90,6 +92,7 @@ class Run:
             yield
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+            self.stage = None
 
     def time_summary(self) -> dict[str, float]:
         """time/<stage> (model loads included), time/model_load (engines and forward-pass
@@ -350,7 +353,7 @@ class Run:
         finally:
             self.pool.release()
         summary = build_summary(self.cfg, self.metrics, self.pool, self.cache, len(seeds))
-        summary.update(hardware_summary(self.cfg))
+        summary.update(self.hardware)
         if self.filter_counts:
             summary.update({f"filter/{k}": v for k, v in self.filter_counts.items()})
         if self.train_summary:
@@ -381,6 +384,7 @@ def run_job(
         tracker = Tracker(cfg, Path(run_dir), group=group, name=name)
         run = Run(cfg, run_dir, tracker)
         summary = run.run()
+        check_interrupt()  # a signal whose exception was lost on the way must not end as success
         return summary
     except Interrupted as e:
         unwinding()
@@ -411,6 +415,7 @@ def _check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"missing value for {', '.join(sorted(missing))}{hint}")
     if int(cfg.rounds) < 1 and "evolve" in cfg.stages:
         raise ConfigError(f"rounds must be >= 1 (got {cfg.rounds})")
+    hardware_summary(cfg)  # resolves every dtype and precision the job uses: bad values fail now
 
 
 def _one_line(counts: dict) -> str:

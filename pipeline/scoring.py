@@ -99,11 +99,12 @@ class Scorer:
             )
             # A judge answers a number or a short label: generating to the run's length limit
             # would cost minutes for nothing.
+            cap = min(int(cfg.max_tokens[kind]), int(self.cfg.generation.greedy.max_tokens))
             gens = gen(
                 [(r["id"], judge.judge_prompt(r, templates[kind])) for r in records],
-                max_tokens=int(cfg.max_tokens[kind]),
+                max_tokens=cap,
             )
-            values = [parse(gens[r["id"]].text) for r in records]
+            values = [parse(gens[r["id"]].text, gens[r["id"]].finish_reason) for r in records]
             for r, v in zip(records, values):
                 scores[r["id"]][kind] = v
             if kind == "complexity":
@@ -146,7 +147,8 @@ class Scorer:
         texts = {r["id"]: query_text(r) for r in records}
 
         def compute(ids: list[str]) -> list[dict]:
-            emb = diversity.embed([texts[i] for i in ids], cfg.model, int(cfg.batch_size))
+            embedder = self._model("embed", lambda: diversity.Embedder(cfg.model))
+            emb = embedder.encode([texts[i] for i in ids], int(cfg.batch_size))
             return [{"e": row.tolist()} for row in emb]
 
         raw = self.run.cache.run(

@@ -114,7 +114,7 @@ def test_score_stage_loads_each_model_once_and_judges_generate_little(tmp_path, 
     cfg = _cfg(
         tmp_path,
         "rounds=3",
-        "stages=[evolve,respond,score]",
+        "stages=[evolve,respond,score,report]",
         "metrics.diversity.enabled=false",
         "metrics.judge.max_tokens.complexity=7",
         "metrics.judge.max_tokens.difficulty=9",
@@ -128,7 +128,11 @@ def test_score_stage_loads_each_model_once_and_judges_generate_little(tmp_path, 
         if "Score (0-100)" in text or "Difficulty: <label>" in text
     }
     assert judged == {7, 9}
-    for stage in ("evolve", "respond", "score", "model_load", "total"):
-        assert s[f"time/{stage}"] >= 0.0
+    stages = s["time/evolve"] + s["time/respond"] + s["time/score"] + s["time/report"]
+    assert 0.0 < stages <= s["time/total"]
+    assert s["time/model_load"] >= 0.0 and "time/train" not in s  # only the stages that ran
     assert s["hardware/engine_dtype"] in ("float32", "bfloat16", "float16")
-    assert isinstance(s["hardware/cpu_bf16"], bool) and s["hardware/train_precision"]
+    assert isinstance(s["hardware/cpu_bf16"], bool) and s["hardware/ifd_dtype"]
+    assert "hardware/train_precision" not in s  # no train stage in this job
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Where the time goes" in report and "| score (s) |" in report

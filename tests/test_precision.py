@@ -62,8 +62,8 @@ def test_explicit_values_win_and_bad_ones_list_the_valid():
     assert resolve_precision("bf16-mixed", EPYC_AVX2) == "bf16-mixed"
     with pytest.raises(ConfigError, match="unknown metrics.ifd.dtype 'int8'.*auto.*bfloat16"):
         resolve_dtype("int8", H100, what="metrics.ifd.dtype")
-    with pytest.raises(ConfigError, match="unknown train.precision 'bf16'.*32-true.*auto"):
-        resolve_precision("bf16", H100)
+    with pytest.raises(ConfigError, match="unknown train.precision 'bf17'.*32-true.*auto"):
+        resolve_precision("bf17", H100)
     assert torch_dtype("float32") is torch.float32 and torch_dtype("bf16") is torch.bfloat16
 
 
@@ -135,3 +135,64 @@ def test_machine_report_names_the_path_taken():
     text = report()
     for field in ("cpu:", "native cpu bf16:", "dtype auto ->", "torch:", "vllm:", "engine auto ->"):
         assert field in text
+
+
+def test_cuda_detection_counts_only_native_bf16(monkeypatch):
+    """Pre-Ampere GPUs emulate bf16: `auto` must give them fp16. Read through NVML where it is
+    installed (no CUDA context in the parent), else through torch without emulation."""
+    import sys
+    import types
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = {}
+
+    def is_bf16_supported(including_emulation=True):
+        asked["including_emulation"] = including_emulation
+        return including_emulation  # what torch says for a V100: only with emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla V100")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    hw = detect_hardware()
+    assert hw.cuda and not hw.cuda_bf16 and asked == {"including_emulation": False}
+    assert resolve_dtype("auto", hw) == "float16" and resolve_precision("auto", hw) == "16-mixed"
+
+    def fake_nvml(major):
+        m = types.ModuleType("pynvml")
+        m.nvmlInit = lambda: None
+        m.nvmlDeviceGetHandleByIndex = lambda i: i
+        m.nvmlDeviceGetCudaComputeCapability = lambda h: (major, 0)
+        m.nvmlDeviceGetName = lambda h: b"GPU"
+        return m
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(7))
+    assert not detect_hardware().cuda_bf16
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(9))
+    hw = detect_hardware()
+    assert hw.cuda_bf16 and hw.cuda_name == "GPU" and resolve_dtype("auto", hw) == "bfloat16"
+
+
+def test_lightning_short_precisions_are_accepted():
+    assert resolve_precision("bf16", EPYC_AVX2) == "bf16-mixed"
+    assert resolve_precision(32, H100) == "32-true" and resolve_precision("16", H100) == "16-mixed"
+    assert resolve_precision("transformer-engine", H100) == "transformer-engine"
+
+
+def test_summary_covers_only_what_the_job_runs():
+    s = hardware_summary(compose_cfg(["stages=[evolve,respond]"]), EPYC_AVX2)
+    assert "hardware/train_precision" not in s and "hardware/ifd_dtype" not in s
+    s = hardware_summary(compose_cfg(["metrics.ifd.enabled=false"]), EPYC_AVX2)
+    assert "hardware/ifd_dtype" not in s and s["hardware/train_precision"] == "32-true"
+    assert "hardware/engine_dtype" not in hardware_summary(compose_cfg(["engine=openai"]), H100)
+
+
+def test_a_bad_precision_fails_before_any_work(tmp_path):
+    import json
+
+    from pipeline.runner import run_job
+
+    cfg = compose_cfg([f"cache_dir={tmp_path}/cache", "logger=none", "train.precision=bf17"])
+    assert run_job(cfg, tmp_path / "run") is None
+    err = json.loads((tmp_path / "run" / "summary.json").read_text())["error"]
+    assert "train.precision 'bf17'" in err and "32-true" in err
+    assert not (tmp_path / "run" / "seeds.jsonl").exists()  # nothing ran

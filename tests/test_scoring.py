@@ -43,10 +43,18 @@ def test_parse_complexity(text, score):
         ("medium, maybe easy", "easy"),
         ("no label", None),
         ("Difficulty: very\\n easy".replace("\\n", "\n"), "very easy"),
+        ("Difficulty: hard (it is not easy)", "hard"),  # the label the template asks for
     ],
 )
 def test_parse_difficulty_takes_the_last_label(text, label):
     assert parse_difficulty(text) == label
+
+
+def test_a_difficulty_reply_cut_off_before_its_label_line_is_a_failure():
+    cut = "The user wants a poem. It needs easy rhyming skills and some"
+    assert parse_difficulty(cut, "length") is None
+    assert parse_difficulty(cut + " medium. Difficulty: medium", "length") == "medium"
+    assert parse_difficulty(cut, "stop") == "easy"
 
 
 def test_label_counts():

@@ -1,7 +1,10 @@
-"""SIGTERM to a real `python run.py` during generation (the default engine) and during training:
-the job stops within 10 s, exits non-zero, finishes its W&B run, and a rerun resumes."""
+"""SIGTERM to a real `python run.py` during generation (the default engine) and during training,
+Ctrl-C to its process group: the job stops within 10 s, exits non-zero, finishes its W&B run, and a
+rerun resumes. And the parts: a lost signal exception is raised again at the next chunk, a second
+signal while unwinding exits at once."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,8 +16,6 @@ import pytest
 
 from pipeline.records import make_record
 from tests.conftest import MODELS_DIR, ROOT, inspect_wandb, run_cli
-
-pytestmark = pytest.mark.slow
 
 # The promise of the README: a stopped job is gone within this many seconds of the signal.
 STOP_WITHIN_S = 10
@@ -64,6 +65,7 @@ def _assert_stopped(rc: float, took: float, run_dir: Path, stage: str, log: Path
     assert "Traceback" not in log.read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_during_generation_stops_promptly_and_resumes(tmp_path, bundled_model_dir):
     cache = tmp_path / "cache"
     args = [
@@ -93,6 +95,7 @@ def test_sigterm_during_generation_stops_promptly_and_resumes(tmp_path, bundled_
     assert summary["status"] == "ok" and summary["engine/prompts"] == 6 - done
 
 
+@pytest.mark.slow
 def test_sigterm_during_training_stops_promptly_and_resumes(tmp_path, bundled_model_dir):
     data = tmp_path / "sft.jsonl"
     records = [
@@ -124,3 +127,93 @@ def test_sigterm_during_training_stops_promptly_and_resumes(tmp_path, bundled_mo
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert summary["train/resumed_from_step"] >= 2 and summary["train/steps"] == 6
+
+
+def test_a_lost_signal_exception_is_raised_again_at_the_next_chunk(tmp_path, monkeypatch):
+    from pipeline import signals
+    from pipeline.cache import StepCache
+
+    computed = []
+
+    def compute(ids):
+        computed.extend(ids)
+        if len(computed) == 2:  # a signal arrives and its exception is swallowed inside a chunk
+            signals._received.append(signal.SIGTERM)
+        return [{"v": i} for i in ids]
+
+    monkeypatch.setattr(signals, "_received", [])
+    monkeypatch.setattr(signals, "_unwinding", [])
+    cache = StepCache(tmp_path)
+    with pytest.raises(signals.Interrupted) as exc:
+        cache.run("step", {}, [f"i{k}" for k in range(6)], compute, chunk_size=2)
+    assert exc.value.exit_code == 143 and computed == ["i0", "i1"]  # no further chunk
+    signals.unwinding()  # once the job handles it, unwinding code is not interrupted again
+    signals.check_interrupt()
+
+
+def test_a_second_signal_while_unwinding_exits_at_once(tmp_path):
+    script = tmp_path / "slow_cleanup.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from pipeline.signals import Interrupted, stop_on_signals\n"
+        "stop_on_signals()\n"
+        "try:\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "except Interrupted:\n"
+        "    print('unwinding', flush=True)\n"
+        "    time.sleep(60)  # a cleanup that hangs\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline().strip() == "unwinding"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 128 + signal.SIGINT
+    finally:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_stops_the_job(tmp_path, bundled_model_dir):
+    """What a terminal does: SIGINT to every process of the job."""
+    cache = tmp_path / "cache"
+    args = [
+        "engine=hf",
+        "stages=[evolve]",
+        "rounds=1",
+        "data.limit=6",
+        "engine.chunk_size=1",
+        "generation.evolve.max_tokens=48",
+        f"cache_dir={cache}",
+        f"models_dir={MODELS_DIR}",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.time() + 300
+            while _lines("steps/evolve_*/*/partial.jsonl", cache) < 1:
+                assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGINT)
+            t0 = time.monotonic()
+            rc = proc.wait(timeout=60)
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 128 + signal.SIGINT, log.read_text()[-3000:]
+    assert took <= STOP_WITHIN_S
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
+    assert inspect_wandb(tmp_path / "run")["summary"]["state"] == "failed"
