@@ -134,6 +134,7 @@ def test_default_pipeline_with_the_vllm_engine(tmp_path, bundled_model_dir):
             "rounds=2",
             "data.limit=6",
             "eval.limit=2",
+            "train.max_steps=2",  # training itself is tested in test_training.py
             *SHORT,
             f"cache_dir={tmp_path / 'cache'}",
             f"models_dir={MODELS_DIR}",
