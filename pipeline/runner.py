@@ -80,7 +80,8 @@ class Run:
         self.eval_summary: dict | None = None
         self.t0 = time.perf_counter()
         self.timings: dict[str, float] = {}  # stage -> wall-clock seconds
-        self.stage: str | None = None  # the stage running now (named when a job is interrupted)
+        self.stage: str | None = None  # the stage running now
+        self.stopped_in: str | None = None  # the stage an exception (a signal) ended
         self.scorer: Scorer | None = None
         # Resolved before any work: a bad dtype or precision fails here, not after the generations.
         self.hardware = hardware_summary(cfg)
@@ -90,6 +91,9 @@ class Run:
         self.stage, t0 = stage, time.perf_counter()
         try:
             yield
+        except BaseException:
+            self.stopped_in = self.stopped_in or stage
+            raise
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
             self.stage = None
@@ -390,7 +394,7 @@ def run_job(
         unwinding()
         # Every finished chunk is already in the cache (whole lines, fsync'd): a rerun of the same
         # command resumes from there.
-        stage = run.stage if run else None
+        stage = (run.stopped_in or run.stage) if run else None
         log.error("%s during %s: stopped; rerun the same command to resume", e, stage or "setup")
         summary = {"status": "interrupted", "signal": e.name, "stage": stage}
         if run:
