@@ -43,9 +43,16 @@ def run_demo(cache: Path, run_dir: Path, overrides: list[str], env: dict, timeou
     log = run_dir.with_suffix(".log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=out, timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.terminate()  # SIGTERM: the job shuts its engine processes down
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             return {"status": "timeout", "wall": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
     summary_path = run_dir / "summary.json"
@@ -56,9 +63,9 @@ def run_demo(cache: Path, run_dir: Path, overrides: list[str], env: dict, timeou
     return {**summary, "wall": wall}
 
 
-def fmt(result: dict, row: str, timeout: float) -> str:
+def fmt(result: dict, row: str) -> str:
     if result.get("status") == "timeout":
-        return f"> {timeout:.0f}" if row == "total" else "-"
+        return f"> {result['wall']:.0f}" if row == "total" else "-"
     if result.get("status") != "ok":
         return result.get("status", "?") if row == "total" else "-"
     v = result.get(f"time/{row}")
@@ -70,6 +77,9 @@ def main() -> None:
     ap.add_argument("--modes", default="auto,bf16", help="comma list of auto, bf16")
     ap.add_argument("--isa", default=None, help="ONEDNN_MAX_CPU_ISA for the runs, e.g. AVX2")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    ap.add_argument(
+        "--bf16-timeout", type=float, default=None, help="seconds for the forced-bf16 run"
+    )
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-cache rerun")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
@@ -92,7 +102,8 @@ def main() -> None:
             overrides = [*args.overrides, *(FORCE_BF16 if mode == "bf16" else [])]
             cache = Path(tmp) / mode / "cache"  # empty: the model is converted again
             print(f"running the demo ({mode}) from an empty cache ...", flush=True)
-            results[mode] = run_demo(cache, Path(tmp) / mode / "run", overrides, env, args.timeout)
+            limit = args.bf16_timeout if mode == "bf16" and args.bf16_timeout else args.timeout
+            results[mode] = run_demo(cache, Path(tmp) / mode / "run", overrides, env, limit)
             if mode == "auto" and not args.no_warm:
                 print("rerunning it on the warm cache ...", flush=True)
                 results["auto, warm"] = run_demo(
@@ -109,9 +120,7 @@ def main() -> None:
     both = "auto" in results and "bf16" in results
     print(f"{'bf16 / auto':>14}" if both else "")
     for row in ROWS:
-        line = f"{row:<12}" + "".join(
-            f"{fmt(results[c], row, args.timeout):>{width}}" for c in cols
-        )
+        line = f"{row:<12}" + "".join(f"{fmt(results[c], row):>{width}}" for c in cols)
         if both:
             a, b = (results[m].get(f"time/{row}") for m in ("auto", "bf16"))
             line += f"{b / a:>14.2f}" if a and b else f"{'-':>14}"
