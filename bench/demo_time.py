@@ -133,21 +133,17 @@ def main() -> None:
             for c in cols
         )
     )
-    auto = results.get("auto", {})
-    if auto.get("status") == "ok":
-        ok = auto["time/total"] <= TARGET_COLD_S
-        print(
-            f"target: default demo from an empty cache <= {TARGET_COLD_S} s: "
-            f"{auto['time/total']:.0f} s {'met' if ok else 'NOT met'}"
-        )
-    warm = results.get("auto, warm", {})
-    if warm.get("status") == "ok":
-        ok = warm["time/total"] <= TARGET_WARM_S
-        print(
-            f"target: rerun on a warm cache <= {TARGET_WARM_S} s: "
-            f"{warm['time/total']:.0f} s {'met' if ok else 'NOT met'} "
-            f"(process wall clock {warm['wall']:.0f} s)"
-        )
+    for name, what, limit in (
+        ("auto", "default demo from an empty cache", TARGET_COLD_S),
+        ("auto, warm", "rerun on a warm cache", TARGET_WARM_S),
+    ):
+        res = results.get(name, {})
+        if res.get("status") == "ok":
+            verdict = "met" if res["time/total"] <= limit else "NOT met"
+            print(
+                f"target: {what} <= {limit} s: {res['time/total']:.0f} s {verdict} "
+                f"(process wall clock {res['wall']:.0f} s)"
+            )
 
 
 if __name__ == "__main__":

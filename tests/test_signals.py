@@ -21,12 +21,19 @@ from tests.conftest import MODELS_DIR, ROOT, inspect_wandb, run_cli
 STOP_WITHIN_S = 10
 
 
-def _terminate_when(args: list[str], ready: Callable[[], bool], log: Path) -> tuple[int, float]:
-    """Start run.py, send SIGTERM (to the job only, as a scheduler would) once `ready()`, and
-    return its exit code and the seconds it took to exit after the signal."""
+def _terminate_when(
+    args: list[str], ready: Callable[[], bool], log: Path, sig: int = signal.SIGTERM
+) -> tuple[int, float]:
+    """Start run.py, send `sig` once `ready()`, and return its exit code and the seconds it took
+    to exit after the signal. SIGTERM goes to the job only, as a scheduler sends it; SIGINT to
+    its whole process group, as a terminal's Ctrl-C does."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=out, stderr=out
+            [sys.executable, str(ROOT / "run.py"), *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
         try:
             deadline = time.time() + 300
@@ -36,17 +43,38 @@ def _terminate_when(args: list[str], ready: Callable[[], bool], log: Path) -> tu
                 )
                 assert time.time() < deadline, log.read_text()[-3000:]
                 time.sleep(0.2)
-            proc.send_signal(signal.SIGTERM)
+            if sig == signal.SIGINT:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
             t0 = time.monotonic()
             try:
                 rc = proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                raise AssertionError("SIGTERM did not stop the job in 60 s") from None
+                raise AssertionError(f"signal {sig} did not stop the job in 60 s") from None
             return rc, time.monotonic() - t0
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def _evolve_args(engine: str, cache: Path) -> list[str]:
+    """A short evolve-only job that saves every prompt's result as its own chunk."""
+    return [
+        f"engine={engine}",
+        "stages=[evolve]",
+        "rounds=1",
+        "data.limit=6",
+        "engine.chunk_size=1",
+        "generation.evolve.max_tokens=48",
+        f"cache_dir={cache}",
+        f"models_dir={MODELS_DIR}",
+    ]
+
+
+def _evolved(cache: Path) -> int:
+    return _lines("steps/evolve_*/*/partial.jsonl", cache)
 
 
 def _lines(pattern: str, root: Path) -> int:
@@ -70,24 +98,13 @@ def test_sigterm_during_vllm_generation_stops_promptly(tmp_path, bundled_model_d
     """vLLM runs in engine processes of its own: they are shut down within the deadline too.
     (Resuming after a stop is checked on the cheaper hf engine below.)"""
     cache = tmp_path / "cache"
-    args = [
-        "engine=auto",  # the default: vLLM where it imports
-        "stages=[evolve]",
-        "rounds=1",
-        "data.limit=6",
-        "engine.chunk_size=1",
-        "generation.evolve.max_tokens=48",
-        f"cache_dir={cache}",
-        f"models_dir={MODELS_DIR}",
-    ]
+    args = _evolve_args("auto", cache)  # the default engine: vLLM where it imports
     log = tmp_path / "killed.log"
     rc, took = _terminate_when(
-        [*args, f"hydra.run.dir={tmp_path}/killed"],
-        lambda: _lines("steps/evolve_*/*/partial.jsonl", cache) >= 1,
-        log,
+        [*args, f"hydra.run.dir={tmp_path}/killed"], lambda: _evolved(cache) >= 1, log
     )
     _assert_stopped(rc, took, tmp_path / "killed", "evolve", log)
-    assert 1 <= _lines("steps/evolve_*/*/partial.jsonl", cache) < 6
+    assert 1 <= _evolved(cache) < 6
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -176,43 +193,17 @@ def test_a_second_signal_while_unwinding_exits_at_once(tmp_path):
 def test_ctrl_c_to_the_process_group_stops_the_job_and_a_rerun_resumes(tmp_path, bundled_model_dir):
     """What a terminal does: SIGINT to every process of the job. Then the same command again."""
     cache = tmp_path / "cache"
-    args = [
-        "engine=hf",
-        "stages=[evolve]",
-        "rounds=1",
-        "data.limit=6",
-        "engine.chunk_size=1",
-        "generation.evolve.max_tokens=48",
-        f"cache_dir={cache}",
-        f"models_dir={MODELS_DIR}",
-    ]
+    args = _evolve_args("hf", cache)
     log = tmp_path / "run.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path}/run"],
-            cwd=ROOT,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.time() + 300
-            while _lines("steps/evolve_*/*/partial.jsonl", cache) < 1:
-                assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-                time.sleep(0.2)
-            os.killpg(proc.pid, signal.SIGINT)
-            t0 = time.monotonic()
-            rc = proc.wait(timeout=60)
-            took = time.monotonic() - t0
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+    rc, took = _terminate_when(
+        [*args, f"hydra.run.dir={tmp_path}/run"], lambda: _evolved(cache) >= 1, log, signal.SIGINT
+    )
     assert rc == 128 + signal.SIGINT, log.read_text()[-3000:]
     assert took <= STOP_WITHIN_S
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
     assert inspect_wandb(tmp_path / "run")["summary"]["state"] == "failed"
-    done = _lines("steps/evolve_*/*/partial.jsonl", cache)
+    done = _evolved(cache)
     assert 1 <= done < 6
 
     res = run_cli([*args, f"hydra.run.dir={tmp_path}/resumed"])
