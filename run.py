@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from pipeline.config import register_resolvers
+from core.config import register_resolvers
 
 register_resolvers()
 
@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
-    from pipeline.signals import Interrupted, check_interrupt, stop_on_signals
+    from core.signals import Interrupted, check_interrupt, stop_on_signals
 
     stop_on_signals()
     try:

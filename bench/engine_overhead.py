@@ -25,14 +25,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
+    from core.cache import StepCache
+    from core.config import compose_config
+    from core.data import load_seeds
     from engines.models import resolve_model_path
+    from engines.pool import EnginePool
     from engines.precision import resolve_dtype
     from engines.vllm_engine import VLLMEngine
     from evolvers.evol_instruct import EvolInstruct
-    from pipeline.cache import StepCache
-    from pipeline.config import compose_config
-    from pipeline.data import load_seeds
-    from pipeline.engine_pool import EnginePool
     from pipeline.runner import item_seed, sampling
 
     cfg = compose_config(["engine=vllm", "engine.chunk_size=64"])

@@ -26,8 +26,8 @@ WORDS = (
 
 
 def make_records(n: int, seed: int = 0) -> list[dict]:
-    from pipeline.config import compose_config
-    from pipeline.data import load_seeds
+    from core.config import compose_config
+    from core.data import load_seeds
 
     seeds = load_seeds(compose_config().data, 0)
     rng = random.Random(seed)
@@ -51,8 +51,8 @@ def make_records(n: int, seed: int = 0) -> list[dict]:
 @torch.inference_mode()
 def reference(model, tok, records, max_length: int) -> tuple[list[dict], int]:
     """Three passes per record at batch size 1 with HF's own loss; returns scores and tokens run."""
+    from core.records import query_text
     from metrics.ifd import ifd_from_losses, tokenise
-    from pipeline.records import query_text
 
     out, tokens = [], 0
     for r in records:
@@ -105,9 +105,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from core.config import compose_config
     from engines.models import resolve_model_path
     from metrics.ifd import IFDScorer
-    from pipeline.config import compose_config
 
     cfg = compose_config()
     path = resolve_model_path(cfg.model, cfg.models_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.sandbox import Sandbox
+from core.sandbox import Sandbox
 
 FUNCS = [
     "def evaluate(response):\n    return response.islower()\n",

@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from core.errors import unknown_option
 from engines.base import Chat, Engine, Generation, Sampling
 from engines.models import resolve_model_path
 from engines.precision import resolve_dtype
-from pipeline.errors import unknown_option
 
 log = logging.getLogger(__name__)
 

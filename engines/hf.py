@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
+from core.errors import ConfigError
 from engines.base import Chat, Generation, Sampling, cut_at_stop, per_prompt
 from engines.precision import resolve_dtype, torch_dtype
-from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ModelUnavailableError
+from core.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
 

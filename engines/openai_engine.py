@@ -10,8 +10,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from core.errors import UserFacingError
 from engines.base import Chat, Generation, Sampling, per_prompt
-from pipeline.errors import UserFacingError
 
 
 class OpenAIEngine:

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import unknown_option
+from core.errors import unknown_option
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import logging
 import os
 import time
 
+from core.errors import ConfigError, UserFacingError
 from engines.base import Chat, Generation, Sampling, per_prompt
 from engines.precision import resolve_dtype
-from pipeline.errors import ConfigError, UserFacingError
 
 log = logging.getLogger(__name__)
 

@@ -119,9 +119,9 @@ def _standalone(model: str = "smollm2_135m", engine: str = "auto", cache_dir: st
 
     from omegaconf import OmegaConf
 
-    from pipeline.cache import StepCache
-    from pipeline.config import compose_config, load_model_config
-    from pipeline.engine_pool import EnginePool
+    from core.cache import StepCache
+    from core.config import compose_config, load_model_config
+    from engines.pool import EnginePool
 
     cfg = compose_config([f"engine={engine}"])
     cache = Path(cache_dir or cfg.cache_dir)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.templates import fill, load_template
 from engines.base import Chat, Generation
-from pipeline.templates import fill, load_template
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _VERDICT = re.compile(r"verdict\s*[:：]\s*\**\s*(answer\s+)?(a|b|tie)\b", re.IGNORECASE)

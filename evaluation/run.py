@@ -14,9 +14,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from evaluation.tasks import HEADLINES, close_sandbox, ensure_punkt, headline, task_configs
-from pipeline.errors import ConfigError
-from pipeline.records import write_json_atomic
+from core.errors import ConfigError
+from core.records import write_json_atomic
+from evaluation.benchmarks import BENCHMARKS
+from evaluation.tasks import close_sandbox, ensure_punkt, headline, task_configs
 
 log = logging.getLogger(__name__)
 BACKENDS = ("engine", "hf")
@@ -72,11 +73,15 @@ def evaluate(
             for row in rows:
                 f.write(json.dumps(row, default=str) + "\n")
     write_json_atomic(out_dir / "results.json", _jsonable(results))
-    numbers = headline(results.get("results", {}), results.get("n-samples", {}))
+    numbers = headline(
+        results.get("results", {}), results.get("n-samples", {}), list(eval_cfg.tasks)
+    )
     numbers["eval/limit"] = limit
     numbers["eval/backend"] = backend
     write_json_atomic(out_dir / "headline.json", numbers)
-    missing = [k for k, (p, _) in HEADLINES.items() if p in eval_cfg.tasks and k not in numbers]
+    missing = [
+        k for t in eval_cfg.tasks for k in BENCHMARKS.get(t).headline_keys() if k not in numbers
+    ]
     if missing:
         log.warning("evaluate: no value for %s", ", ".join(missing))
     return numbers
@@ -109,39 +114,41 @@ def _jsonable(obj: Any) -> Any:
 
 def eval_model_config(cfg: Any, trained: Path | None) -> Any:
     """What the evaluate stage evaluates: this job's fine-tuned export when it trained, else
-    `eval.model` (a conf/model name), else the untrained student (the baseline row)."""
-    from pipeline.config import load_model_config
+    `eval.model` (a role: a conf/model name or mapping), else the untrained student (the
+    baseline row)."""
+    from core.config import role_model
 
+    student = role_model(cfg, cfg.train.student, "train.student")
     if trained is not None:
-        student = load_model_config(cfg.train.student)
         name = f"{student.name}-sft-{trained.resolve().parent.name}"
         return OmegaConf.merge(student, {"name": name, "path": str(trained), "gguf": None})
-    return load_model_config(cfg.eval.get("model") or cfg.train.student)
+    if cfg.eval.get("model"):
+        return role_model(cfg, cfg.eval.model, "eval.model")
+    return student
 
 
-def reference_model_config(cfg: Any, against: str | None) -> Any:
-    """The model a job's student is judged against: a conf/model name, an HF checkpoint folder
-    (e.g. another job's train/hf), or by default the untrained student."""
-    from pipeline.config import load_model_config
+def reference_model_config(cfg: Any, against: Any) -> Any:
+    """The model a job's student is judged against: a conf/model name or mapping, an HF
+    checkpoint folder (e.g. another job's train/hf), or by default the untrained student."""
+    from core.config import role_model
 
+    student = role_model(cfg, cfg.train.student, "train.student")
     if not against:
-        return load_model_config(cfg.train.student)
-    path = Path(str(against)).expanduser()
-    if path.is_dir():
-        student = load_model_config(cfg.train.student)
+        return student
+    if isinstance(against, str) and (path := Path(against).expanduser()).is_dir():
         name = f"{student.name}-ref-{path.resolve().parent.name}-{path.name}"
         return OmegaConf.merge(student, {"name": name, "path": str(path), "gguf": None})
-    return load_model_config(str(against))
+    return role_model(cfg, against, "eval.pairwise.against")
 
 
 def pairwise(cfg: Any, model_cfg: Any, pool: Any, out_dir: Path) -> dict[str, Any]:
     """This job's model vs `eval.pairwise.against` on an instruction file, judged twice with the
     answers' positions swapped (evaluation.pairwise). Writes eval/pairwise.jsonl."""
+    from core.config import role_model
+    from core.records import read_records, write_jsonl_atomic
     from engines.base import Sampling
     from evaluation.pairwise import judge_pairs
     from evaluation.tasks import BUNDLED_DATA
-    from pipeline.config import model_for_role
-    from pipeline.records import read_records, write_jsonl_atomic
 
     pw = cfg.eval.pairwise
     src = pw.instructions
@@ -167,7 +174,7 @@ def pairwise(cfg: Any, model_cfg: Any, pool: Any, out_dir: Path) -> dict[str, An
         return {i: g.text.strip() for i, g in gens.items()}
 
     first, second = answers(model_cfg), answers(other)
-    judge_cfg = model_for_role(cfg, pw.get("judge"))
+    judge_cfg = role_model(cfg, pw.get("judge"), "eval.pairwise.judge")
     judge_params = Sampling(temperature=0.0, max_tokens=int(cfg.generation.greedy.max_tokens))
 
     def generate(prompts):

@@ -1,5 +1,7 @@
-"""The five benchmarks as lm-evaluation-harness task configs, online (hub datasets) or offline
-(local JSONL under `eval.data_dir`).
+"""Benchmarks as lm-evaluation-harness task configs, online (hub datasets) or offline (local JSONL
+under `eval.data_dir`). Which benchmarks exist, and their headline numbers, is data:
+`evaluation/benchmarks/<name>.yaml` (see evaluation.benchmarks); this module holds the builders and
+scorers those files name where lm-eval's own do not serve.
 
 Each config starts from lm-eval's own YAML (prompt, generation settings, answer filters, scorers),
 so numbers match the harness's; only three things are the project's:
@@ -23,10 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, unknown_option
-from pipeline.sandbox import Sandbox
+from core.errors import ConfigError
+from core.sandbox import Sandbox
 
-BENCHMARKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")
 BUNDLED_DATA = Path(__file__).parent / "data"
 MATH_SUBJECTS = (
     "algebra",
@@ -38,19 +39,6 @@ MATH_SUBJECTS = (
     "precalculus",
 )
 
-# Headline numbers: summary key -> (lm-eval task prefix, metric key in its results).
-HEADLINES = {
-    "ifeval/prompt_strict": ("ifeval", "prompt_level_strict_acc,none"),
-    "ifeval/inst_strict": ("ifeval", "inst_level_strict_acc,none"),
-    "ifeval/prompt_loose": ("ifeval", "prompt_level_loose_acc,none"),
-    "ifeval/inst_loose": ("ifeval", "inst_level_loose_acc,none"),
-    "gsm8k/strict": ("gsm8k", "exact_match,strict-match"),
-    "gsm8k/flexible": ("gsm8k", "exact_match,flexible-extract"),
-    "math/exact_match": ("math", "exact_match,none"),
-    "humaneval/pass@1": ("humaneval", "pass@1,extract_code"),
-    "mbpp/pass@1": ("mbpp", "pass@1,extract_code"),
-}
-
 
 def lm_eval_task_dir() -> Path:
     import lm_eval.tasks
@@ -58,7 +46,7 @@ def lm_eval_task_dir() -> Path:
     return Path(lm_eval.tasks.__file__).parent
 
 
-def _lm_eval_yaml(rel: str, resolve: bool) -> dict[str, Any]:
+def lm_eval_yaml(rel: str, resolve: bool) -> dict[str, Any]:
     from lm_eval.tasks._yaml_loader import load_yaml
 
     return load_yaml(lm_eval_task_dir() / rel, resolve_func=resolve)
@@ -127,7 +115,7 @@ def resolve_data_dir(data_dir: str | None) -> Path | None:
     return path
 
 
-def _local(task: str, data_dir: Path, splits: dict[str, str]) -> dict[str, Any]:
+def local_files(task: str, data_dir: Path, splits: dict[str, str]) -> dict[str, Any]:
     """`dataset_path: json` over `<data_dir>/<task>/<split>.jsonl` files."""
     files = {}
     for split, fname in splits.items():
@@ -284,26 +272,8 @@ def mbpp_fewshot() -> list[dict]:
     return _literal_return("mbpp/utils.py", "list_fewshot_samples")
 
 
-# -- task configs -------------------------------------------------------------------------------
-def _ifeval(data_dir: Path | None) -> list[dict]:
-    cfg = _lm_eval_yaml("ifeval/ifeval.yaml", resolve=True)
-    if data_dir:
-        cfg |= _local("ifeval", data_dir, {"train": "test.jsonl"})
-    return [cfg]
-
-
-def _gsm8k(data_dir: Path | None, fewshot: int) -> list[dict]:
-    cfg = _lm_eval_yaml("gsm8k/gsm8k.yaml", resolve=False)
-    if data_dir:
-        has_train = fewshot or (data_dir / "gsm8k" / "train.jsonl").is_file()
-        splits = {"test": "test.jsonl"} | ({"train": "train.jsonl"} if has_train else {})
-        cfg |= _local("gsm8k", data_dir, splits)
-        if not has_train:
-            cfg |= {"training_split": None, "fewshot_split": None}
-    return [cfg]
-
-
-def _math(data_dir: Path | None, fewshot: int) -> list[dict]:
+# -- builders named by evaluation/benchmarks/*.yaml ---------------------------------------------
+def math_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
     base = {
         "output_type": "generate_until",
         "test_split": "test",
@@ -317,7 +287,7 @@ def _math(data_dir: Path | None, fewshot: int) -> list[dict]:
         "metadata": {"version": 1.0, "scorer": "math-verify"},
     }
     if data_dir:
-        return [base | {"task": "math"} | _local("math", data_dir, {"test": "test.jsonl"})]
+        return [base | {"task": "math"} | bench.local_source(data_dir, fewshot)]
     return [
         base | {"task": f"math_{s}", "dataset_path": "EleutherAI/hendrycks_math", "dataset_name": s}
         for s in MATH_SUBJECTS
@@ -326,7 +296,7 @@ def _math(data_dir: Path | None, fewshot: int) -> list[dict]:
 
 def _code_task(yaml: str, name: str, programs: Callable, results: Callable) -> dict:
     """lm-eval's instruct variant of a code benchmark, its programs scored in the sandbox."""
-    cfg = _lm_eval_yaml(yaml, resolve=False)
+    cfg = lm_eval_yaml(yaml, resolve=False)
     return cfg | {
         "task": name,
         "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
@@ -337,40 +307,37 @@ def _code_task(yaml: str, name: str, programs: Callable, results: Callable) -> d
     }
 
 
-def _humaneval(data_dir: Path | None) -> list[dict]:
+def humaneval_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
     cfg = _code_task(
         "humaneval/humaneval_instruct.yaml", "humaneval", humaneval_programs, humaneval_results
     )
     if data_dir and (data_dir / "humaneval" / "test.jsonl").is_file():
-        return [cfg | _local("humaneval", data_dir, {"test": "test.jsonl"})]
+        return [cfg | bench.local_source(data_dir, fewshot)]
     files = {"data_files": {"test": humaneval_file()}}
     return [cfg | {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": files}]
 
 
-def _mbpp(data_dir: Path | None) -> list[dict]:
+def mbpp_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
     cfg = _code_task("mbpp/mbpp_instruct.yaml", "mbpp", mbpp_programs, mbpp_results)
     cfg["fewshot_config"] = {"sampler": "first_n", "samples": mbpp_fewshot}
     if data_dir:
-        cfg |= _local("mbpp", data_dir, {"test": "test.jsonl"})
+        cfg |= bench.local_source(data_dir, fewshot)
     return [cfg]
 
 
+# -- the run's task list ------------------------------------------------------------------------
 def task_configs(eval_cfg: Any) -> list[dict]:
     """lm-eval task config dicts for `eval.tasks`, with the run's few-shot and length settings."""
+    from evaluation.benchmarks import BENCHMARKS
+
+    BENCHMARKS.add_dirs(list(eval_cfg.get("benchmark_dirs") or []))
     data_dir = resolve_data_dir(eval_cfg.get("data_dir"))
     fewshot = dict(eval_cfg.get("num_fewshot") or {})
     out: list[dict] = []
     for name in eval_cfg.tasks:
-        if name not in BENCHMARKS:
-            raise unknown_option("eval task", name, BENCHMARKS)
-        builders: dict[str, Callable[[], list[dict]]] = {
-            "ifeval": lambda: _ifeval(data_dir),
-            "gsm8k": lambda: _gsm8k(data_dir, _shots(fewshot, "gsm8k", 5)),
-            "math": lambda: _math(data_dir, _shots(fewshot, "math", 4)),
-            "humaneval": lambda: _humaneval(data_dir),
-            "mbpp": lambda: _mbpp(data_dir),
-        }
-        for cfg in builders[name]():
+        bench = BENCHMARKS.get(name)
+        shots = bench.default_fewshot if fewshot.get(name) is None else int(fewshot[name])
+        for cfg in bench.task_configs(data_dir, shots):
             if fewshot.get(name) is not None:
                 cfg["num_fewshot"] = int(fewshot[name])
             cap = eval_cfg.get("max_gen_toks")
@@ -382,24 +349,27 @@ def task_configs(eval_cfg: Any) -> list[dict]:
     return out
 
 
-def _shots(fewshot: dict, name: str, default: int) -> int:
-    v = fewshot.get(name)
-    return default if v is None else int(v)
+def headline(
+    results: dict[str, dict], n_samples: dict[str, dict] | None = None, tasks: Any = None
+) -> dict:
+    """Stable summary names (`<benchmark>/<headline>`) from lm-eval's per-task results. A
+    benchmark run as several tasks (MATH's subjects on the hub) is averaged weighted by the
+    tasks' sizes, as lm-eval's minerva_math group does."""
+    from evaluation.benchmarks import BENCHMARKS
 
-
-def headline(results: dict[str, dict], n_samples: dict[str, dict] | None = None) -> dict:
-    """Stable summary names from lm-eval's per-task results. MATH's subjects (hub data) are
-    averaged weighted by their sizes, as lm-eval's minerva_math group does."""
     n_samples = n_samples or {}
     out: dict[str, float] = {}
-    for key, (prefix, metric) in HEADLINES.items():
-        rows = [
-            (r[metric], (n_samples.get(task) or {}).get("effective", 1))
-            for task, r in results.items()
-            if (task == prefix or task.startswith(f"{prefix}_"))
-            and isinstance(r.get(metric), (int, float))
-        ]
-        total = sum(n for _, n in rows)
-        if rows and total:
-            out[key] = round(float(sum(v * n for v, n in rows) / total), 6)
+    for bench in BENCHMARKS:
+        if tasks is not None and bench.name not in tasks:
+            continue
+        for key, metric in bench.headlines.items():
+            rows = [
+                (r[metric], (n_samples.get(task) or {}).get("effective", 1))
+                for task, r in results.items()
+                if (task == bench.name or task.startswith(f"{bench.name}_"))
+                and isinstance(r.get(metric), (int, float))
+            ]
+            total = sum(n for _, n in rows)
+            if rows and total:
+                out[f"{bench.name}/{key}"] = round(float(sum(v * n for v, n in rows) / total), 6)
     return out

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from core.records import Record
+from core.templates import fill, load_template
 from engines.base import Chat, Generation
-from evolvers import TEMPLATE_DIR
+from evolvers.base import SCENARIOS, TEMPLATE_DIR, Generate, Scenario, ScenarioConfig
 from evolvers.evol_instruct import child_id, child_record, clean_evolution, evolve_counts
-from pipeline.records import Record
-from pipeline.templates import fill, load_template
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ _SECTIONS = {
 }
 _IMPROVED = re.compile(r"#?\s*improved\s+method\s*#?\s*:?", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\w\))\s*")
-
-Generate = Callable[[list[tuple[str, Chat]]], dict[str, Generation]]
 
 
 def _last_match(rx: re.Pattern, text: str) -> re.Match | None:
@@ -77,10 +75,28 @@ def normalise_phrase(text: str, max_words: int = 8) -> str:
     return " ".join(re.sub(r"[^\w\s-]", " ", first.lower()).split()[:max_words])
 
 
-class AutoEvolInstruct:
-    def __init__(self, scenario_cfg: Any):
-        self.cfg = scenario_cfg
-        t = scenario_cfg.get("templates") or {}
+@dataclass
+class AutoEvolInstructConfig(ScenarioConfig):
+    analyze_methods: bool = True  # summarise methods-list lines into phrases and count them
+    top_methods: int = 10
+    optimize_steps: int = 0  # >0: rounds of evolving-method optimisation on a dev batch first
+    dev_size: int = 8
+    # null: the bundled template; a path: your own (same slots)
+    templates: dict[str, str | None] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("evolve", "method", "summarize_method", "optimize", "respond")
+        )
+    )
+
+
+@SCENARIOS.register()
+class AutoEvolInstruct(Scenario):
+    name = "auto_evol_instruct"
+    Config = AutoEvolInstructConfig
+
+    def __init__(self, cfg: AutoEvolInstructConfig):
+        super().__init__(cfg)
+        t = cfg.templates
         self.template = load_template(TEMPLATE_DIR, "auto_evol/evolve.txt", t.get("evolve"))
         self.method = load_template(TEMPLATE_DIR, "auto_evol/method.txt", t.get("method")).strip()
         self.summarize = load_template(
@@ -88,7 +104,6 @@ class AutoEvolInstruct:
         )
         self.optimize = load_template(TEMPLATE_DIR, "auto_evol/optimize.txt", t.get("optimize"))
         self.optimized = False
-        self.artifacts: dict[str, str] = {}
         self.optimization_log: list[dict] = []
 
     def prompt(self, parent: Record, method: str | None = None) -> Chat:
@@ -107,19 +122,22 @@ class AutoEvolInstruct:
         round_num: int,
         model_name: str,
         generate: Generate,
-        generate_greedy: Generate | None = None,
+        greedy: Generate,
     ) -> list[Record]:
         if not self.optimized:
             self.optimized = True
-            if int(self.cfg.get("optimize_steps") or 0) > 0:
+            if self.cfg.optimize_steps > 0:
                 self._optimise(parents, generate)
-            self.artifacts["auto_evol_method.txt"] = self.method + "\n"
         ids = [child_id(p, round_num) for p in parents]
         gens = generate([(i, self.prompt(p)) for i, p in zip(ids, parents)])
         records = [self._record(p, round_num, model_name, gens[i], i) for i, p in zip(ids, parents)]
-        if self.cfg.get("analyze_methods") and generate_greedy is not None:
-            self._analyse(records, generate_greedy)
+        if self.cfg.analyze_methods:
+            self._analyse(records, greedy)
         return records
+
+    def artifacts(self) -> dict[str, str]:
+        """The evolving method used (after optimisation, when it ran)."""
+        return {"auto_evol_method.txt": self.method + "\n"}
 
     def _record(
         self, parent: Record, round_num: int, model: str, gen: Generation, rid: str
@@ -139,14 +157,14 @@ class AutoEvolInstruct:
             evolving_method=self.method,
         )
 
-    def _analyse(self, records: list[Record], generate_greedy: Generate) -> None:
+    def _analyse(self, records: list[Record], greedy: Generate) -> None:
         items = []
         for r in records:
             for k, line in enumerate(method_lines(r["meta"]["trajectory"]["methods_list"])):
                 items.append((f"{r['id']}-m{k}", r, line))
         if not items:
             return
-        gens = generate_greedy(
+        gens = greedy(
             [
                 (i, [{"role": "user", "content": fill(self.summarize, line=line)}])
                 for i, _, line in items
@@ -158,7 +176,7 @@ class AutoEvolInstruct:
                 r["meta"].setdefault("method_phrases", []).append(phrase)
 
     def _optimise(self, parents: list[Record], generate: Generate) -> None:
-        dev = parents[: int(self.cfg.get("dev_size", 8))]
+        dev = parents[: self.cfg.dev_size]
         best_rate, failures = self._dev_failures(dev, self.method, "opt0", generate)
         self.optimization_log.append({"step": 0, "failure_rate": best_rate, "kept": True})
         for step in range(1, int(self.cfg.optimize_steps) + 1):
@@ -209,7 +227,7 @@ class AutoEvolInstruct:
                 len(method_lines(r["meta"]["trajectory"]["methods_list"])) for r in records
             ),
             "phrases_distinct": len(phrases),
-            "top": [[p, n] for p, n in phrases.most_common(int(self.cfg.get("top_methods", 10)))],
+            "top": [[p, n] for p, n in phrases.most_common(self.cfg.top_methods)],
         }
         if self.optimization_log:
             out["optimization"] = self.optimization_log

@@ -23,12 +23,22 @@ import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.base import Chat, Generation
-from evolvers import TEMPLATE_DIR
+from core.errors import DataError
+from core.records import Record, make_record, query_text, read_records
+from core.templates import fill, load_template
+from engines.base import Chat
+from evolvers.base import (
+    SCENARIOS,
+    TEMPLATE_DIR,
+    Generate,
+    Scenario,
+    ScenarioConfig,
+    Verification,
+)
 from evolvers.evol_instruct import strip_quotes
 from evolvers.verifiers import (
     COMPILE_ERROR,
@@ -40,9 +50,6 @@ from evolvers.verifiers import (
     run_verifiers,
     select_verifiers,
 )
-from pipeline.errors import ConfigError, DataError
-from pipeline.records import Record, make_record, query_text, read_records, write_jsonl_atomic
-from pipeline.templates import fill, load_template
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +57,6 @@ METHOD = "autoif"
 DATA_DIR = Path(__file__).parent / "data"
 SEEDS_FILE = DATA_DIR / "autoif_seeds.txt"
 QUERIES_FILE = DATA_DIR / "autoif_queries.jsonl"
-
-Generate = Callable[..., dict[str, Generation]]
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,3}[.)])\s+")
 DPO_CHOSEN_MIN = 0.5  # SPEC §3.5: chosen responses pass >= half the functions, rejected none
@@ -131,31 +136,73 @@ def _path(value: Any, default: Path) -> Path:
     return Path(to_absolute_path(str(Path(str(value)).expanduser())))
 
 
-class AutoIF:
+@dataclass
+class SandboxConfig:
+    timeout: float = 5.0  # seconds per verifier call
+    memory_mb: int = 1024
+    batch_size: int = 64
+
+
+@dataclass
+class DPOConfig:
+    enabled: bool = False
+    samples: int = 4
+
+
+@dataclass
+class AutoIFConfig(ScenarioConfig):
+    """The fields of conf/scenario/autoif.yaml (documented there)."""
+
+    seeds: str | None = None
+    queries: str | None = None
+    seed: int = 0
+    n_samples: int = 2
+    instructions_per_sample: int = 50
+    max_instructions: int | None = 12
+    k_verifiers: int = 2
+    min_accuracy: float = 0.8
+    min_functions: int | None = None
+    min_cases: int | None = None
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    queries_per_instruction: int = 2
+    query_min_chars: int = 20
+    query_max_chars: int = 300
+    pass_rate: float = 0.5
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    equal_size: int | None = None
+    max_tokens: dict[str, int | None] = field(
+        default_factory=lambda: {"augment": 768, "verifier": 384}
+    )
+    templates: dict[str, str | None] = field(
+        default_factory=lambda: {"augment": None, "verifier": None, "respond": None}
+    )
+
+
+@SCENARIOS.register()
+class AutoIF(Scenario):
     """The AutoIF scenario; the pipeline generates, this class builds prompts and checks code."""
 
+    name = "autoif"
+    Config = AutoIFConfig
     max_rounds = 1  # one pass: the runner runs round 1 only
 
-    def __init__(self, scenario_cfg: Any):
-        self.cfg = scenario_cfg
-        t = scenario_cfg.get("templates") or {}
+    def __init__(self, cfg: AutoIFConfig):
+        super().__init__(cfg)
+        t = cfg.templates
         self.augment_template = load_template(TEMPLATE_DIR, "autoif/augment.txt", t.get("augment"))
         self.verifier_template = load_template(
             TEMPLATE_DIR, "autoif/verifier.txt", t.get("verifier")
         )
         self.respond_template = load_template(TEMPLATE_DIR, "autoif/respond.txt", t.get("respond"))
-        self.seeds = read_seed_constraints(_path(scenario_cfg.get("seeds"), SEEDS_FILE))
-        self.queries_path = _path(scenario_cfg.get("queries"), QUERIES_FILE)
-        self.seed = int(scenario_cfg.get("seed", 0))
-        self.artifacts: dict[str, str] = {}
+        self.seeds = read_seed_constraints(_path(cfg.seeds, SEEDS_FILE))
+        self.queries_path = _path(cfg.queries, QUERIES_FILE)
+        self.seed = cfg.seed
+        self._artifacts: dict[str, str] = {}
         self._counts: dict[str, Any] = {}
 
-    def templates(self) -> dict[str, str]:
-        return {
-            "augment": self.augment_template,
-            "verifier": self.verifier_template,
-            "respond": self.respond_template,
-        }
+    def artifacts(self) -> dict[str, str]:
+        """The augmentation samples and the verified constraints (JSONL)."""
+        return dict(self._artifacts)
 
     # -- prompts ---------------------------------------------------------------------------------
     def augment_prompt(self) -> Chat:
@@ -193,10 +240,8 @@ class AutoIF:
         round_num: int,
         model_name: str,
         generate: Generate,
-        generate_greedy: Generate | None = None,
+        greedy: Generate,
     ) -> list[Record]:
-        if round_num > 1:
-            raise ConfigError("scenario=autoif is one pass; set rounds=1")
         if parents:
             log.info(
                 "autoif: the %d seed records of the data group are not used (constraints come "
@@ -220,7 +265,7 @@ class AutoIF:
         return {**self._counts, "records": len(records)}
 
     def _max_tokens(self, step: str) -> int | None:
-        value = (self.cfg.get("max_tokens") or {}).get(step)
+        value = self.cfg.max_tokens.get(step)
         return int(value) if value else None
 
     def _augment(self, generate: Generate, counts: dict) -> list[dict]:
@@ -247,7 +292,7 @@ class AutoIF:
         pool += [
             {"id": f"seed{k}", "instruction": s, "source": "seed"} for k, s in enumerate(self.seeds)
         ]
-        limit = self.cfg.get("max_instructions")
+        limit = self.cfg.max_instructions
         checked = pool
         if limit and int(limit) < len(pool):
             chosen = set(random.Random(self.seed).sample(range(len(pool)), int(limit)))
@@ -262,7 +307,7 @@ class AutoIF:
             instructions=len(pool),
             instructions_checked=len(checked),
         )
-        self.artifacts["autoif_augment.jsonl"] = "".join(json.dumps(s) + "\n" for s in samples)
+        self._artifacts["autoif_augment.jsonl"] = "".join(json.dumps(s) + "\n" for s in samples)
         return checked
 
     def _verifiers(self, instructions: list[dict], generate: Generate, counts: dict) -> list[dict]:
@@ -314,7 +359,7 @@ class AutoIF:
             replies_truncated=c["replies_truncated"],
             network_lines_dropped=c["network_lines_dropped"],
         )
-        self.artifacts["autoif_instructions.jsonl"] = "".join(
+        self._artifacts["autoif_instructions.jsonl"] = "".join(
             json.dumps(x, ensure_ascii=False) + "\n" for x in instructions
         )
         return kept
@@ -327,10 +372,10 @@ class AutoIF:
             for x in todo
             for f in x["functions"]
         ]
-        results = iter(run_programs(items, self.cfg.get("sandbox") or {}, "autoif cross-check"))
+        results = iter(run_programs(items, self.cfg.sandbox, "autoif cross-check"))
         min_acc = float(self.cfg.min_accuracy)
-        min_funcs = int(self.cfg.get("min_functions") or 1)
-        min_cases = int(self.cfg.get("min_cases") or 1)
+        min_funcs = self.cfg.min_functions or 1
+        min_cases = self.cfg.min_cases or 1
         dropped: Counter = Counter()
         kept, funcs_kept, cases_kept = [], 0, 0
         for x in instructions:
@@ -425,15 +470,12 @@ class AutoIF:
         return records
 
     # -- steps 5-6 (the runner's verification hook) -----------------------------------------------
-    def verify(
-        self, name: str, records: list[Record], set_dir: Path, generate: Generate
-    ) -> tuple[list[Record], dict[str, Any]]:
+    def verify(self, name: str, records: list[Record], generate: Generate) -> Verification:
         """Check every response with its constraint's kept functions and keep those accepted by
         at least `pass_rate` of them; with `dpo.enabled`, sample more responses and write chosen /
         rejected pairs to `dpo.jsonl`; subsample to `equal_size`. Per-response results go to
-        `verification.jsonl`. Returns the kept records and the counts."""
-        dpo = self.cfg.get("dpo") or {}
-        n_samples = int(dpo.get("samples", 0)) if dpo.get("enabled") else 0
+        `verification.jsonl`."""
+        n_samples = self.cfg.dpo.samples if self.cfg.dpo.enabled else 0
         checkable = [r for r in records if r["meta"].get("verifiers")]
         texts: dict[str, list[str]] = {r["id"]: [r["output"]] for r in checkable}
         if n_samples:
@@ -446,7 +488,7 @@ class AutoIF:
             )
             for r in checkable:
                 texts[r["id"]] += [gens[f"{r['id']}-s{k}"].text.strip() for k in range(n_samples)]
-        accepted = run_verifiers(checkable, texts, self.cfg.get("sandbox") or {})
+        accepted = run_verifiers(checkable, texts, self.cfg.sandbox)
         threshold = float(self.cfg.pass_rate)
         rows, kept, pairs = [], [], []
         for r in checkable:
@@ -465,7 +507,7 @@ class AutoIF:
             rows.append(row)
             if row["passed"]:
                 kept.append({**r, "meta": {**r["meta"], "pass_rate": rates[0]}})
-        write_jsonl_atomic(set_dir / "verification.jsonl", rows)
+        files: dict[str, list[dict]] = {"verification.jsonl": rows}
         rates0 = [row["pass_rate"] for row in rows]
         counts: dict[str, Any] = {
             "responses": len(records),
@@ -478,14 +520,14 @@ class AutoIF:
             "pass_rate_mean": sum(rates0) / len(rates0) if rates0 else None,
         }
         if n_samples:
-            write_jsonl_atomic(set_dir / "dpo.jsonl", pairs)
+            files["dpo.jsonl"] = pairs
             counts.update(dpo_samples=n_samples, dpo_pairs=len(pairs))
-        size = self.cfg.get("equal_size")
+        size = self.cfg.equal_size
         if size is not None:
             kept = subsample(kept, int(size), self.seed, f"verified records in {name}")
             counts["equal_size"] = int(size)
         counts["kept"] = len(kept)
-        return kept, counts
+        return Verification(kept, counts, files)
 
 
 def dpo_pair(record: Record, texts: list[str], rates: list[float]) -> Record | None:

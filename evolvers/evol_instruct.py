@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from core.errors import unknown_option
+from core.records import Record, make_record
+from core.templates import fill, load_template, load_yaml
 from engines.base import Chat, Generation
-from evolvers import TEMPLATE_DIR
-from pipeline.records import Record, make_record
-from pipeline.templates import fill, load_template, load_yaml
+from evolvers.base import SCENARIOS, TEMPLATE_DIR, Generate, Scenario, ScenarioConfig
 
 BREADTH = "breadth"
 
@@ -26,9 +27,21 @@ _MARKER = re.compile(
 _QUOTES = ('"', "'", "“", "”", "`")
 
 
-def method_names(scenario_cfg: Any) -> list[str]:
-    methods = list(scenario_cfg.get("methods") or [])
-    if scenario_cfg.get("use_breadth"):
+@dataclass
+class EvolInstructConfig(ScenarioConfig):
+    methods: list[str] = field(
+        default_factory=lambda: ["add_constraints", "deepen", "concretize", "reasoning"]
+    )
+    use_breadth: bool = False
+    # null: the bundled template; a path: your own (same slots)
+    templates: dict[str, str | None] = field(
+        default_factory=lambda: {"depth": None, "breadth": None, "respond": None}
+    )
+
+
+def method_names(cfg: EvolInstructConfig) -> list[str]:
+    methods = list(cfg.methods)
+    if cfg.use_breadth:
         methods.append(BREADTH)
     return methods
 
@@ -38,27 +51,27 @@ def method_for(seed_index: int, round_idx: int, methods: list[str]) -> str:
     return methods[(seed_index + round_idx) % len(methods)]
 
 
-class EvolInstruct:
+@SCENARIOS.register()
+class EvolInstruct(Scenario):
     """Builds evolution prompts and parses evolutions; the pipeline does the generating."""
 
-    def __init__(self, scenario_cfg: Any):
-        templates = scenario_cfg.get("templates") or {}
-        self.methods = method_names(scenario_cfg)
+    name = "evol_instruct"
+    Config = EvolInstructConfig
+
+    def __init__(self, cfg: EvolInstructConfig):
+        super().__init__(cfg)
+        templates = cfg.templates
+        self.methods = method_names(cfg)
         self.method_text = load_yaml(
             TEMPLATE_DIR, "evol_instruct/methods.yaml", templates.get("methods")
         )
         for m in self.methods:
             if m != BREADTH and m not in self.method_text:
-                from pipeline.errors import unknown_option
-
                 raise unknown_option("Evol-Instruct method", m, [*self.method_text, BREADTH])
         self.depth = load_template(TEMPLATE_DIR, "evol_instruct/depth.txt", templates.get("depth"))
         self.breadth = load_template(
             TEMPLATE_DIR, "evol_instruct/breadth.txt", templates.get("breadth")
         )
-
-    def templates(self) -> dict[str, str]:
-        return {"depth": self.depth, "breadth": self.breadth, **self.method_text}
 
     def prompt(self, parent: Record, method: str) -> Chat:
         if method == BREADTH:
@@ -68,9 +81,6 @@ class EvolInstruct:
                 self.depth, method=self.method_text[method], instruction=parent["instruction"]
             )
         return [{"role": "user", "content": text}]
-
-    def counts(self, records: list[Record]) -> dict[str, Any]:
-        return evolve_counts(records)
 
     def evolution_prompt(self, record: Record) -> Chat:
         """The prompt that produced an evolved record (for confidence and reward probes)."""
@@ -90,8 +100,8 @@ class EvolInstruct:
         parents: list[Record],
         round_num: int,
         model_name: str,
-        generate: Callable[[list[tuple[str, Chat]]], dict[str, Generation]],
-        generate_greedy: Callable | None = None,
+        generate: Generate,
+        greedy: Generate,
     ) -> list[Record]:
         """One round: every parent evolved once; failures kept as `parse_ok: false` records."""
         plan = self.plan(parents, round_num)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.records import Record
+from core.templates import fill, load_template
 from engines.base import Chat, Generation
-from evolvers import TEMPLATE_DIR
-from pipeline.records import Record
-from pipeline.templates import fill, load_template
+from evolvers.base import TEMPLATE_DIR
 
 
 class Responder:

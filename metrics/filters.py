@@ -1,4 +1,5 @@
-"""Selection by a metric (SPEC §6): keep `keep_ratio` of the records, best first."""
+"""Selection by a metric (SPEC §6): keep `keep_ratio` of the records, best first. The filters are
+the metric fields that declare one (`Field.filter`), plus `random` and `none`."""
 
 from __future__ import annotations
 
@@ -7,20 +8,11 @@ import math
 import random
 from typing import Any
 
-from pipeline.errors import DataError, unknown_option
-from pipeline.records import Record
+from core.errors import DataError, unknown_option
+from core.records import Record
+from metrics.base import filters
 
 log = logging.getLogger(__name__)
-
-# filter name -> (score field, descending?)
-FILTERS: dict[str, tuple[str | None, bool]] = {
-    "ic_ifd": ("ic_ifd", True),
-    "ifd": ("ifd", True),
-    "length": ("q_tokens", False),
-    "instruction_loss": ("loss_q", False),
-    "random": (None, False),
-    "none": (None, False),
-}
 
 
 def select_top_fraction(
@@ -32,8 +24,9 @@ def select_top_fraction(
     drop_ifd_above_1: bool = False,
 ) -> tuple[list[Record], dict[str, Any]]:
     """The kept records (in ranking order) and counts. Ties break by id, so runs agree."""
-    if name not in FILTERS:
-        raise unknown_option("filter", name, FILTERS)
+    table = filters()
+    if name not in table:
+        raise unknown_option("filter", name, table)
     if not 0 < keep_ratio <= 1:
         raise DataError(f"filter.keep_ratio must be in (0, 1], got {keep_ratio}")
     counts: dict[str, Any] = {"filter": name, "keep_ratio": keep_ratio, "input": len(records)}
@@ -45,7 +38,7 @@ def select_top_fraction(
     if name == "none":
         kept = pool
     else:
-        field, descending = FILTERS[name]
+        field, descending = table[name]
         if field is None:
             pool = sorted(pool, key=lambda r: r["id"])
             random.Random(seed).shuffle(pool)

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
-from pipeline.records import Record, query_text
+from core.errors import DataError
+from core.records import Record, query_text
+from metrics.base import METRICS, Field, Metric, MetricConfig, Stat, mean
 
 log = logging.getLogger(__name__)
 
@@ -274,3 +276,120 @@ class IFDScorer:
 
 def _nulls() -> dict:
     return {"loss_a_given_q": None, "loss_q": None, "loss_a": None, "ifd": None, "ic_ifd": None}
+
+
+@dataclass
+class IFDConfig(MetricConfig):
+    model: Any = None  # null: the run's model; a conf/model name; a model mapping
+    dtype: str = "auto"  # auto (bf16 on GPUs / CPUs with native bf16, else fp32) | float32 | ...
+    attn_implementation: str = "auto"  # auto (eager for bf16 on CPU) | sdpa | eager | ...
+    compile_loss: bool = True  # fuse the fp32 loss with torch.compile; false = eager
+    max_length: int = 2048  # cutoff of X = Q + "\n" + A and of A alone
+    token_budget: int = 1024  # tokens per forward batch, padding included
+    form: str = "loss"  # loss | ppl (exp of each loss)
+    missing_output: str = "error"  # error | skip: records without an output
+    chunk_size: int = 256  # records per cached chunk
+
+    def __post_init__(self) -> None:
+        from core.schemas import one_of
+
+        one_of(self.form, "form", ("loss", "ppl"))
+        one_of(self.missing_output, "missing_output", ("error", "skip"))
+
+
+@METRICS.register()
+class IFDMetric(Metric):
+    """IFD and IC-IFD (SPEC §5) from one causal LM's losses; cached by the scorer's identity, the
+    resolved dtype, the form, the cutoff and the exact (Q, A) texts."""
+
+    name = "ifd"
+    Config = IFDConfig
+    order = 30
+    fields = (
+        Field("ifd", higher_is_better=True, filter="ifd", descending=True),
+        Field("ic_ifd", higher_is_better=True, filter="ic_ifd", descending=True),
+        Field("loss_q", filter="instruction_loss", descending=False),
+        Field("q_tokens", filter="length", descending=False, sample=False),
+    )
+    stats = (
+        Stat("ifd_mean", higher_is_better=True, headline=True),
+        Stat(
+            "ic_ifd_mean", higher_is_better=True, headline=True, label="mean IC-IFD", per_round=True
+        ),
+        Stat("loss_q_mean"),
+        Stat("q_tokens_mean"),
+        Stat("ifd_null", higher_is_better=False),
+        Stat("ifd_above_1"),
+        Stat("truncated", higher_is_better=False),
+        Stat("skipped_no_output", higher_is_better=False),
+    )
+    # Numerically equivalent settings (attention kernel, loss fusion, batching) and the ones the
+    # key holds resolved (model identity, dtype).
+    key_excludes = (
+        "model",
+        "dtype",
+        "attn_implementation",
+        "compile_loss",
+        "token_budget",
+        "chunk_size",
+        "missing_output",
+    )
+
+    def score(self, set_name: str, records: list[Record]) -> dict[str, dict]:
+        from engines.models import resolve_model_path
+        from engines.pool import model_identity
+        from engines.precision import resolve_dtype
+
+        cfg = self.cfg
+        with_output = [r for r in records if (r.get("output") or "").strip()]
+        self.missing = len(records) - len(with_output)
+        if self.missing and cfg.missing_output == "error":
+            raise DataError(
+                f"score: {self.missing} of {len(records)} records in {set_name} have no output, "
+                "which IFD needs; run the respond stage first (stages=[...,respond,score]) or set "
+                "metrics.ifd.missing_output=skip"
+            )
+        model_cfg = self.ctx.role(cfg.model, "metrics.ifd.model")
+        self.model_name = model_cfg.name
+        dtype = resolve_dtype(cfg.dtype, what="metrics.ifd.dtype")
+
+        def load() -> IFDScorer:
+            return IFDScorer(
+                resolve_model_path(model_cfg, self.ctx.models_dir),
+                dtype=dtype,
+                max_length=int(cfg.max_length),
+                token_budget=int(cfg.token_budget),
+                form=cfg.form,
+                attn_implementation=cfg.attn_implementation,
+                compile_loss=bool(cfg.compile_loss),
+            )
+
+        by_id = {r["id"]: r for r in with_output}
+
+        def compute(ids: list[str]) -> list[dict]:
+            return self.ctx.model("ifd", load).score([by_id[i] for i in ids])
+
+        payload = {
+            **self.cache_key(),
+            "model": model_identity(model_cfg),
+            "dtype": dtype,
+            "items": {i: (query_text(r), r["output"]) for i, r in by_id.items()},
+        }
+        return self.ctx.cache.run(
+            "ifd", payload, list(by_id), compute, int(cfg.chunk_size), desc=f"{set_name} ifd"
+        )
+
+    def summarize(self, set_name, records, rows) -> dict[str, Any]:
+        vals = list(rows.values())
+        return {
+            "model": self.model_name,
+            "form": self.cfg.form,
+            "skipped_no_output": self.missing,
+            "ifd_mean": mean([d["ifd"] for d in vals]),
+            "ic_ifd_mean": mean([d["ic_ifd"] for d in vals]),
+            "loss_q_mean": mean([d["loss_q"] for d in vals]),
+            "q_tokens_mean": mean([d["q_tokens"] for d in vals]),
+            "ifd_null": sum(d["ifd"] is None for d in vals),
+            "ifd_above_1": sum((d["ifd"] or 0) > 1 for d in vals),
+            "truncated": sum(bool(d["truncated"]) for d in vals),
+        }

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.records import Record, query_text
+from core.templates import fill, load_template
 from engines.base import Chat
-from pipeline.records import Record, query_text
-from pipeline.templates import fill, load_template
+from metrics.base import METRICS, Field, Metric, MetricConfig, Stat, mean
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
@@ -47,11 +49,10 @@ def judge_prompt(record: Record, template: str) -> Chat:
     return [{"role": "user", "content": fill(template, query=query_text(record))}]
 
 
-def load_judge_templates(cfg: Any) -> dict[str, str]:
-    t = cfg.get("templates") or {}
+def load_judge_templates(templates: dict[str, str | None]) -> dict[str, str]:
     return {
-        "complexity": load_template(TEMPLATE_DIR, "judge/complexity.txt", t.get("complexity")),
-        "difficulty": load_template(TEMPLATE_DIR, "judge/difficulty.txt", t.get("difficulty")),
+        kind: load_template(TEMPLATE_DIR, f"judge/{kind}.txt", templates.get(kind))
+        for kind in ("complexity", "difficulty")
     }
 
 
@@ -63,3 +64,77 @@ def label_counts(labels: list[str | None]) -> dict[str, Any]:
         "percent": {lab: (100.0 * c.get(lab, 0) / parsed if parsed else None) for lab in LABELS},
         "failed": c.get(None, 0),
     }
+
+
+@dataclass
+class JudgeConfig(MetricConfig):
+    model: Any = None  # null: the run's model; a conf/model name; a model mapping
+    complexity: bool = True  # 0-100 score
+    difficulty: bool = True  # very easy ... very hard
+    templates: dict[str, str | None] = field(
+        default_factory=lambda: {"complexity": None, "difficulty": None}
+    )
+    # Tokens each judge may generate (never more than generation.greedy.max_tokens).
+    max_tokens: dict[str, int] = field(
+        default_factory=lambda: {"complexity": 24, "difficulty": 128}
+    )
+
+
+@METRICS.register()
+class JudgeMetric(Metric):
+    """Complexity (0-100) and difficulty (five labels) from an LLM judge, greedy; the cache key is
+    the judge model and the exact prompts and decoding."""
+
+    name = "judge"
+    Config = JudgeConfig
+    order = 10
+    fields = (
+        Field("complexity", higher_is_better=True, label="complexity (0-100)"),
+        Field("difficulty"),
+    )
+    stats = (
+        Stat(
+            "complexity_mean",
+            higher_is_better=True,
+            headline=True,
+            label="complexity (0-100)",
+            per_round=True,
+            scaling=True,
+        ),
+        Stat("complexity_failed", higher_is_better=False),
+        Stat("difficulty", label="difficulty", labels=LABELS),
+        Stat("difficulty/failed", higher_is_better=False),
+    )
+
+    def score(self, set_name: str, records: list[Record]) -> dict[str, dict[str, Any]]:
+        cfg, run_cfg = self.cfg, self.ctx.cfg
+        model_cfg = self.ctx.role(cfg.model, "metrics.judge.model")
+        templates = load_judge_templates(cfg.templates)
+        rows: dict[str, dict[str, Any]] = {r["id"]: {} for r in records}
+        for kind, parse in (("complexity", parse_complexity), ("difficulty", parse_difficulty)):
+            if not getattr(cfg, kind):
+                continue
+            gen = self.ctx.generator(
+                f"judge_{kind}", model_cfg, run_cfg.generation.greedy, f"{set_name} {kind}"
+            )
+            # A judge answers a number or a short label: generating to the run's length limit
+            # would cost minutes for nothing.
+            cap = min(int(cfg.max_tokens[kind]), int(run_cfg.generation.greedy.max_tokens))
+            gens = gen(
+                [(r["id"], judge_prompt(r, templates[kind])) for r in records], max_tokens=cap
+            )
+            for r in records:
+                g = gens[r["id"]]
+                rows[r["id"]][kind] = parse(g.text, g.finish_reason)
+        self.model_name = model_cfg.name
+        return rows
+
+    def summarize(self, set_name, records, rows) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model_name}
+        if self.cfg.complexity:
+            values = [row.get("complexity") for row in rows.values()]
+            out["complexity_mean"] = mean(values)
+            out["complexity_failed"] = sum(v is None for v in values)
+        if self.cfg.difficulty:
+            out["difficulty"] = label_counts([row.get("difficulty") for row in rows.values()])
+        return out

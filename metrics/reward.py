@@ -7,11 +7,15 @@ remote code exposes `get_scores(tokenizer, conversations)` (e.g. internlm/intern
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from core.errors import DataError, unknown_option
+from core.records import Record
 from engines.base import Chat
+from metrics.base import METRICS, Field, Metric, MetricConfig, Stat
 
 
 class RewardScorer:
@@ -27,7 +31,6 @@ class RewardScorer:
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         from engines.precision import torch_dtype
-        from pipeline.errors import unknown_option
 
         if kind not in ("seq_cls", "get_scores"):
             raise unknown_option("reward model kind", kind, ("seq_cls", "get_scores"))
@@ -88,3 +91,71 @@ def reward_summary(scores: list[float | None], lengths: list[int]) -> dict[str, 
 
 def reward_pair(evolution_prompt: Chat, evolved_instruction: str) -> Chat:
     return [*evolution_prompt, {"role": "assistant", "content": evolved_instruction}]
+
+
+@dataclass
+class RewardConfig(MetricConfig):
+    enabled: bool = False  # no reward model ships offline
+    model: str | None = None  # HF id or folder, e.g. Skywork/Skywork-Reward-Llama-3.1-8B-v0.2
+    kind: str = "seq_cls"  # seq_cls | get_scores (InternLM2-Reward, trust_remote_code)
+    dtype: str = "auto"
+    batch_size: int = 8
+
+
+@METRICS.register()
+class RewardMetric(Metric):
+    """A reward model's score of (evolution prompt, evolved instruction); records without an
+    evolution prompt are skipped."""
+
+    name = "reward"
+    Config = RewardConfig
+    order = 31
+    fields = (Field("reward", higher_is_better=True),)
+    stats = (
+        Stat("mean", higher_is_better=True, headline=True),
+        Stat("lc_mean", higher_is_better=True),
+        Stat("scored"),
+    )
+    key_excludes = ("dtype", "batch_size")
+
+    def score(self, set_name: str, records: list[Record]) -> dict[str, dict]:
+        from engines.precision import resolve_dtype
+
+        cfg = self.cfg
+        if not cfg.model:
+            raise DataError(
+                "metrics.reward.enabled=true needs metrics.reward.model (an HF id or a local "
+                "folder of a reward model, e.g. Skywork/Skywork-Reward-Llama-3.1-8B-v0.2)"
+            )
+        prompt = self.scenario.evolution_prompt if self.scenario is not None else None
+        pairs = {}
+        for r in records:
+            meta = r.get("meta", {})
+            if prompt and "method" in meta and "parent_instruction" in meta:
+                if (p := prompt(r)) is not None:
+                    pairs[r["id"]] = reward_pair(p, r["instruction"])
+        self.lengths = {i: len(p[-1]["content"].split()) for i, p in pairs.items()}
+        if not pairs:
+            return {}
+        dtype = resolve_dtype(cfg.dtype, what="metrics.reward.dtype")
+
+        def load() -> RewardScorer:
+            return RewardScorer(
+                cfg.model, kind=cfg.kind, dtype=dtype, batch_size=int(cfg.batch_size)
+            )
+
+        def compute(ids: list[str]) -> list[dict]:
+            scorer = self.ctx.model("reward", load)
+            return [{"reward": s} for s in scorer.score([pairs[i] for i in ids])]
+
+        payload = {**self.cache_key(), "dtype": dtype, "pairs": pairs}
+        return self.ctx.cache.run(
+            "reward", payload, list(pairs), compute, 256, desc=f"{set_name} reward"
+        )
+
+    def summarize(self, set_name, records, rows) -> dict[str, Any]:
+        if not rows:
+            return {"skipped": "no evolution prompts (records were not evolved)"}
+        ids = list(rows)
+        summary = reward_summary([rows[i]["reward"] for i in ids], [self.lengths[i] for i in ids])
+        return {"model": self.cfg.model, **summary}

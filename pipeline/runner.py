@@ -2,7 +2,8 @@
 and resume.
 
 Stages are small and pure (evolvers/, metrics/, ...); this module owns the run directory, the cache,
-the engines and the counts. DESIGN.md › Run directory gives the files it writes.
+the engines and the counts, and hands each stage a `StageContext` (core.context), never itself.
+DESIGN.md › Run directory gives the files it writes.
 """
 
 from __future__ import annotations
@@ -18,20 +19,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.cache import StepCache, stable_hash
+from core.config import validate
+from core.context import StageContext
+from core.data import load_seeds
+from core.errors import ConfigError, DataError, UserFacingError, unknown_option
+from core.records import Record, hash_records, write_json_atomic, write_jsonl_atomic
+from core.signals import Interrupted, check_interrupt, unwinding
 from engines.base import Chat, Generation, Sampling
+from engines.pool import EnginePool, model_identity
 from engines.precision import hardware_summary, resolve_precision
-from evolvers import build_scenario
-from evolvers.respond import Responder, respond_counts, responded_record
-from pipeline.cache import StepCache, stable_hash
-from pipeline.config import load_model_config, model_for_role
-from pipeline.data import load_seeds
-from pipeline.engine_pool import EnginePool, model_identity
-from pipeline.errors import ConfigError, DataError, UserFacingError, unknown_option
-from pipeline.records import Record, hash_records, write_json_atomic, write_jsonl_atomic
+from evolvers.base import Scenario, build_scenario
+from evolvers.respond import respond_counts, responded_record
+from metrics.base import needs_scores
 from pipeline.scoring import Scorer, filter_set
-from pipeline.signals import Interrupted, check_interrupt, unwinding
-from pipeline.summary import build_summary, print_summary
-from pipeline.tracking import Tracker
+from reporting.summary import build_summary, print_summary
+from reporting.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,8 @@ TRAIN_KEY_EXCLUDES = (
     "num_nodes",
     "save_every_n_steps",
     "name",
+    "student",  # the key holds the student's identity instead
 )
-NEEDS_SCORES = ("ic_ifd", "ifd", "length", "instruction_loss")
 
 # Jobs of this process that failed with a user-facing error (run.py exits non-zero if any).
 FAILED_JOBS: list[dict] = []
@@ -82,9 +85,18 @@ class Run:
         self.timings: dict[str, float] = {}  # stage -> wall-clock seconds
         self.stage: str | None = None  # the stage running now
         self.stopped_in: str | None = None  # the stage an exception (a signal) ended
-        self.scorer: Scorer | None = None
+        self.rounds = int(cfg.rounds)  # capped by the scenario (`Scenario.max_rounds`)
         # Resolved before any work: a bad dtype or precision fails here, not after the generations.
         self.hardware = hardware_summary(cfg)
+        self.ctx = StageContext(
+            cfg=cfg,
+            dir=self.dir,
+            cache=self.cache,
+            generator=self.generator,
+            generate=self.pool.generate,
+            release_engine=self.pool.release,
+            sink=self.add_metrics,
+        )
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -102,7 +114,7 @@ class Run:
         """time/<stage> (model loads included), time/model_load (engines and forward-pass
         models started), time/total."""
         out = {f"time/{k}": round(v, 2) for k, v in self.timings.items()}
-        loads = self.pool.stats.load_seconds + (self.scorer.load_seconds if self.scorer else 0.0)
+        loads = self.pool.stats.load_seconds + self.ctx.load_seconds
         out["time/model_load"] = round(loads, 2)
         out["time/total"] = round(time.perf_counter() - self.t0, 2)
         return out
@@ -139,18 +151,9 @@ class Run:
         log.info("%s %s: %s", name, stage, _one_line(counts))
 
     # -- stages -------------------------------------------------------------------------------
-    def evolve(self, scenario: Any, seeds: list[Record]) -> dict[str, list[Record]]:
+    def evolve(self, scenario: Scenario, seeds: list[Record]) -> dict[str, list[Record]]:
         parents, sets = seeds, {}
-        one_pass = getattr(scenario, "max_rounds", None)  # e.g. AutoIF: one pass, no rounds
-        if one_pass and int(self.cfg.rounds) > one_pass:
-            log.warning(
-                "scenario %s runs %d round(s): rounds=%d capped",
-                self.cfg.scenario.name,
-                one_pass,
-                self.cfg.rounds,
-            )
-            self.cfg.rounds = one_pass
-        for r in range(1, int(self.cfg.rounds) + 1):
+        for r in range(1, self.rounds + 1):
             if not parents:
                 log.warning("round %d: nothing left to evolve (every parent failed)", r)
                 break
@@ -167,7 +170,7 @@ class Run:
                 desc=f"round {r} analysis",
             )
             evolved = scenario.evolve_round(parents, r, self.cfg.model.name, generate, greedy)
-            for fname, text in getattr(scenario, "artifacts", {}).items():
+            for fname, text in scenario.artifacts().items():
                 (self.dir / fname).write_text(text)
             name = f"round_{r}"
             self.write_set(name, "evolved.jsonl", evolved)
@@ -176,14 +179,11 @@ class Run:
             parents = [e for e in evolved if e["meta"]["parse_ok"]]  # failures end their lineage
         return sets
 
-    def respond(self, sets: dict[str, list[Record]], scenario: Any = None) -> None:
-        """Answer every usable record. Two optional scenario hooks (duck-typed):
-        `respond_prompt(record) -> Chat` replaces the Responder's prompt, and `verify` (see
-        `_verify`) checks the responses; later stages then see only what it keeps."""
-        model_cfg = model_for_role(self.cfg, self.cfg.respond.model)
-        prompt = getattr(scenario, "respond_prompt", None)
-        if prompt is None:
-            prompt = Responder(self.cfg.scenario.get("templates", {}).get("respond")).prompt
+    def respond(self, sets: dict[str, list[Record]], scenario: Scenario) -> None:
+        """Answer every usable record with `scenario.respond_prompt`; `scenario.verify` (see
+        `_verify`) then checks the responses, and later stages see only what it keeps."""
+        model_cfg = self.ctx.role(self.cfg.respond.model, "respond.model")
+        prompt = scenario.respond_prompt
         for name, records in sets.items():
             todo = [r for r in records if r["meta"].get("parse_ok", True)]
             generate = self.generator(
@@ -196,23 +196,24 @@ class Run:
             sets[name] = self._verify(scenario, name, out, model_cfg)
 
     def _verify(
-        self, scenario: Any, name: str, records: list[Record], model_cfg: Any
+        self, scenario: Scenario, name: str, records: list[Record], model_cfg: Any
     ) -> list[Record]:
-        """`scenario.verify(name, records, set_dir, generate) -> (kept, counts)`, if it has one:
-        `kept` goes to `<set>/verified.jsonl` and on to the later stages, `counts` to
-        metrics.json › verify. `generate` samples the responder (generation.evolve's temperature
-        and top_p, generation.greedy's length) for scenarios that want more responses."""
-        verify = getattr(scenario, "verify", None)
-        if verify is None:
-            return records
+        """`scenario.verify`: its kept records go to `<set>/verified.jsonl` and on to the later
+        stages, its counts to metrics.json › verify, its files into the set's folder. Its
+        `generate` samples the responder (generation.evolve's temperature and top_p,
+        generation.greedy's length) for scenarios that want more responses."""
         params = OmegaConf.merge(
             self.cfg.generation.evolve, {"max_tokens": self.cfg.generation.greedy.max_tokens}
         )
         sample = self.generator("respond_sampled", model_cfg, params, desc=f"{name} samples")
-        kept, counts = verify(name, records, self.dir / name, sample)
-        self.write_set(name, "verified.jsonl", kept)
-        self.add_metrics(name, "verify", counts)
-        return kept
+        result = scenario.verify(name, records, sample)
+        if result is None:
+            return records
+        for fname, rows in result.files.items():
+            write_jsonl_atomic(self.dir / name / fname, rows)
+        self.write_set(name, "verified.jsonl", result.kept)
+        self.add_metrics(name, "verify", result.counts)
+        return result.kept
 
     @staticmethod
     def _usable(records: list[Record]) -> list[Record]:
@@ -230,7 +231,7 @@ class Run:
             (self.dir / "selected.jsonl").unlink(missing_ok=True)  # no file as if it succeeded
             self.filter_counts = {"filter": f.name, "set": name, "input": 0, "kept": 0}
             return []
-        kept, counts = filter_set(self, name, self._usable(sets[name]), scores.get(name, {}))
+        kept, counts = filter_set(self.ctx, name, self._usable(sets[name]), scores.get(name, {}))
         self.filter_counts = counts
         log.info("filter: %s", _one_line(counts))
         return kept
@@ -243,7 +244,7 @@ class Run:
             log.warning("train: no record to train on; skipped (evaluate sees the student)")
             return {"train/skipped": "no records"}
         cfg = self.cfg.train
-        student = load_model_config(cfg.student)
+        student = self.ctx.role(cfg.student, "train.student")
         settings = {
             k: v
             for k, v in OmegaConf.to_container(cfg, resolve=True).items()
@@ -314,12 +315,20 @@ class Run:
         seeds = load_seeds(self.cfg.data, int(self.cfg.seed))
         write_jsonl_atomic(self.dir / "seeds.jsonl", seeds)
         log.info("seeds: %d records from %s", len(seeds), self.cfg.data.name)
-        if "filter" in stages and "score" not in stages and self.cfg.filter.name in NEEDS_SCORES:
+        if "filter" in stages and "score" not in stages and needs_scores(self.cfg.filter.name):
             raise ConfigError(
                 f"filter={self.cfg.filter.name} needs scores: add score to stages "
                 "(cached scores cost nothing), or use filter=random / filter=none"
             )
         scenario = build_scenario(self.cfg.scenario)
+        if scenario.max_rounds and self.rounds > scenario.max_rounds:
+            log.warning(
+                "scenario %s runs %d round(s): rounds=%d capped",
+                scenario.name,
+                scenario.max_rounds,
+                self.rounds,
+            )
+            self.rounds = scenario.max_rounds
         try:
             if "evolve" in stages:
                 with self.timed("evolve"):
@@ -332,8 +341,7 @@ class Run:
             scores: dict[str, dict] = {}
             if "score" in stages:
                 with self.timed("score"):
-                    self.scorer = Scorer(self, scenario)
-                    scores = self.scorer.score_sets(
+                    scores = Scorer(self.ctx, scenario).score_sets(
                         {name: self._usable(records) for name, records in sets.items()}
                     )
             for name, records in sets.items():
@@ -356,7 +364,9 @@ class Run:
                     self.eval_summary = self.evaluate()
         finally:
             self.pool.release()
-        summary = build_summary(self.cfg, self.metrics, self.pool, self.cache, len(seeds))
+        summary = build_summary(
+            self.cfg, self.rounds, self.metrics, self.pool, self.cache, len(seeds)
+        )
         summary.update(self.hardware)
         if self.filter_counts:
             summary.update({f"filter/{k}": v for k, v in self.filter_counts.items()})
@@ -367,7 +377,7 @@ class Run:
         summary.update(self.time_summary())
         write_json_atomic(self.dir / "summary.json", summary)
         if "report" in stages:
-            from pipeline.compare import compare
+            from reporting.compare import compare
 
             with self.timed("report"):
                 compare([self.dir], self.dir, quiet=True)  # report.md + plots/ for this job
@@ -413,13 +423,22 @@ def run_job(
 
 
 def _check_config(cfg: DictConfig) -> None:
+    """Everything that can be checked before a model loads: missing values, every section against
+    its schema (scenario and metrics included), every dtype and precision the job resolves."""
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         hint = " (e.g. data.path=seeds.jsonl)" if "data.path" in missing else ""
         raise ConfigError(f"missing value for {', '.join(sorted(missing))}{hint}")
-    if int(cfg.rounds) < 1 and "evolve" in cfg.stages:
-        raise ConfigError(f"rounds must be >= 1 (got {cfg.rounds})")
-    hardware_summary(cfg)  # resolves every dtype and precision the job uses: bad values fail now
+    validate(cfg)
+    from metrics.base import enabled_metrics
+
+    build_scenario(cfg.scenario)  # its settings against its Config
+    enabled_metrics(cfg.metrics)  # each metric's settings against its Config
+    from metrics.base import filters
+
+    if cfg.filter.name not in filters():
+        raise unknown_option("filter", cfg.filter.name, filters())
+    hardware_summary(cfg)
 
 
 def _one_line(counts: dict) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from pipeline.config import compose_config, register_resolvers
+from core.config import compose_config, register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 # The materialised bundled model is shared with `make demo` (and across test runs) via the user

@@ -3,7 +3,7 @@ are also tested against the real bundled model in the slow tests)."""
 
 from __future__ import annotations
 
-import pipeline.engine_pool as engine_pool
+import engines.pool as engine_pool
 from engines.base import Chat, Generation, Sampling, per_prompt
 
 

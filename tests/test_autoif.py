@@ -7,8 +7,10 @@ import re
 
 import pytest
 
+from core.errors import ConfigError, DataError
 from engines.base import Generation, per_prompt
 from evolvers.autoif import (
+    SandboxConfig,
     clean_augmented,
     dpo_pair,
     load_queries,
@@ -26,7 +28,6 @@ from evolvers.verifiers import (
     run_programs,
     select_verifiers,
 )
-from pipeline.errors import ConfigError, DataError
 from pipeline.runner import Run
 from tests.conftest import MODELS_DIR, compose_cfg, run_cli
 from tests.fakes import use_engine
@@ -222,7 +223,7 @@ def test_cross_validation_in_the_sandbox():
     cases = [("a b", True), ("a b c d", False), ("x", True), ("a b c d e f", True)]
     results = run_programs(
         [(f, "evaluate", [[c] for c, _ in cases]) for f in funcs],
-        {"timeout": 1.0, "batch_size": 64},
+        SandboxConfig(timeout=1.0, batch_size=64),
         "test",
     )
     agree = [agreement(r, [e for _, e in cases]) for r in results]
@@ -521,7 +522,7 @@ def test_no_surviving_verifier_still_runs(tmp_path, monkeypatch):
 def test_verify_hook_directly(tmp_path):
     """The verification step on hand-made records: pass rates over two functions, an empty
     response, a record without verifiers, and the threshold."""
-    from evolvers import build_scenario
+    from evolvers.base import build_scenario
 
     scenario = build_scenario(compose_cfg(["scenario=autoif"]).scenario)
     lower = "def evaluate(response):\n    return response == response.lower()"
@@ -543,26 +544,24 @@ def test_verify_hook_directly(tmp_path):
         rec("empty", ""),  # both functions accept "", but an empty answer passes nothing
         rec("bare", "anything", funcs=[]),
     ]
-    kept, counts = scenario.verify("set", records, tmp_path, generate=None)
+    result = scenario.verify("set", records, generate=None)
+    kept, counts = result.kept, result.counts
     assert [r["id"] for r in kept] == ["both", "half"]
     assert [r["meta"]["pass_rate"] for r in kept] == [1.0, 0.5]
     assert counts["responses_verified"] == 4 and counts["responses_empty"] == 1
     assert counts["unverifiable"] == 1 and counts["responses_failed"] == 2
-    rows = _jsonl(tmp_path / "verification.jsonl")
+    rows = result.files["verification.jsonl"]  # written by the runner into the set's folder
     assert rows[1]["functions"] == {"f0": True, "f1": False}
     assert rows[3]["pass_rate"] == 0.0 and rows[3]["functions"] == {"f0": True, "f1": True}
     scenario.cfg.pass_rate = 1.0
-    kept, _ = scenario.verify("set", records, tmp_path, generate=None)
-    assert [r["id"] for r in kept] == ["both"]
+    assert [r["id"] for r in scenario.verify("set", records, generate=None).kept] == ["both"]
 
 
 def test_one_pass_and_template_overrides(tmp_path):
-    from evolvers import build_scenario
+    from evolvers.base import build_scenario
 
     scenario = build_scenario(compose_cfg(["scenario=autoif"]).scenario)
-    assert scenario.max_rounds == 1
-    with pytest.raises(ConfigError, match="one pass"):
-        scenario.evolve_round([], 2, "m", lambda items, **k: {})
+    assert scenario.max_rounds == 1  # the runner caps rounds (test_pipeline_with_fake_engine)
     assert '- Use the word "however" exactly once.' in scenario.augment_prompt()[0]["content"]
     mine = tmp_path / "verifier.txt"
     mine.write_text("Check this: {instruction}\n")

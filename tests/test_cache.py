@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipeline.cache import StepCache
+from core.cache import StepCache
 
 
 class Counter:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.config import options
+from core.config import options
 from tests.conftest import MODELS_DIR, compose_cfg, run_cli
 
 PAPER_MODELS = {

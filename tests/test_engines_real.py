@@ -139,7 +139,7 @@ def test_openai_engine_against_a_loopback_server(hf_engine):
 
 
 def test_openai_engine_unreachable_server_is_a_clear_error():
-    from pipeline.errors import UserFacingError
+    from core.errors import UserFacingError
 
     engine = OpenAIEngine("http://127.0.0.1:9/v1", model="m", retries=0, timeout_s=2)
     with pytest.raises(UserFacingError, match="no answer from .* start the server"):

@@ -1,22 +1,22 @@
 import pytest
-from omegaconf import OmegaConf
 
+from core.errors import ConfigError
 from engines.base import Generation
 from evolvers.evol_instruct import (
     EvolInstruct,
+    EvolInstructConfig,
     clean_evolution,
     evolved_record,
     method_for,
     method_names,
 )
-from pipeline.errors import ConfigError
 
 DEPTH = ["add_constraints", "deepen", "concretize", "reasoning"]
 
 
 @pytest.mark.parametrize("breadth", [False, True])
 def test_rotation_is_i_plus_r_mod_k(breadth):
-    cfg = OmegaConf.create({"methods": DEPTH, "use_breadth": breadth})
+    cfg = EvolInstructConfig(methods=DEPTH, use_breadth=breadth)
     methods = method_names(cfg)
     k = 5 if breadth else 4
     assert len(methods) == k and (methods[-1] == "breadth") == breadth
@@ -29,7 +29,7 @@ def test_rotation_is_i_plus_r_mod_k(breadth):
 
 
 def test_plan_uses_seed_index_not_position():
-    ev = EvolInstruct(OmegaConf.create({"methods": DEPTH, "use_breadth": False}))
+    ev = EvolInstruct(EvolInstructConfig(methods=DEPTH, use_breadth=False))
     parents = [
         {"id": "s7-r1", "instruction": "x", "meta": {"source_id": "s7", "seed_index": 7}},
         {"id": "s2-r1", "instruction": "y", "meta": {"source_id": "s2", "seed_index": 2}},
@@ -42,20 +42,20 @@ def test_plan_uses_seed_index_not_position():
 
 
 def test_breadth_prompt_uses_breadth_template():
-    ev = EvolInstruct(OmegaConf.create({"methods": DEPTH, "use_breadth": True}))
+    ev = EvolInstruct(EvolInstructConfig(methods=DEPTH, use_breadth=True))
     text = ev.prompt({"instruction": "Sort a list."}, "breadth")[0]["content"]
     assert "prompt creator" in text and "Sort a list." in text
 
 
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(ConfigError, match="valid: .*add_constraints.*breadth"):
-        EvolInstruct(OmegaConf.create({"methods": ["shout"], "use_breadth": False}))
+        EvolInstruct(EvolInstructConfig(methods=["shout"], use_breadth=False))
 
 
 def test_template_override_by_path(tmp_path):
     t = tmp_path / "mine.txt"
     t.write_text("MINE {method} :: {instruction}")
-    ev = EvolInstruct(OmegaConf.create({"methods": DEPTH, "templates": {"depth": str(t)}}))
+    ev = EvolInstruct(EvolInstructConfig(methods=DEPTH, templates={"depth": str(t)}))
     assert ev.prompt({"instruction": "Q"}, "deepen")[0]["content"].startswith("MINE ")
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.records import make_record, query_text
 from engines.precision import hardware
 from metrics.ifd import (
     FusedCrossEntropy,
@@ -17,7 +18,6 @@ from metrics.ifd import (
     token_cross_entropy,
     tokenise,
 )
-from pipeline.records import make_record, query_text
 
 RECORDS = [
     make_record(

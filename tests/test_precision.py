@@ -6,6 +6,7 @@ import logging
 import pytest
 import torch
 
+from core.errors import ConfigError
 from engines.precision import (
     Hardware,
     detect_hardware,
@@ -16,7 +17,6 @@ from engines.precision import (
     resolve_precision,
     torch_dtype,
 )
-from pipeline.errors import ConfigError
 from tests.conftest import compose_cfg
 
 H100 = Hardware(cuda=True, cuda_bf16=True, cuda_name="NVIDIA H100")
@@ -111,8 +111,8 @@ def test_summary_says_what_ran():
 @pytest.mark.slow
 def test_ifd_scorer_and_training_run_in_the_resolved_format(tmp_path, bundled_model_dir):
     """Read back from the loaded model and from the training forward pass, not from config."""
+    from core.records import make_record
     from metrics.ifd import IFDScorer
-    from pipeline.records import make_record
     from tests.conftest import MODELS_DIR
     from training.run import train_sft
 

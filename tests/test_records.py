@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.records import AppendLog, query_text, read_records, write_jsonl_atomic
+from core.errors import DataError
+from core.records import AppendLog, query_text, read_records, write_jsonl_atomic
 
 
 def test_reads_jsonl_json_array_and_sharegpt(tmp_path):

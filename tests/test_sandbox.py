@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from pipeline.sandbox import Sandbox
+from core.sandbox import Sandbox
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and the user switch need root")
 GOOD = "def evaluate(response):\n    return response.islower()\n"

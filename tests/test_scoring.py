@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ConfigError, DataError
 from engines.base import Generation
+from metrics.base import filters
 from metrics.confidence import confidence_record, confidence_summary
 from metrics.diversity import diversity_scores, embed, nearest_neighbours
-from metrics.filters import FILTERS, select_top_fraction
+from metrics.filters import select_top_fraction
 from metrics.judge import label_counts, parse_complexity, parse_difficulty
 from metrics.reward import reward_summary
-from pipeline.errors import ConfigError, DataError
 from pipeline.runner import Run
 from tests.conftest import MODELS_DIR, compose_cfg
 
@@ -99,7 +100,7 @@ def test_filter_errors():
         select_top_fraction(_recs(3), {}, "best", 0.25)
     with pytest.raises(DataError, match="keep_ratio"):
         select_top_fraction(_recs(3), {}, "random", 0.0)
-    assert set(FILTERS) == {"ic_ifd", "ifd", "length", "instruction_loss", "random", "none"}
+    assert set(filters()) == {"ic_ifd", "ifd", "length", "instruction_loss", "random", "none"}
 
 
 def test_nearest_neighbours_torch_and_faiss_agree():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.records import make_record
+from core.records import make_record
 from tests.conftest import MODELS_DIR, ROOT, inspect_wandb, run_cli
 
 # The promise of the README: a stopped job is gone within this many seconds of the signal.
@@ -143,8 +143,8 @@ def test_sigterm_during_training_stops_promptly_and_resumes(tmp_path, bundled_mo
 
 
 def test_a_lost_signal_exception_is_raised_again_at_the_next_chunk(tmp_path, monkeypatch):
-    from pipeline import signals
-    from pipeline.cache import StepCache
+    from core.cache import StepCache
+    from core import signals
 
     computed = []
 
@@ -169,7 +169,7 @@ def test_a_second_signal_while_unwinding_exits_at_once(tmp_path):
     script.write_text(
         "import sys, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from pipeline.signals import Interrupted, stop_on_signals\n"
+        "from core.signals import Interrupted, stop_on_signals\n"
         "stop_on_signals()\n"
         "try:\n"
         "    print('ready', flush=True)\n"

@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from pipeline.compare import compare
-from pipeline.config import CONF_DIR, options, register_resolvers
+from core.config import CONF_DIR, options, register_resolvers
+from reporting.compare import compare
 
 register_resolvers()
 
@@ -70,7 +70,7 @@ def test_presets_expand_to_the_papers_jobs(name):
         assert cfg.scenario.queries_per_instruction == 16 and cfg.scenario.equal_size == 5000
         assert cfg.data.name == "tiny" and cfg.filter.name == "none"
     if name == "table1_evol":
-        assert cfg.rounds == 1 and cfg.train.student == "llama3.1_8b" and cfg.data.name == "alpaca"
+        assert cfg.rounds == 1 and cfg.train.student.name == "llama3.1_8b" and cfg.data.name == "alpaca"
 
 
 def test_every_model_has_a_launcher_with_its_gpus():
@@ -130,7 +130,7 @@ def test_compare_table_and_report(tmp_path):
     assert "**9**" in small and "**1**" in small  # most parsed, fewest failed (round 1)
     assert "**90**" in large and "**70**" not in large  # highest complexity; size is no score
     report = (sweep / "report.md").read_text()
-    for png in ("difficulty", "complexity", "diversity", "top1", "scaling"):
+    for png in ("difficulty", "complexity", "nn_l2sq", "top1_probs", "scaling"):
         assert (sweep / "plots" / f"{png}.png").stat().st_size > 1000
         assert f"plots/{png}.png" in report
     assert "Not plotted (no data in these jobs): " in report and "Benchmarks" in report
@@ -141,7 +141,7 @@ def test_wandb_sweep_file_drives_run_py_with_hydra_overrides():
 
     import yaml
 
-    from pipeline.config import CONF_DIR
+    from core.config import CONF_DIR
 
     spec = yaml.safe_load((CONF_DIR.parent / "sweeps" / "wandb_evolver_size.yaml").read_text())
     assert spec["program"] == "run.py" and "${args_no_hyphens}" in spec["command"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from core.errors import ConfigError, DataError
+from core.records import make_record
 from engines.precision import Hardware, resolve_precision
-from pipeline.errors import ConfigError, DataError
-from pipeline.records import make_record
 from tests.conftest import MODELS_DIR, compose_cfg
 from training.data import IGNORE, collate, encode_all, encode_record, ensure_chat_template
 from training.run import make_strategy, train_sft

@@ -14,8 +14,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from pipeline.errors import ConfigError, DataError
-from pipeline.records import Record, query_text
+from core.errors import ConfigError, DataError
+from core.records import Record, query_text
 
 IGNORE = -100
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from pipeline.signals import check_interrupt
+from core.signals import check_interrupt
 
 
 class SFTModule(pl.LightningModule):

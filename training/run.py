@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from core.errors import ConfigError, unknown_option
+from core.records import Record, hash_records, write_json_atomic
+from core.signals import Interrupted
 from engines.hf import load_tokenizer
 from engines.models import resolve_model_path
 from engines.precision import resolve_precision
-from pipeline.errors import ConfigError, unknown_option
-from pipeline.records import Record, hash_records, write_json_atomic
-from pipeline.signals import Interrupted
 from training.data import SFTDataModule, ensure_chat_template
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import DataError
+from core.errors import DataError
 
 Record = dict[str, Any]
 

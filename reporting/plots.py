@@ -1,5 +1,7 @@
 """The study's figures (matplotlib, PNG). Each takes the jobs of a comparison and returns the path
-it wrote, or None when its data is absent (the report then skips it)."""
+it wrote, or None when its data is absent (the report then skips it). `figures` decides which to
+draw from the registries: a metric's `Stat.per_round` / `Stat.scaling` / `Stat.labels` and
+`Field.plot`, the benchmarks' headlines."""
 
 from __future__ import annotations
 
@@ -13,9 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.summary import BENCHMARKS  # noqa: E402
-
-LABELS = ("very easy", "easy", "medium", "hard", "very hard")
+from evaluation.benchmarks import BENCHMARKS  # noqa: E402
+from metrics.base import METRICS  # noqa: E402
 
 
 def _rounds(job: dict) -> list[int]:
@@ -42,27 +43,27 @@ def _kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
     return gaussian_kde(values)(grid)
 
 
-def difficulty_bars(jobs: list[dict], out: Path) -> Path | None:
+def label_bars(
+    jobs: list[dict], key: str, labels: tuple[str, ...], what: str, out: Path
+) -> Path | None:
+    """Per round and job: the share of each label (`round_<r>/<key>/percent/<label>`)."""
     rows = []
     for job in jobs:
         for r in _rounds(job):
-            pct = [
-                job["summary"].get(f"round_{r}/score/judge/difficulty/percent/{lab}")
-                for lab in LABELS
-            ]
+            pct = [job["summary"].get(f"round_{r}/{key}/percent/{lab}") for lab in labels]
             if any(p is not None for p in pct):
                 rows.append((f"{job['label']} · r{r}", [p or 0.0 for p in pct]))
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4))
-    width = 0.8 / len(LABELS)
+    width = 0.8 / len(labels)
     x = np.arange(len(rows))
-    for k, lab in enumerate(LABELS):
+    for k, lab in enumerate(labels):
         ax.bar(x + k * width, [r[1][k] for r in rows], width, label=lab)
     ax.set_xticks(x + 0.4 - width / 2, [r[0] for r in rows], rotation=20, ha="right")
     ax.set_ylabel("% of instructions")
-    ax.set_title("Difficulty labels by round and evolver (LLM judge)")
-    ax.legend(title="difficulty", fontsize=8)
+    ax.set_title(f"{what.capitalize()} labels by round and evolver")
+    ax.legend(title=what, fontsize=8)
     return _save(fig, out)
 
 
@@ -141,7 +142,7 @@ def distribution(
     return _save(fig, out)
 
 
-def scaling(jobs: list[dict], keys: list[tuple[str, str]], out: Path) -> Path | None:
+def scaling_figure(jobs: list[dict], keys: list[tuple[str, str]], out: Path) -> Path | None:
     sizes = {job["summary"].get("model/size_b") for job in jobs}
     if len(sizes - {None}) < 2:
         return None
@@ -177,7 +178,11 @@ def _last_round_value(job: dict, key: str) -> Any:
 
 
 def benchmarks(jobs: list[dict], out: Path) -> Path | None:
-    keys = [k for k in BENCHMARKS if any(job["summary"].get(k) is not None for job in jobs)]
+    keys = [
+        k
+        for k in BENCHMARKS.headline_keys()
+        if any(job["summary"].get(k) is not None for job in jobs)
+    ]
     if not keys:
         return None
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)) + 3, 4.2))
@@ -199,7 +204,11 @@ def benchmarks_by(
 ) -> Path | None:
     """Each benchmark against a number of the summary (`rounds`, `model/size_b`): one line per
     group of jobs that differ only in `override` (the Hydra key that sets it)."""
-    present = [b for b in BENCHMARKS if any(job["summary"].get(b) is not None for job in jobs)]
+    present = [
+        b
+        for b in BENCHMARKS.headline_keys()
+        if any(job["summary"].get(b) is not None for job in jobs)
+    ]
     if not present or len({job["summary"].get(key) for job in jobs} - {None}) < 2:
         return None
     values: dict[str, set] = {}
@@ -267,3 +276,53 @@ def win_tie_lose(jobs: list[dict], out: Path) -> Path | None:
     )
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, out)
+
+
+def figures(jobs: list[dict], out: Path) -> dict[str, Path | None]:
+    """Every figure of a comparison report, {title: path or None}; the metric figures come from
+    the metric registry, in registry order."""
+    figs: dict[str, Path | None] = {}
+    scaling: list[tuple[str, str]] = []
+    for m in METRICS:
+        for s in m.stats:
+            key = f"score/{m.name}/{s.key}"
+            label = s.label or f"{m.name} {s.key}"
+            if s.labels:
+                figs[f"{label.capitalize()} labels"] = label_bars(
+                    jobs, key, s.labels, label, out / f"{s.key}.png"
+                )
+            if s.per_round:
+                figs[f"{label} per round"] = per_round_line(
+                    jobs,
+                    key,
+                    label,
+                    f"{label} of evolved instructions",
+                    out / f"{s.key.removesuffix('_mean')}.png",
+                )
+            if s.scaling:
+                scaling.append((key, label))
+        for f in m.fields:
+            if f.plot:
+                figs[f"{f.label or f.name} ({m.name})"] = distribution(
+                    jobs,
+                    f.name,
+                    f.label or f.name,
+                    f"{m.name}: {f.label or f.name} (last round)",
+                    out / f"{f.name}.png",
+                    hist=f.plot == "hist",
+                )
+    figs["Scaling with evolver size"] = scaling_figure(jobs, scaling, out / "scaling.png")
+    figs["Benchmarks"] = benchmarks(jobs, out / "benchmarks.png")
+    figs["Benchmarks across rounds"] = benchmarks_by(
+        jobs, "rounds", "rounds", "evolution rounds", out / "benchmarks_rounds.png"
+    )
+    figs["Benchmarks across evolver size"] = benchmarks_by(
+        jobs,
+        "model/size_b",
+        "model",
+        "evolver size (B parameters)",
+        out / "benchmarks_scaling.png",
+        log_x=True,
+    )
+    figs["Pairwise judge"] = win_tie_lose(jobs, out / "win_tie_lose.png")
+    return figs

@@ -21,8 +21,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.records import AppendLog, write_json_atomic
-from pipeline.signals import check_interrupt
+from core.records import AppendLog, write_json_atomic
+from core.signals import check_interrupt
 
 log = logging.getLogger(__name__)
 

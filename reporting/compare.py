@@ -1,4 +1,4 @@
-"""Compare jobs side by side: `python -m pipeline.compare <multirun dir | run dirs ...>`.
+"""Compare jobs side by side: `python -m reporting.compare <multirun dir | run dirs ...>`.
 
 Writes `comparison.md` and `comparison.csv` (a row per job: the swept keys first, then the numbers
 of summary.json — the headline ones in Markdown with the best value per column marked, all of them
@@ -18,27 +18,12 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
-from pipeline import plots
-from pipeline.summary import BENCHMARKS, HEADLINE
+from reporting import plots
+from reporting.summary import direction, is_headline
 
 log = logging.getLogger(__name__)
 
 PATH_KEYS = ("cache_dir", "models_dir", "data.path", "hydra.")
-DESCRIPTIVE = ("model/size_b", "train/steps", "filter/kept")  # facts, not scores
-# Columns where smaller is better; everything else is better when larger.
-LOWER_IS_BETTER = (
-    "failed",
-    "failures",
-    "loss",
-    "_null",
-    "truncated",
-    "seconds",
-    "time/",
-    "near_dup",
-    "confidence/mean",
-    "empty",
-    "no_score",
-)
 
 
 def find_jobs(paths: list[str | Path]) -> list[Path]:
@@ -73,20 +58,7 @@ def headline_keys(jobs: list[dict]) -> list[str]:
         for k, v in job["summary"].items():
             if k in keys or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
-            tail = k.split("/", 1)[-1]
-            if (
-                tail in HEADLINE
-                or k in BENCHMARKS
-                or k.startswith(
-                    (
-                        "judge/",
-                        "filter/kept",
-                        "train/final_loss",
-                        "train/steps",
-                        "model/size_b",
-                    )
-                )
-            ):
+            if is_headline(k):
                 keys.append(k)
     return keys
 
@@ -109,12 +81,14 @@ def swept_keys(jobs: list[dict]) -> list[str]:
 
 
 def best(values: list[Any], key: str) -> Any:
-    if key in DESCRIPTIVE:
+    """The best value of a column (its direction from the registries); None for facts."""
+    higher = direction(key)
+    if higher is None:
         return None
     nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(nums) < 2 or len(set(nums)) < 2:
         return None
-    return min(nums) if any(t in key for t in LOWER_IS_BETTER) else max(nums)
+    return max(nums) if higher else min(nums)
 
 
 def _fmt(v: Any) -> str:
@@ -174,60 +148,7 @@ def compare(
     table = "\n".join(lines)
     (out / "comparison.md").write_text(table + "\n\nBold: the best value of its column.\n")
 
-    figs = {
-        "Difficulty labels": plots.difficulty_bars(jobs, out / "plots" / "difficulty.png"),
-        "Complexity score per round": plots.per_round_line(
-            jobs,
-            "score/judge/complexity_mean",
-            "complexity (0-100)",
-            "Complexity score of evolved instructions",
-            out / "plots" / "complexity.png",
-        ),
-        "Diversity": plots.distribution(
-            jobs,
-            "nn_l2sq",
-            "squared L2 distance to the nearest neighbour",
-            "Diversity of evolved instructions (last round)",
-            out / "plots" / "diversity.png",
-        ),
-        "Top-1 token probability": plots.distribution(
-            jobs,
-            "top1_probs",
-            "probability of the top-1 token (first 5 positions)",
-            "Top-1 confidence under the evolution prompts",
-            out / "plots" / "top1.png",
-            hist=False,
-        ),
-        "IC-IFD per round": plots.per_round_line(
-            jobs,
-            "score/ifd/ic_ifd_mean",
-            "mean IC-IFD",
-            "IC-IFD of evolved data",
-            out / "plots" / "ic_ifd.png",
-        ),
-        "Scaling with evolver size": plots.scaling(
-            jobs,
-            [
-                ("score/judge/complexity_mean", "complexity"),
-                ("score/diversity/nn_l2sq_mean", "diversity (NN distance)"),
-                ("score/confidence/mean", "top-1 probability"),
-            ],
-            out / "plots" / "scaling.png",
-        ),
-        "Benchmarks": plots.benchmarks(jobs, out / "plots" / "benchmarks.png"),
-        "Benchmarks across rounds": plots.benchmarks_by(
-            jobs, "rounds", "rounds", "evolution rounds", out / "plots" / "benchmarks_rounds.png"
-        ),
-        "Benchmarks across evolver size": plots.benchmarks_by(
-            jobs,
-            "model/size_b",
-            "model",
-            "evolver size (B parameters)",
-            out / "plots" / "benchmarks_scaling.png",
-            log_x=True,
-        ),
-        "Pairwise judge": plots.win_tie_lose(jobs, out / "plots" / "win_tie_lose.png"),
-    }
+    figs = plots.figures(jobs, out / "plots")
     report = [
         "# Comparison",
         "",

@@ -11,10 +11,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from core.cache import StepCache
 from engines import build_engine, resolve_engine_kind
 from engines.base import Chat, Engine, EngineStats, Generation, Sampling, sampling_key
 from engines.precision import resolve_dtype
-from pipeline.cache import StepCache
 
 log = logging.getLogger(__name__)
 

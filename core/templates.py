@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 
 @lru_cache(maxsize=64)

@@ -14,11 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.records import Record
+from core.records import Record
 
 log = logging.getLogger(__name__)
-
-SAMPLE_FIELDS = ("ifd", "ic_ifd", "complexity", "difficulty", "nn_l2sq", "top1_mean", "reward")
 
 
 def _is_rank_zero() -> bool:
@@ -66,7 +64,7 @@ class Tracker:
     ) -> None:
         if not self.active:
             return
-        from pipeline.summary import flatten
+        from reporting.summary import flatten
 
         flat: dict[str, Any] = {}
         flatten("", metrics, flat)
@@ -81,7 +79,10 @@ class Tracker:
     def _table(self, records: list[Record], scores: dict):
         import wandb
 
-        cols = ["id", "round", "method", "parent", "instruction", "output", *SAMPLE_FIELDS]
+        from metrics.base import sample_fields
+
+        fields = sample_fields()  # every registered metric's per-record fields
+        cols = ["id", "round", "method", "parent", "instruction", "output", *fields]
         table = wandb.Table(columns=cols)
         for r in records[: int(self.cfg.get("table_rows", 100))]:
             m, s = r.get("meta", {}), scores.get(r["id"], {})
@@ -92,7 +93,7 @@ class Tracker:
                 m.get("parent_instruction"),
                 r["instruction"],
                 r.get("output", ""),
-                *(s.get(f) for f in SAMPLE_FIELDS),
+                *(s.get(f) for f in fields),
             )
         return table
 

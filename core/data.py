@@ -9,8 +9,8 @@ from typing import Any
 
 from hydra.utils import to_absolute_path
 
-from pipeline.errors import DataError
-from pipeline.records import Record, make_record, read_records
+from core.errors import DataError
+from core.records import Record, make_record, read_records
 
 log = logging.getLogger(__name__)
 

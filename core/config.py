@@ -1,0 +1,103 @@
+"""The composed config: resolvers, config groups, role models, and start-up validation.
+
+`validate(cfg)` checks every section against its schema (`core.schemas`, a scenario's `Config`, a
+metric's `Config`) before any model loads. Role models (`train.student`, `respond.model`,
+`metrics.<m>.model`, `eval.model`, `eval.pairwise.judge|against`) resolve here, the same way for
+every role: null is the run's own model, a string names a `conf/model` entry, a mapping is a model
+selected through Hydra (`model@train.student=qwen2.5_0.5b`, then `train.student.path=/ckpt`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from core.data import bundled_path
+from core.errors import ConfigError, unknown_option
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("bundled", bundled_path, replace=True)
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The config run.py would get, composed without starting a Hydra job (tests, benches)."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides or [])
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def typed_section(schema: type, node: Any, key: str) -> Any:
+    """`node` checked against the dataclass `schema` and returned as an instance of it; an unknown
+    key, a wrong type or a value out of range is a ConfigError naming `key.<field>`."""
+    import dataclasses
+
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=True)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node or {}))
+    except ConfigKeyError as e:
+        valid = [f.name for f in dataclasses.fields(schema)]
+        raise ConfigError(f"unknown key {key}.{e.full_key}; valid: {', '.join(valid)}") from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{key}.{e.full_key}: {msg}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{key}.{e}") from None
+
+
+def load_model_config(name: str, role: str = "model") -> DictConfig:
+    """A conf/model entry by name."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        raise unknown_option(f"model for {role}", name, options("model"))
+    cfg = OmegaConf.load(path)
+    cfg.role = role
+    return cfg
+
+
+def role_model(cfg: DictConfig, value: Any, key: str) -> DictConfig:
+    """The model config of the role `key` whose value is `value` (see the module docstring)."""
+    if value is None or value == "":
+        out = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+        out.role = "model"
+        return out
+    if isinstance(value, str):
+        return load_model_config(value, key)
+    out = OmegaConf.create(
+        OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else dict(value)
+    )
+    out.role = key
+    return out
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every section against its schema, before any work (see the module docstring)."""
+    from core import schemas
+
+    for key in cfg:
+        if key not in schemas.TOP_LEVEL:
+            raise unknown_option("top-level config key", str(key), schemas.TOP_LEVEL)
+    for key, schema in schemas.SECTIONS.items():
+        if key == "generation":
+            for sub in cfg.generation:
+                typed_section(schemas.DecodingConfig, cfg.generation[sub], f"generation.{sub}")
+        elif key in cfg:
+            typed_section(schema, cfg[key], key)
+    for key in schemas.ROLES:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, str):
+            typed_section(schemas.ModelConfig, value, key)
+    if int(cfg.rounds) < 1 and "evolve" in cfg.stages:
+        raise ConfigError(f"rounds must be >= 1 (got {cfg.rounds})")

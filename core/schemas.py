@@ -1,0 +1,252 @@
+"""Typed schemas of the config groups (`conf/<group>/*.yaml`), checked at start-up.
+
+`core.config.validate` merges each composed section onto its dataclass: a key that is not in the
+schema (a typo in a YAML file or an override), a value of the wrong type, or a value out of range
+fails before any model loads, naming the key. Scenarios and metrics declare their own schema
+(`Scenario.Config`, `Metric.Config`) beside their code; the sections below are the framework's.
+
+A role model (`train.student`, `respond.model`, `metrics.<m>.model`, `eval.model`,
+`eval.pairwise.judge`, `eval.pairwise.against`) is `null` (the run's own model), a conf/model name,
+or a whole model mapping selected through Hydra: `model@train.student=qwen2.5_0.5b` then
+`train.student.path=/ckpt` reaches that role's weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import ConfigError
+
+
+def check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def one_of(value: Any, key: str, valid: tuple) -> None:
+    check(value in valid, key, f"{value!r} is not one of {', '.join(map(str, valid))}")
+
+
+@dataclass
+class GGUFSource:
+    package: str = ""
+    file: str = ""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "???"
+    hf_id: str | None = None
+    path: str | None = None
+    gguf: GGUFSource | None = None
+    revision: str | None = None
+    size_b: float | None = None
+    family: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    chat_template: str | None = None
+    # Set by the framework when a role resolves: the config key that picks this model.
+    role: str | None = None
+
+    def __post_init__(self) -> None:
+        check(self.tensor_parallel_size >= 1, "model.tensor_parallel_size", "must be >= 1")
+        check(0 < self.gpu_memory_utilization <= 1, "model.gpu_memory_utilization", "in (0, 1]")
+
+
+@dataclass
+class EngineConfig:
+    kind: str = "auto"
+    dtype: str | None = None
+    chunk_size: int = 64
+    batch_size: int = 16
+    cpu_kv_cache_gib: float | None = 1
+    cpu_memory_utilization: float = 0.3
+    enforce_eager: bool | None = None
+    distributed_executor_backend: str | None = None
+    seed: int = 0
+    # openai
+    base_url: str | None = None
+    served_model: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = 8
+    timeout_s: float = 600
+
+    def __post_init__(self) -> None:
+        one_of(self.kind, "engine.kind", ("auto", "vllm", "hf", "openai"))
+        check(self.chunk_size >= 1, "engine.chunk_size", "must be >= 1")
+
+
+@dataclass
+class DecodingConfig:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        check(self.temperature >= 0, "generation.*.temperature", "must be >= 0")
+        check(0 < self.top_p <= 1, "generation.*.top_p", "must be in (0, 1]")
+        check(self.max_tokens >= 1, "generation.*.max_tokens", "must be >= 1")
+
+
+@dataclass
+class GenerationConfig:
+    evolve: DecodingConfig = field(default_factory=DecodingConfig)
+    greedy: DecodingConfig = field(default_factory=DecodingConfig)
+
+
+@dataclass
+class DataConfig:
+    name: str = "???"
+    path: str | None = None
+    hub_id: str | None = None
+    hub_config: str | None = None
+    split: str = "train"
+    fields: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    shuffle: bool = False
+
+
+@dataclass
+class FilterConfig:
+    name: str = "???"
+    keep_ratio: float = 1.0
+    drop_ifd_above_1: bool = False
+    round: int | None = None
+
+    def __post_init__(self) -> None:
+        check(
+            0 < self.keep_ratio <= 1,
+            "filter.keep_ratio",
+            f"must be in (0, 1], got {self.keep_ratio}",
+        )
+        check(self.round is None or self.round >= 1, "filter.round", "must be >= 1 or null")
+
+
+@dataclass
+class RespondConfig:
+    model: Any = None
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class TrainConfig:
+    name: str = "???"
+    student: Any = None
+    method: str = "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    lr: float = 2.0e-5
+    epochs: int = 3
+    max_steps: int | None = None
+    micro_batch_size: int = 1
+    effective_batch_size: int = 1
+    cutoff_len: int = 2048
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"
+    strategy: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    gradient_checkpointing: bool = False
+    save_every_n_steps: int = 0
+    resume: bool = True
+    keep_checkpoints: bool = False
+    chat_template: str | None = None
+
+    def __post_init__(self) -> None:
+        one_of(self.method, "train.method", ("full", "lora"))
+        check(self.lr > 0, "train.lr", "must be > 0")
+        check(self.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")
+        check(
+            self.effective_batch_size >= self.micro_batch_size,
+            "train.effective_batch_size",
+            "must be >= train.micro_batch_size",
+        )
+
+
+@dataclass
+class PairwiseConfig:
+    enabled: bool = False
+    instructions: str = "bundled"
+    against: Any = None
+    judge: Any = None
+    limit: int | None = None
+    max_tokens: int = 512
+
+
+@dataclass
+class EvalConfig:
+    name: str = "???"
+    tasks: list[str] = field(default_factory=list)
+    backend: str = "engine"
+    model: Any = None
+    data_dir: str | None = None
+    limit: int | None = None
+    num_fewshot: dict[str, Any] = field(default_factory=dict)
+    max_gen_toks: int | None = None
+    apply_chat_template: bool = True
+    fewshot_as_multiturn: bool = True
+    code_timeout: float = 10
+    benchmark_dirs: list[str] = field(default_factory=list)
+    pairwise: PairwiseConfig = field(default_factory=PairwiseConfig)
+
+    def __post_init__(self) -> None:
+        one_of(self.backend, "eval.backend", ("engine", "hf"))
+        check(self.limit is None or self.limit >= 1, "eval.limit", "must be >= 1 or null")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "evolvers-study"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    table_rows: int = 100
+
+    def __post_init__(self) -> None:
+        one_of(self.name, "logger.name", ("none", "wandb"))
+
+
+# Top-level section -> schema. `scenario` and `metrics.*` are checked against their registries.
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "engine": EngineConfig,
+    "generation": GenerationConfig,
+    "data": DataConfig,
+    "filter": FilterConfig,
+    "respond": RespondConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "logger": LoggerConfig,
+}
+TOP_LEVEL = (
+    *SECTIONS,
+    "scenario",
+    "metrics",
+    "rounds",
+    "stages",
+    "seed",
+    "cache_dir",
+    "models_dir",
+)
+# Role keys: where a model other than the run's own may be named.
+ROLES = (
+    "respond.model",
+    "train.student",
+    "eval.model",
+    "eval.pairwise.judge",
+    "eval.pairwise.against",
+)

@@ -1,0 +1,155 @@
+"""The benchmark registry: a benchmark is data — one YAML file — and its scorer a function only
+where lm-evaluation-harness's own does not serve.
+
+A benchmark file (`evaluation/benchmarks/<name>.yaml`, or any folder in `eval.benchmark_dirs`):
+
+    name: gsm8k
+    order: 2                      # position in tables and plots
+    lm_eval: gsm8k/gsm8k.yaml     # lm-eval's task YAML it starts from (under lm_eval/tasks), or
+    task: {...}                   # an lm-eval task config of its own (merged over `lm_eval`'s)
+    resolve: false                # resolve lm-eval's `!function` tags when loading its YAML
+    builder: null                 # "module:function" (bench, data_dir, fewshot) -> [task configs]
+    local: {test: test.jsonl}     # split -> file under <eval.data_dir>/<name>/ (hub schema)
+    local_optional: {train: train.jsonl}   # used when present (always when fewshot > 0)
+    default_fewshot: 0            # the builder's default when eval.num_fewshot does not say
+    headlines:                    # summary key <name>/<key> -> metric key in lm-eval's results
+      strict: exact_match,strict-match
+    lower_is_better: []           # headline keys where smaller is better
+
+`eval.tasks` names benchmarks; summary.json, the comparison and the plots read the headlines from
+here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config import typed_section
+from core.errors import ConfigError, unknown_option
+from core.registry import load_impl
+
+BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
+
+
+@dataclass
+class Benchmark:
+    name: str = "???"
+    order: int = 100
+    lm_eval: str | None = None
+    task: dict[str, Any] = field(default_factory=dict)
+    resolve: bool = False
+    builder: str | None = None
+    local: dict[str, str] = field(default_factory=dict)
+    local_optional: dict[str, str] = field(default_factory=dict)
+    default_fewshot: int = 0
+    headlines: dict[str, str] = field(default_factory=dict)
+    lower_is_better: list[str] = field(default_factory=list)
+    source: str = ""  # the file it was read from
+
+    def headline_keys(self) -> list[str]:
+        return [f"{self.name}/{k}" for k in self.headlines]
+
+    def higher_is_better(self, key: str) -> bool:
+        return key.split("/", 1)[1] not in self.lower_is_better
+
+    def task_configs(self, data_dir: Path | None, fewshot: int) -> list[dict[str, Any]]:
+        """lm-eval task config dicts for this benchmark (before the run's length settings)."""
+        if self.builder:
+            build: Callable = load_impl(self.builder, f"benchmark {self.name} builder")
+            return build(self, data_dir, fewshot)
+        cfg: dict[str, Any] = {}
+        if self.lm_eval:
+            from evaluation.tasks import lm_eval_yaml
+
+            cfg = lm_eval_yaml(self.lm_eval, self.resolve)
+        cfg = {**cfg, **self.task}
+        cfg.setdefault("task", self.name)
+        if data_dir:
+            cfg |= self.local_source(data_dir, fewshot)
+        return [cfg]
+
+    def local_source(self, data_dir: Path, fewshot: int) -> dict[str, Any]:
+        """`dataset_path: json` over this benchmark's files under `data_dir/<name>/`."""
+        from evaluation.tasks import local_files
+
+        splits = dict(self.local)
+        missing_optional = False
+        for split, fname in self.local_optional.items():
+            if fewshot or (data_dir / self.name / fname).is_file():
+                splits[split] = fname
+            else:
+                missing_optional = True
+        out = local_files(self.name, data_dir, splits)
+        if missing_optional:  # no few-shot source: lm-eval must not look for one
+            out |= {"training_split": None, "fewshot_split": None}
+        return out
+
+
+class BenchmarkRegistry:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._entries: dict[str, Benchmark] | None = None
+
+    def _all(self) -> dict[str, Benchmark]:
+        if self._entries is None:
+            self._entries = {}
+            for path in sorted(self.folder.glob("*.yaml")):
+                self.add_file(path)
+        return self._entries
+
+    def add_file(self, path: str | Path, replace: bool = False) -> Benchmark:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        bench = typed_section(Benchmark, {**raw, "source": str(path)}, f"benchmark {path}")
+        entries = self._all()
+        old = entries.get(bench.name)
+        if old is not None and not replace and old.source != str(path):
+            raise ConfigError(f"benchmark {bench.name!r} is defined twice: {old.source} and {path}")
+        entries[bench.name] = bench
+        return bench
+
+    def add_dirs(self, folders: list[str]) -> None:
+        for folder in folders or []:
+            path = Path(folder).expanduser()
+            if not path.is_dir():
+                raise ConfigError(f"eval.benchmark_dirs: {folder} is not a folder")
+            for f in sorted(path.glob("*.yaml")):
+                self.add_file(f, replace=True)
+
+    def remove(self, name: str) -> None:
+        self._all().pop(name, None)
+
+    def get(self, name: str) -> Benchmark:
+        if name not in self._all():
+            raise unknown_option("eval task", name, list(self._all()))
+        return self._all()[name]
+
+    def names(self) -> list[str]:
+        return [b.name for b in self]
+
+    def __iter__(self) -> Iterator[Benchmark]:
+        return iter(sorted(self._all().values(), key=lambda b: (b.order, b.name)))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._all()
+
+    def headline_keys(self) -> list[str]:
+        return [k for b in self for k in b.headline_keys()]
+
+    def for_headline(self, key: str) -> Benchmark | None:
+        name, _, rest = key.partition("/")
+        b = self._all().get(name)
+        return b if b is not None and rest in b.headlines else None
+
+
+BENCHMARKS = BenchmarkRegistry(BENCHMARK_DIR)

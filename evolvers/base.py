@@ -1,0 +1,111 @@
+"""The scenario contract: what the runner asks of an evolution method, and the registry of them.
+
+A scenario builds prompts and parses replies; the runner generates (cached, resumable), writes
+every file and counts. To add one: a module with a `Scenario` subclass registered by
+`@SCENARIOS.register()`, and `conf/scenario/<name>.yaml` with `name: <name>` (plus
+`impl: package.module` when the module is not one of the built-ins), holding the fields of its
+`Config` dataclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from core.config import typed_section
+from core.records import Record
+from core.registry import Registry
+from engines.base import Chat, Generation
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+# generate([(id, prompt)], max_tokens=None) -> {id: Generation}: cached, one engine call per chunk.
+Generate = Callable[..., dict[str, Generation]]
+
+
+@dataclass
+class ScenarioConfig:
+    """Every scenario's settings extend this: `name` picks the scenario, `impl` imports it."""
+
+    name: str = "???"
+    impl: str | None = None
+
+
+@dataclass
+class Verification:
+    """What `Scenario.verify` returns: the records later stages see, the counts for
+    metrics.json › verify, and files for the set's folder ({filename: rows})."""
+
+    kept: list[Record]
+    counts: dict[str, Any]
+    files: dict[str, list[dict]] = field(default_factory=dict)
+
+
+class Scenario:
+    """Base class of every evolution scenario. Required: `name`, `Config`, `evolve_round`.
+    The other hooks have defaults that mean "this scenario does not do that"."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ScenarioConfig]] = ScenarioConfig
+    # At most this many rounds (AutoIF is one pass); None: as many as `rounds` asks.
+    max_rounds: ClassVar[int | None] = None
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg  # an instance of `Config`
+
+    def evolve_round(
+        self,
+        parents: list[Record],
+        round_num: int,
+        model_name: str,
+        generate: Generate,
+        greedy: Generate,
+    ) -> list[Record]:
+        """Round `round_num` (1-based): one record per evolution attempt, failures kept with
+        `meta.parse_ok: false`. `generate` samples (generation.evolve); `greedy` decodes
+        greedily (generation.greedy), for analysis calls a scenario may make."""
+        raise NotImplementedError
+
+    def counts(self, records: list[Record]) -> dict[str, Any]:
+        """The round's numbers for metrics.json › evolve (attempted, parsed, failed, ...)."""
+        from evolvers.evol_instruct import evolve_counts
+
+        return evolve_counts(records)
+
+    def artifacts(self) -> dict[str, str]:
+        """Files for the run folder after a round ({filename: text}): prompts, logs."""
+        return {}
+
+    def respond_prompt(self, record: Record) -> Chat:
+        """The prompt that asks for a record's response: by default the shared Responder's
+        (`templates.respond` in the scenario's config overrides its template)."""
+        if not hasattr(self, "_responder"):
+            from evolvers.respond import Responder
+
+            templates = getattr(self.cfg, "templates", None) or {}
+            self._responder = Responder(templates.get("respond"))
+        return self._responder.prompt(record)
+
+    def evolution_prompt(self, record: Record) -> Chat | None:
+        """The prompt that produced a record (top-1 confidence and reward probe it); None when
+        the record was not evolved by a prompt."""
+        return None
+
+    def verify(self, name: str, records: list[Record], generate: Generate) -> Verification | None:
+        """Check responses after the respond stage; None: nothing to check. `generate` samples
+        the responder for scenarios that want more responses."""
+        return None
+
+
+SCENARIOS: Registry[type[Scenario]] = Registry(
+    "scenario",
+    builtins=("evolvers.evol_instruct", "evolvers.auto_evol_instruct", "evolvers.autoif"),
+)
+
+
+def build_scenario(scenario_cfg: Any) -> Scenario:
+    """The scenario `scenario.name`, with its settings checked against its `Config`."""
+    cls = SCENARIOS.get(str(scenario_cfg.name), scenario_cfg.get("impl"))
+    return cls(typed_section(cls.Config, scenario_cfg, "scenario"))

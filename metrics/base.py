@@ -1,0 +1,163 @@
+"""The metric contract and its registry: everything the framework knows about a metric, in one
+place beside its code.
+
+A metric declares its settings (`Config`, read from `metrics.<name>`), its per-record `fields`
+(columns of `scores.jsonl`: direction, the filter that selects by it, its plot) and its set-level
+`stats` (metrics.json › score › <name>, summary.json `round_<r>/score/<name>/<key>`: direction,
+headline, plots), which settings belong to its cache key, and `score` / `summarize`. The scorer,
+the filters, the summary, the comparison, W&B and the plots iterate `METRICS`; none of them names a
+metric. To add one: a module with a `Metric` subclass registered by `@METRICS.register()`, and
+`conf/metrics/<name>.yaml` holding `<name>: {enabled: true, impl: package.module, ...}`, selected by
+`metrics=[...,<name>]` (or in an experiment's defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from core.context import StageContext
+from core.records import Record
+from core.registry import Registry
+
+
+@dataclass
+class MetricConfig:
+    """Every metric's settings extend this."""
+
+    enabled: bool = True
+    impl: str | None = None  # "package.module": imported to register a metric that is not built in
+
+
+@dataclass(frozen=True)
+class Field:
+    """A per-record value in `scores.jsonl`."""
+
+    name: str
+    higher_is_better: bool | None = None  # None: descriptive, never "best"
+    label: str = ""
+    filter: str | None = None  # `filter=<filter>` selects records by this field ...
+    descending: bool = True  # ... keeping the highest values first (False: the lowest)
+    plot: str | None = None  # "hist" | "kde": its distribution in the report (last round)
+    sample: bool = True  # a column of the W&B sample tables
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A set-level number: metrics.json › score › <metric> › <key> and summary.json
+    `round_<r>/score/<metric>/<key>`."""
+
+    key: str
+    higher_is_better: bool | None = None
+    headline: bool = False  # printed, in comparison.md, compared across jobs
+    label: str = ""
+    per_round: bool = False  # a line over rounds in the report
+    scaling: bool = False  # a panel of the evolver-size figure
+    labels: tuple[str, ...] = ()  # a label distribution (`<key>/percent/<label>`): bars
+
+
+class Metric:
+    """Base class: `score` and `summarize` are called once per set, metric by metric, in `order`
+    (generation-based metrics first while the engine is up, then embedders, then forward-pass
+    models), so each model loads once per stage."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MetricConfig]] = MetricConfig
+    fields: ClassVar[tuple[Field, ...]] = ()
+    stats: ClassVar[tuple[Stat, ...]] = ()
+    order: ClassVar[int] = 50
+    # Settings that do not change a score (explicit, as distilabel's signature exclusions): the
+    # rest of `Config` goes into the cache key of every cached result.
+    key_excludes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: Any, ctx: StageContext, scenario: Any = None):
+        self.cfg = cfg  # an instance of `Config`
+        self.ctx = ctx
+        self.scenario = scenario
+
+    def cache_key(self) -> dict[str, Any]:
+        skip = {"enabled", "impl", *self.key_excludes}
+        return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in skip}
+
+    def score(self, set_name: str, records: list[Record]) -> dict[str, dict[str, Any]]:
+        """{record id: {field: value}} for the records it can score (others get nothing)."""
+        raise NotImplementedError
+
+    def summarize(
+        self, set_name: str, records: list[Record], rows: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The set-level numbers; by default the mean of every numeric field (`<field>_mean`)."""
+        out: dict[str, Any] = {}
+        for f in self.fields:
+            vals = [r.get(f.name) for r in rows.values()]
+            out[f"{f.name}_mean"] = mean(vals)
+        return out
+
+
+def mean(values: list) -> float | None:
+    vals = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(vals) / len(vals) if vals else None
+
+
+METRICS: Registry[type[Metric]] = Registry(
+    "metric",
+    builtins=(
+        "metrics.judge",
+        "metrics.confidence",
+        "metrics.diversity",
+        "metrics.ifd",
+        "metrics.reward",
+    ),
+)
+
+
+def enabled_metrics(metrics_cfg: Any) -> list[tuple[type[Metric], Any]]:
+    """(class, typed config) of every configured and enabled metric, in run order; a configured
+    name that is not registered is an error listing the registered ones."""
+    from core.config import typed_section
+
+    out = []
+    for name in metrics_cfg or {}:
+        node = metrics_cfg[name]
+        cls = METRICS.get(str(name), node.get("impl") if node is not None else None)
+        cfg = typed_section(cls.Config, node, f"metrics.{name}")
+        if cfg.enabled:
+            out.append((cls, cfg))
+    return sorted(out, key=lambda m: m[0].order)
+
+
+def filters() -> dict[str, tuple[str | None, bool]]:
+    """filter name -> (score field, descending) from every registered metric, plus `random` and
+    `none`."""
+    out: dict[str, tuple[str | None, bool]] = {}
+    for m in METRICS:
+        for f in m.fields:
+            if f.filter:
+                out[f.filter] = (f.name, f.descending)
+    return {**out, "random": (None, False), "none": (None, False)}
+
+
+def needs_scores(filter_name: str) -> bool:
+    return filters().get(filter_name, (None, False))[0] is not None
+
+
+def stat_for(key: str) -> Stat | None:
+    """The Stat behind a summary key `[<set>/]score/<metric>/<key>`, if any."""
+    parts = key.split("/")
+    if "score" not in parts:
+        return None
+    i = parts.index("score")
+    if i + 2 >= len(parts) + 1 or len(parts) < i + 3:
+        return None
+    name, rest = parts[i + 1], "/".join(parts[i + 2 :])
+    if name not in METRICS:
+        return None
+    for s in METRICS.get(name).stats:
+        if rest == s.key or (s.labels and rest.startswith(f"{s.key}/")):
+            return s
+    return None
+
+
+def sample_fields() -> list[str]:
+    return [f.name for m in METRICS for f in m.fields if f.sample]

@@ -1,0 +1,129 @@
+"""summary.json: one flat dict of every headline number of a job, and its printed form.
+
+Which numbers are headlines, and which way each is better, comes from the registries: a metric's
+`Stat`s (metrics.base), a benchmark's headlines (evaluation.benchmarks); the stage counts below
+are the runner's own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from evaluation.benchmarks import BENCHMARKS
+from metrics.base import METRICS, stat_for
+
+# The runner's per-set counts shown beside the metrics: key tail -> higher is better.
+STAGE_HEADLINES: dict[str, bool] = {
+    "evolve/parsed": True,
+    "evolve/failed": False,
+    "evolve/parse_rate": True,
+    "evolve/instruction_words_mean": True,
+    "respond/responded": True,
+    "respond/response_words_mean": True,
+}
+# Job-level columns: key or prefix -> higher is better (None: a fact, never "best").
+JOB_COLUMNS: dict[str, bool | None] = {
+    "model/size_b": None,
+    "filter/kept": None,
+    "train/steps": None,
+    "train/final_loss": False,
+    "judge/win": True,
+    "judge/tie": None,
+    "judge/lose": False,
+    "judge/unparseable": False,
+}
+
+
+def metric_headlines() -> list[str]:
+    """`score/<metric>/<stat>` of every registered headline stat."""
+    return [f"score/{m.name}/{s.key}" for m in METRICS for s in m.stats if s.headline]
+
+
+def headline_tails() -> list[str]:
+    """Key tails (after `round_<r>/`) of the per-set headline numbers."""
+    return [*STAGE_HEADLINES, *metric_headlines()]
+
+
+def direction(key: str) -> bool | None:
+    """True when larger is better for summary key `key`, False when smaller is, None when it is a
+    fact, not a score (or unknown)."""
+    tail = key.split("/", 1)[-1] if key.startswith("round_") else key
+    if tail in STAGE_HEADLINES:
+        return STAGE_HEADLINES[tail]
+    if (stat := stat_for(key)) is not None:
+        return stat.higher_is_better
+    if (b := BENCHMARKS.for_headline(key)) is not None:
+        return b.higher_is_better(key)
+    if key in JOB_COLUMNS:
+        return JOB_COLUMNS[key]
+    if key.startswith("time/"):
+        return False
+    return None
+
+
+def is_headline(key: str) -> bool:
+    tail = key.split("/", 1)[-1] if key.startswith("round_") else key
+    return (
+        tail in headline_tails() or BENCHMARKS.for_headline(key) is not None or key in JOB_COLUMNS
+    )
+
+
+def flatten(prefix: str, obj: Any, out: dict) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            flatten(f"{prefix}/{k}" if prefix else str(k), v, out)
+    elif isinstance(obj, (int, float, str, bool)) or obj is None:
+        out[prefix] = round(obj, 4) if isinstance(obj, float) else obj
+
+
+def build_summary(
+    cfg: DictConfig, rounds: int, metrics: dict, pool: Any, cache: Any, n_seeds: int
+) -> dict:
+    s: dict[str, Any] = {
+        "status": "ok",
+        "model": cfg.model.name,
+        "model/size_b": cfg.model.get("size_b"),
+        "scenario": cfg.scenario.name,
+        "engine": pool.kind,
+        "rounds": int(rounds),
+        "seeds": n_seeds,
+    }
+    for name, stages in metrics.items():
+        ev = stages.get("evolve")
+        if ev and ev.get("attempted"):
+            ev = {**ev, "parse_rate": ev["parsed"] / ev["attempted"]}
+            stages = {**stages, "evolve": ev}
+        flatten(name, stages, s)
+    st = pool.stats
+    s.update(
+        {
+            "engine/prompts": st.prompts,
+            "engine/generated_tokens": st.generated_tokens,
+            "engine/seconds": round(st.seconds, 2),
+            "engine/tokens_per_s": round(st.generated_tokens / st.seconds, 2)
+            if st.seconds
+            else None,
+            "cache/steps": len(cache.reports),
+            "cache/hits": sum(r.status == "cache hit" for r in cache.reports),
+            "cache/items_from_cache": sum(r.cached for r in cache.reports),
+            "cache/items_computed": sum(r.computed for r in cache.reports),
+        }
+    )
+    return s
+
+
+def print_summary(summary: dict, run_dir: Path) -> None:
+    tails = headline_tails()
+    rows = [(k, v) for k, v in summary.items() if k.split("/", 1)[-1] in tails]
+    extra = ("filter/kept", "train/steps", "train/final_loss", *BENCHMARKS.headline_keys())
+    extra += ("engine/prompts", "cache/hits")
+    rows += [(k, summary[k]) for k in extra if k in summary]
+    rows += [(k, v) for k, v in summary.items() if k.startswith(("time/", "hardware/"))]
+    width = max(len(k) for k, _ in rows)
+    print(f"\n== {summary['model']} · {summary['scenario']} · {summary['rounds']} round(s) ==")
+    for k, v in rows:
+        print(f"  {k:<{width}}  {round(v, 3) if isinstance(v, float) else v}")
+    print(f"  outputs: {run_dir}  (report: {Path(run_dir) / 'report.md'})\n")
