@@ -57,14 +57,27 @@ def typed_section(schema: type, node: Any, key: str) -> Any:
         raise ConfigError(f"{key}.{e}") from None
 
 
+# Roles that have a model in the defaults list (selected without `+`).
+_DEFAULT_ROLES = ("train.student",)
+
+
 def load_model_config(name: str, role: str = "model") -> DictConfig:
-    """A conf/model entry by name."""
+    """A conf/model entry by name, for the role `role` (the config key that named it)."""
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.is_file():
         raise unknown_option(f"model for {role}", name, options("model"))
     cfg = OmegaConf.load(path)
     cfg.role = role
+    if role != "model":  # a name string: its fields are reachable once Hydra selects it
+        cfg.select = f"{'' if role in _DEFAULT_ROLES else '+'}model@{role}={name}"
     return cfg
+
+
+def path_override(model_cfg: Any) -> str:
+    """The command-line override that points this model's role at local weights."""
+    role = model_cfg.get("role") or "model"
+    select = model_cfg.get("select")
+    return f"{select + ' ' if select else ''}{role}.path=/some/dir"
 
 
 def role_model(cfg: DictConfig, value: Any, key: str) -> DictConfig:

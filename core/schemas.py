@@ -49,12 +49,14 @@ class ModelConfig:
     pipeline_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     chat_template: str | None = None
-    # Set by the framework when a role resolves: the config key that picks this model.
+    # Set by the framework when a role resolves: the config key that picks this model, and the
+    # Hydra selection that makes its fields overridable when it was named by a string.
     role: str | None = None
+    select: str | None = None
 
     def __post_init__(self) -> None:
-        check(self.tensor_parallel_size >= 1, "model.tensor_parallel_size", "must be >= 1")
-        check(0 < self.gpu_memory_utilization <= 1, "model.gpu_memory_utilization", "in (0, 1]")
+        check(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "in (0, 1]")
 
 
 @dataclass
@@ -76,8 +78,8 @@ class EngineConfig:
     timeout_s: float = 600
 
     def __post_init__(self) -> None:
-        one_of(self.kind, "engine.kind", ("auto", "vllm", "hf", "openai"))
-        check(self.chunk_size >= 1, "engine.chunk_size", "must be >= 1")
+        one_of(self.kind, "kind", ("auto", "vllm", "hf", "openai"))
+        check(self.chunk_size >= 1, "chunk_size", "must be >= 1")
 
 
 @dataclass
@@ -87,9 +89,9 @@ class DecodingConfig:
     max_tokens: int = 2048
 
     def __post_init__(self) -> None:
-        check(self.temperature >= 0, "generation.*.temperature", "must be >= 0")
-        check(0 < self.top_p <= 1, "generation.*.top_p", "must be in (0, 1]")
-        check(self.max_tokens >= 1, "generation.*.max_tokens", "must be >= 1")
+        check(self.temperature >= 0, "temperature", "must be >= 0")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        check(self.max_tokens >= 1, "max_tokens", "must be >= 1")
 
 
 @dataclass
@@ -120,10 +122,10 @@ class FilterConfig:
     def __post_init__(self) -> None:
         check(
             0 < self.keep_ratio <= 1,
-            "filter.keep_ratio",
+            "keep_ratio",
             f"must be in (0, 1], got {self.keep_ratio}",
         )
-        check(self.round is None or self.round >= 1, "filter.round", "must be >= 1 or null")
+        check(self.round is None or self.round >= 1, "round", "must be >= 1 or null")
 
 
 @dataclass
@@ -166,12 +168,12 @@ class TrainConfig:
     chat_template: str | None = None
 
     def __post_init__(self) -> None:
-        one_of(self.method, "train.method", ("full", "lora"))
-        check(self.lr > 0, "train.lr", "must be > 0")
-        check(self.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")
+        one_of(self.method, "method", ("full", "lora"))
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
         check(
             self.effective_batch_size >= self.micro_batch_size,
-            "train.effective_batch_size",
+            "effective_batch_size",
             "must be >= train.micro_batch_size",
         )
 
@@ -203,8 +205,8 @@ class EvalConfig:
     pairwise: PairwiseConfig = field(default_factory=PairwiseConfig)
 
     def __post_init__(self) -> None:
-        one_of(self.backend, "eval.backend", ("engine", "hf"))
-        check(self.limit is None or self.limit >= 1, "eval.limit", "must be >= 1 or null")
+        one_of(self.backend, "backend", ("engine", "hf"))
+        check(self.limit is None or self.limit >= 1, "limit", "must be >= 1 or null")
 
 
 @dataclass
@@ -217,7 +219,7 @@ class LoggerConfig:
     table_rows: int = 100
 
     def __post_init__(self) -> None:
-        one_of(self.name, "logger.name", ("none", "wandb"))
+        one_of(self.name, "name", ("none", "wandb"))
 
 
 # Top-level section -> schema. `scenario` and `metrics.*` are checked against their registries.

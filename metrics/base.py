@@ -67,6 +67,9 @@ class Metric:
     fields: ClassVar[tuple[Field, ...]] = ()
     stats: ClassVar[tuple[Stat, ...]] = ()
     order: ClassVar[int] = 50
+    # The setting that names a role model (null | conf/model name | mapping), if any: its weights
+    # and dtype are checked at start-up like every other role's.
+    role_field: ClassVar[str | None] = None
     # Settings that do not change a score (explicit, as distilabel's signature exclusions): the
     # rest of `Config` goes into the cache key of every cached result.
     key_excludes: ClassVar[tuple[str, ...]] = ()

@@ -86,6 +86,7 @@ class JudgeMetric(Metric):
     the judge model and the exact prompts and decoding."""
 
     name = "judge"
+    role_field = "model"
     Config = JudgeConfig
     order = 10
     fields = (

@@ -71,6 +71,9 @@ def item_seed(run_seed: int, item_id: str) -> int:
 
 class Run:
     def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None):
+        # Read-only from here: no stage changes the config (what ran is what was composed).
+        cfg = cfg.copy()
+        OmegaConf.set_readonly(cfg, True)
         self.cfg = cfg
         self.dir = Path(run_dir)
         self.tracker = tracker or Tracker(OmegaConf.create({"logger": {"name": "none"}}), self.dir)
@@ -438,7 +441,27 @@ def _check_config(cfg: DictConfig) -> None:
 
     if cfg.filter.name not in filters():
         raise unknown_option("filter", cfg.filter.name, filters())
+    _check_role_dtypes(cfg)
     hardware_summary(cfg)
+
+
+def _check_role_dtypes(cfg: DictConfig) -> None:
+    """Every role model's dtype resolves (`auto` or a known format), named by its key."""
+    from core.config import role_model
+    from core.schemas import ROLES
+    from engines.precision import resolve_dtype
+    from metrics.base import enabled_metrics
+
+    keys = [*ROLES]
+    keys += [
+        f"metrics.{m.name}.{m.role_field}" for m, _ in enabled_metrics(cfg.metrics) if m.role_field
+    ]
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if key == "eval.pairwise.against" and isinstance(value, str) and Path(value).is_dir():
+            continue  # a checkpoint folder: the student's settings
+        if value is not None:
+            resolve_dtype(role_model(cfg, value, key).get("dtype"), what=f"{key}.dtype")
 
 
 def _one_line(counts: dict) -> str:

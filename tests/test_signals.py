@@ -143,8 +143,8 @@ def test_sigterm_during_training_stops_promptly_and_resumes(tmp_path, bundled_mo
 
 
 def test_a_lost_signal_exception_is_raised_again_at_the_next_chunk(tmp_path, monkeypatch):
-    from core.cache import StepCache
     from core import signals
+    from core.cache import StepCache
 
     computed = []
 

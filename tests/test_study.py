@@ -70,7 +70,11 @@ def test_presets_expand_to_the_papers_jobs(name):
         assert cfg.scenario.queries_per_instruction == 16 and cfg.scenario.equal_size == 5000
         assert cfg.data.name == "tiny" and cfg.filter.name == "none"
     if name == "table1_evol":
-        assert cfg.rounds == 1 and cfg.train.student.name == "llama3.1_8b" and cfg.data.name == "alpaca"
+        assert (
+            cfg.rounds == 1
+            and cfg.train.student.name == "llama3.1_8b"
+            and cfg.data.name == "alpaca"
+        )
 
 
 def test_every_model_has_a_launcher_with_its_gpus():
