@@ -81,6 +81,7 @@ def main() -> None:
         "--bf16-timeout", type=float, default=None, help="seconds for the forced-bf16 run"
     )
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-cache rerun")
+    ap.add_argument("--keep", help="a folder to keep the runs in (default: a temporary one)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
 
@@ -97,7 +98,11 @@ def main() -> None:
     print(f"auto resolves to: dtype {resolve_dtype('auto')}, training {resolve_precision('auto')}")
 
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="demo-bench-") as tmp:
+    keep = Path(args.keep) if args.keep else None
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise SystemExit(f"--keep {keep}: the folder is not empty (the runs need empty caches)")
+    with tempfile.TemporaryDirectory(prefix="demo-bench-") as scratch:
+        tmp = keep or scratch
         for mode in args.modes.split(","):
             overrides = [*args.overrides, *(FORCE_BF16 if mode == "bf16" else [])]
             cache = Path(tmp) / mode / "cache"  # empty: the model is converted again

@@ -43,43 +43,47 @@ def resolve_engine_kind(kind: str) -> str:
 
 def build_engine(engine_cfg: Any, model_cfg: Any, models_dir: str | Path) -> Engine:
     """Load the engine `engine_cfg.kind` for `model_cfg` (weights resolved first)."""
-    kind = resolve_engine_kind(engine_cfg.kind)
-    template = model_cfg.get("chat_template")
+    from core.config import typed_section
+    from core.schemas import EngineConfig, ModelConfig
+
+    e = typed_section(EngineConfig, engine_cfg, "engine")
+    m = typed_section(ModelConfig, model_cfg, model_cfg.get("role") or "model")
+    kind = resolve_engine_kind(e.kind)
     if kind == "openai":
         from engines.openai_engine import OpenAIEngine
 
         return OpenAIEngine(
-            base_url=engine_cfg.base_url,
-            model=engine_cfg.get("served_model") or model_cfg.get("hf_id") or model_cfg.name,
-            api_key_env=engine_cfg.api_key_env,
-            max_concurrency=engine_cfg.max_concurrency,
-            timeout_s=engine_cfg.timeout_s,
+            base_url=e.base_url,
+            model=e.served_model or m.hf_id or m.name,
+            api_key_env=e.api_key_env,
+            max_concurrency=e.max_concurrency,
+            timeout_s=e.timeout_s,
         )
     path = resolve_model_path(model_cfg, models_dir)
-    dtype = resolve_dtype(engine_cfg.get("dtype") or model_cfg.get("dtype"))
+    dtype = resolve_dtype(e.dtype or m.dtype)
     if kind == "vllm":
         from engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(
             path,
             dtype=dtype,
-            max_model_len=model_cfg.get("max_model_len"),
-            tensor_parallel_size=model_cfg.get("tensor_parallel_size", 1),
-            pipeline_parallel_size=model_cfg.get("pipeline_parallel_size", 1),
-            gpu_memory_utilization=model_cfg.get("gpu_memory_utilization", 0.9),
-            cpu_memory_utilization=engine_cfg.get("cpu_memory_utilization", 0.3),
-            cpu_kv_cache_gib=engine_cfg.get("cpu_kv_cache_gib"),
-            enforce_eager=engine_cfg.get("enforce_eager"),
-            distributed_executor_backend=engine_cfg.get("distributed_executor_backend"),
-            seed=engine_cfg.get("seed", 0),
-            chat_template=template,
+            max_model_len=m.max_model_len,
+            tensor_parallel_size=m.tensor_parallel_size,
+            pipeline_parallel_size=m.pipeline_parallel_size,
+            gpu_memory_utilization=m.gpu_memory_utilization,
+            cpu_memory_utilization=e.cpu_memory_utilization,
+            cpu_kv_cache_gib=e.cpu_kv_cache_gib,
+            enforce_eager=e.enforce_eager,
+            distributed_executor_backend=e.distributed_executor_backend,
+            seed=e.seed,
+            chat_template=m.chat_template,
         )
     from engines.hf import HFEngine
 
     return HFEngine(
         path,
         dtype=dtype,
-        batch_size=engine_cfg.get("batch_size", 16),
-        chat_template=template,
-        max_model_len=model_cfg.get("max_model_len"),
+        batch_size=e.batch_size,
+        chat_template=m.chat_template,
+        max_model_len=m.max_model_len,
     )

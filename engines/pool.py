@@ -95,6 +95,6 @@ class EnginePool:
             self.stats.by_stage[step] = self.stats.by_stage.get(step, 0) + len(ids)
             return [dataclasses.asdict(g) for g in gens]
 
-        chunk = int(self.engine_cfg.get("chunk_size", 64))
+        chunk = int(self.engine_cfg.chunk_size)
         raw = self.cache.run(step, payload, list(by_id), compute, chunk, desc=desc)
         return {i: Generation(**r) for i, r in raw.items()}

@@ -20,7 +20,6 @@ from evaluation.benchmarks import BENCHMARKS
 from evaluation.tasks import close_sandbox, ensure_punkt, headline, task_configs
 
 log = logging.getLogger(__name__)
-BACKENDS = ("engine", "hf")
 
 
 def evaluate(
@@ -36,14 +35,16 @@ def evaluate(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    backend = eval_cfg.get("backend", "engine")
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown eval.backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    from core.config import typed_section
+    from core.schemas import EvalConfig
+
+    eval_cfg = typed_section(EvalConfig, eval_cfg, "eval")
+    backend = eval_cfg.backend
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines drown ours
     ensure_punkt(Path(cache_dir).expanduser() / "nltk_data")
-    close_sandbox(timeout=float(eval_cfg.get("code_timeout", 10)))
+    close_sandbox(timeout=float(eval_cfg.code_timeout))
     tasks = task_configs(eval_cfg)
-    limit = eval_cfg.get("limit")
+    limit = eval_cfg.limit
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -53,8 +54,8 @@ def evaluate(
             tasks=tasks,
             task_manager=TaskManager(),
             limit=limit,
-            apply_chat_template=bool(eval_cfg.get("apply_chat_template", True)),
-            fewshot_as_multiturn=bool(eval_cfg.get("fewshot_as_multiturn", True)),
+            apply_chat_template=eval_cfg.apply_chat_template,
+            fewshot_as_multiturn=eval_cfg.fewshot_as_multiturn,
             log_samples=True,
             confirm_run_unsafe_code=True,  # generated code runs in the project's sandbox only
             random_seed=seed,
@@ -122,7 +123,7 @@ def eval_model_config(cfg: Any, trained: Path | None) -> Any:
     if trained is not None:
         name = f"{student.name}-sft-{trained.resolve().parent.name}"
         return OmegaConf.merge(student, {"name": name, "path": str(trained), "gguf": None})
-    if cfg.eval.get("model"):
+    if cfg.eval.model:
         return role_model(cfg, cfg.eval.model, "eval.model")
     return student
 
@@ -154,11 +155,11 @@ def pairwise(cfg: Any, model_cfg: Any, pool: Any, out_dir: Path) -> dict[str, An
     src = pw.instructions
     path = BUNDLED_DATA / "pairwise" / "instructions.jsonl" if src == "bundled" else Path(src)
     records = list(read_records(path))
-    if pw.get("limit"):
+    if pw.limit:
         records = records[: int(pw.limit)]
     if not records:
         raise ConfigError(f"eval.pairwise.instructions: {path} holds no instruction")
-    other = reference_model_config(cfg, pw.get("against"))
+    other = reference_model_config(cfg, pw.against)
     if other.name == model_cfg.name:
         log.warning(
             "pairwise: %s would be judged against itself (nothing was trained); skipped - set "
@@ -174,7 +175,7 @@ def pairwise(cfg: Any, model_cfg: Any, pool: Any, out_dir: Path) -> dict[str, An
         return {i: g.text.strip() for i, g in gens.items()}
 
     first, second = answers(model_cfg), answers(other)
-    judge_cfg = role_model(cfg, pw.get("judge"), "eval.pairwise.judge")
+    judge_cfg = role_model(cfg, pw.judge, "eval.pairwise.judge")
     judge_params = Sampling(temperature=0.0, max_tokens=int(cfg.generation.greedy.max_tokens))
 
     def generate(prompts):

@@ -327,12 +327,17 @@ def mbpp_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
 
 # -- the run's task list ------------------------------------------------------------------------
 def task_configs(eval_cfg: Any) -> list[dict]:
-    """lm-eval task config dicts for `eval.tasks`, with the run's few-shot and length settings."""
+    """lm-eval task config dicts for `eval.tasks`, with the run's few-shot and length settings;
+    `eval_cfg` is an `EvalConfig` (or a section that passes it)."""
+    from core.config import typed_section
+    from core.schemas import EvalConfig
     from evaluation.benchmarks import BENCHMARKS
 
-    BENCHMARKS.add_dirs(list(eval_cfg.get("benchmark_dirs") or []))
-    data_dir = resolve_data_dir(eval_cfg.get("data_dir"))
-    fewshot = dict(eval_cfg.get("num_fewshot") or {})
+    if not isinstance(eval_cfg, EvalConfig):
+        eval_cfg = typed_section(EvalConfig, eval_cfg, "eval")
+    BENCHMARKS.add_dirs(eval_cfg.benchmark_dirs)
+    data_dir = resolve_data_dir(eval_cfg.data_dir)
+    fewshot = dict(eval_cfg.num_fewshot)
     out: list[dict] = []
     for name in eval_cfg.tasks:
         bench = BENCHMARKS.get(name)
@@ -340,7 +345,7 @@ def task_configs(eval_cfg: Any) -> list[dict]:
         for cfg in bench.task_configs(data_dir, shots):
             if fewshot.get(name) is not None:
                 cfg["num_fewshot"] = int(fewshot[name])
-            cap = eval_cfg.get("max_gen_toks")
+            cap = eval_cfg.max_gen_toks
             if cap:
                 gk = dict(cfg.get("generation_kwargs") or {})
                 gk["max_gen_toks"] = min(int(cap), int(gk.get("max_gen_toks", cap)))

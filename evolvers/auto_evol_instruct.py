@@ -18,8 +18,17 @@ from typing import Any
 from core.records import Record
 from core.templates import fill, load_template
 from engines.base import Chat, Generation
-from evolvers.base import SCENARIOS, TEMPLATE_DIR, Generate, Scenario, ScenarioConfig
-from evolvers.evol_instruct import child_id, child_record, clean_evolution, evolve_counts
+from evolvers.base import (
+    SCENARIOS,
+    TEMPLATE_DIR,
+    Generate,
+    Scenario,
+    ScenarioConfig,
+    child_id,
+    child_record,
+    clean_evolution,
+    evolve_counts,
+)
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from evolvers.base import (
     Scenario,
     ScenarioConfig,
     Verification,
+    strip_quotes,
 )
-from evolvers.evol_instruct import strip_quotes
 from evolvers.verifiers import (
     COMPILE_ERROR,
     NO_EVALUATE,

@@ -9,17 +9,26 @@ every file and counts. To add one: a module with a `Scenario` subclass registere
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from core.config import typed_section
-from core.records import Record
+from core.records import Record, make_record
 from core.registry import Registry
 from engines.base import Chat, Generation
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+# Echoed cue lines such as "#Rewritten Prompt#:", "**Rewritten prompt:**", "Created Prompt:".
+_MARKER = re.compile(
+    r"^\s*[#*_\s]*(?:the\s+)?(?:rewritten|created|new|given|final)\s+prompt[#*_\s]*:?[#*_\s]*",
+    re.IGNORECASE,
+)
+_QUOTES = ('"', "'", "“", "”", "`")
 
 # generate([(id, prompt)], max_tokens=None) -> {id: Generation}: cached, one engine call per chunk.
 Generate = Callable[..., dict[str, Generation]]
@@ -70,8 +79,6 @@ class Scenario:
 
     def counts(self, records: list[Record]) -> dict[str, Any]:
         """The round's numbers for metrics.json › evolve (attempted, parsed, failed, ...)."""
-        from evolvers.evol_instruct import evolve_counts
-
         return evolve_counts(records)
 
     def artifacts(self) -> dict[str, str]:
@@ -109,3 +116,84 @@ def build_scenario(scenario_cfg: Any) -> Scenario:
     """The scenario `scenario.name`, with its settings checked against its `Config`."""
     cls = SCENARIOS.get(str(scenario_cfg.name), scenario_cfg.get("impl"))
     return cls(typed_section(cls.Config, scenario_cfg, "scenario"))
+
+
+# -- helpers every scenario uses: lineage, cleaning, counts --------------------------------------
+def child_id(parent: Record, round_num: int) -> str:
+    return f"{parent['meta']['source_id']}-r{round_num}"
+
+
+def clean_evolution(text: str) -> str:
+    """Strip echoed cue markers and surrounding quotes; keep the instruction's own lines."""
+    s = text.strip()
+    while True:
+        m = _MARKER.match(s)
+        if not m:
+            break
+        s = s[m.end() :].strip()
+    return strip_quotes(s)
+
+
+def strip_quotes(s: str) -> str:
+    """`s` without the quotes (or backticks) wrapped around the whole of it."""
+    while len(s) >= 2 and s[0] in _QUOTES and s[-1] in _QUOTES:
+        s = s[1:-1].strip()
+    return s
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.lower().split())
+
+
+def child_record(
+    parent: Record,
+    instruction: str,
+    method: str,
+    round_num: int,
+    model: str,
+    gen: Generation,
+    rid: str,
+    failure: str | None = None,
+    **extra,
+) -> Record:
+    """An evolved record with its lineage; empty or unchanged instructions are failures."""
+    if failure is None and not instruction:
+        failure = "empty"
+    elif failure is None and _norm(instruction) == _norm(parent["instruction"]):
+        failure = "unchanged"
+    meta = {
+        "source_id": parent["meta"]["source_id"],
+        "seed_index": parent["meta"]["seed_index"],
+        "parent_id": parent["id"],
+        "parent_instruction": parent["instruction"],
+        "round": round_num,
+        "method": method,
+        "model": model,
+        "raw": gen.text,
+        "parse_ok": failure is None,
+        "finish_reason": gen.finish_reason,
+        "gen_tokens": gen.num_tokens,
+        **extra,
+    }
+    if failure:
+        meta["failure"] = failure
+    return make_record(rid, instruction, parent.get("input", ""), "", **meta)
+
+
+def evolve_counts(records: list[Record]) -> dict[str, Any]:
+    ok = [r for r in records if r["meta"]["parse_ok"]]
+    failures = Counter(r["meta"].get("failure") for r in records if not r["meta"]["parse_ok"])
+    words = [len(r["instruction"].split()) for r in ok]
+    return {
+        "attempted": len(records),
+        "parsed": len(ok),
+        "failed": len(records) - len(ok),
+        "failures": dict(failures),
+        "truncated": sum(r["meta"].get("finish_reason") == "length" for r in records),
+        "methods": dict(Counter(r["meta"]["method"] for r in records)),
+        "instruction_words_mean": sum(words) / len(words) if words else None,
+        "instruction_chars_mean": sum(len(r["instruction"]) for r in ok) / len(ok) if ok else None,
+        "gen_tokens_mean": (
+            sum(r["meta"]["gen_tokens"] for r in records) / len(records) if records else None
+        ),
+    }

@@ -6,25 +6,24 @@ an LLM run evolve the same seeds with the same methods.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from core.errors import unknown_option
-from core.records import Record, make_record
+from core.records import Record
 from core.templates import fill, load_template, load_yaml
 from engines.base import Chat, Generation
-from evolvers.base import SCENARIOS, TEMPLATE_DIR, Generate, Scenario, ScenarioConfig
+from evolvers.base import (
+    SCENARIOS,
+    TEMPLATE_DIR,
+    Generate,
+    Scenario,
+    ScenarioConfig,
+    child_id,
+    child_record,
+    clean_evolution,
+)
 
 BREADTH = "breadth"
-
-# Echoed cue lines such as "#Rewritten Prompt#:", "**Rewritten prompt:**", "Created Prompt:".
-_MARKER = re.compile(
-    r"^\s*[#*_\s]*(?:the\s+)?(?:rewritten|created|new|given|final)\s+prompt[#*_\s]*:?[#*_\s]*",
-    re.IGNORECASE,
-)
-_QUOTES = ('"', "'", "“", "”", "`")
 
 
 @dataclass
@@ -113,88 +112,8 @@ class EvolInstruct(Scenario):
         ]
 
 
-def child_id(parent: Record, round_num: int) -> str:
-    return f"{parent['meta']['source_id']}-r{round_num}"
-
-
-def clean_evolution(text: str) -> str:
-    """Strip echoed cue markers and surrounding quotes; keep the instruction's own lines."""
-    s = text.strip()
-    while True:
-        m = _MARKER.match(s)
-        if not m:
-            break
-        s = s[m.end() :].strip()
-    return strip_quotes(s)
-
-
-def strip_quotes(s: str) -> str:
-    """`s` without the quotes (or backticks) wrapped around the whole of it."""
-    while len(s) >= 2 and s[0] in _QUOTES and s[-1] in _QUOTES:
-        s = s[1:-1].strip()
-    return s
-
-
-def _norm(s: str) -> str:
-    return " ".join(s.lower().split())
-
-
 def evolved_record(
     parent: Record, method: str, round_num: int, model: str, gen: Generation, rid: str
 ) -> Record:
     instruction = clean_evolution(gen.text)
     return child_record(parent, instruction, method, round_num, model, gen, rid)
-
-
-def child_record(
-    parent: Record,
-    instruction: str,
-    method: str,
-    round_num: int,
-    model: str,
-    gen: Generation,
-    rid: str,
-    failure: str | None = None,
-    **extra,
-) -> Record:
-    """An evolved record with its lineage; empty or unchanged instructions are failures."""
-    if failure is None and not instruction:
-        failure = "empty"
-    elif failure is None and _norm(instruction) == _norm(parent["instruction"]):
-        failure = "unchanged"
-    meta = {
-        "source_id": parent["meta"]["source_id"],
-        "seed_index": parent["meta"]["seed_index"],
-        "parent_id": parent["id"],
-        "parent_instruction": parent["instruction"],
-        "round": round_num,
-        "method": method,
-        "model": model,
-        "raw": gen.text,
-        "parse_ok": failure is None,
-        "finish_reason": gen.finish_reason,
-        "gen_tokens": gen.num_tokens,
-        **extra,
-    }
-    if failure:
-        meta["failure"] = failure
-    return make_record(rid, instruction, parent.get("input", ""), "", **meta)
-
-
-def evolve_counts(records: list[Record]) -> dict[str, Any]:
-    ok = [r for r in records if r["meta"]["parse_ok"]]
-    failures = Counter(r["meta"].get("failure") for r in records if not r["meta"]["parse_ok"])
-    words = [len(r["instruction"].split()) for r in ok]
-    return {
-        "attempted": len(records),
-        "parsed": len(ok),
-        "failed": len(records) - len(ok),
-        "failures": dict(failures),
-        "truncated": sum(r["meta"].get("finish_reason") == "length" for r in records),
-        "methods": dict(Counter(r["meta"]["method"] for r in records)),
-        "instruction_words_mean": sum(words) / len(words) if words else None,
-        "instruction_chars_mean": sum(len(r["instruction"]) for r in ok) / len(ok) if ok else None,
-        "gen_tokens_mean": (
-            sum(r["meta"]["gen_tokens"] for r in records) / len(records) if records else None
-        ),
-    }

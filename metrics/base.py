@@ -148,18 +148,15 @@ def needs_scores(filter_name: str) -> bool:
 def stat_for(key: str) -> Stat | None:
     """The Stat behind a summary key `[<set>/]score/<metric>/<key>`, if any."""
     parts = key.split("/")
-    if "score" not in parts:
+    if "score" not in parts or len(parts) < parts.index("score") + 3:
         return None
     i = parts.index("score")
-    if i + 2 >= len(parts) + 1 or len(parts) < i + 3:
-        return None
     name, rest = parts[i + 1], "/".join(parts[i + 2 :])
     if name not in METRICS:
         return None
-    for s in METRICS.get(name).stats:
-        if rest == s.key or (s.labels and rest.startswith(f"{s.key}/")):
-            return s
-    return None
+    stats = METRICS.get(name).stats
+    exact = next((s for s in stats if rest == s.key), None)
+    return exact or next((s for s in stats if s.labels and rest.startswith(f"{s.key}/")), None)
 
 
 def sample_fields() -> list[str]:

@@ -20,11 +20,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from core.cache import StepCache, stable_hash
-from core.config import validate
+from core.config import typed_section, validate
 from core.context import StageContext
 from core.data import load_seeds
 from core.errors import ConfigError, DataError, UserFacingError, unknown_option
 from core.records import Record, hash_records, write_json_atomic, write_jsonl_atomic
+from core.schemas import EvalConfig
 from core.signals import Interrupted, check_interrupt, unwinding
 from engines.base import Chat, Generation, Sampling
 from engines.pool import EnginePool, model_identity
@@ -55,9 +56,10 @@ FAILED_JOBS: list[dict] = []
 
 
 def sampling(cfg: Any, seed: int | None = None) -> Sampling:
+    """Sampling settings from a `generation.*` section (checked against DecodingConfig)."""
     return Sampling(
         temperature=float(cfg.temperature),
-        top_p=float(cfg.get("top_p", 1.0)),
+        top_p=float(cfg.top_p),
         max_tokens=int(cfg.max_tokens),
         seed=seed,
     )
@@ -89,6 +91,7 @@ class Run:
         self.stage: str | None = None  # the stage running now
         self.stopped_in: str | None = None  # the stage an exception (a signal) ended
         self.rounds = int(cfg.rounds)  # capped by the scenario (`Scenario.max_rounds`)
+        self.eval_cfg = typed_section(EvalConfig, cfg.eval, "eval")
         # Resolved before any work: a bad dtype or precision fails here, not after the generations.
         self.hardware = hardware_summary(cfg)
         self.ctx = StageContext(
@@ -294,7 +297,7 @@ class Run:
         model_cfg = eval_model_config(self.cfg, trained)
         log.info("evaluate: %s on %s", model_cfg.name, ", ".join(self.cfg.eval.tasks))
         numbers: dict = {"eval/model": str(model_cfg.name)}
-        if self.cfg.eval.get("tasks"):
+        if self.eval_cfg.tasks:
             numbers |= evaluate(
                 self.cfg.eval,
                 model_cfg,
@@ -303,7 +306,7 @@ class Run:
                 self.cfg.cache_dir,
                 int(self.cfg.seed),
             )
-        if self.cfg.eval.get("pairwise") and self.cfg.eval.pairwise.enabled:
+        if self.eval_cfg.pairwise.enabled:
             from evaluation.run import pairwise
 
             numbers |= pairwise(self.cfg, model_cfg, self.pool, self.dir / "eval")
@@ -360,9 +363,7 @@ class Run:
                     selected = self._usable(list(sets.values())[-1]) if sets else []
                 with self.timed("train"):
                     self.train_summary = self.train(selected)
-            if "evaluate" in stages and (
-                self.cfg.eval.get("tasks") or self.cfg.eval.get("pairwise", {}).get("enabled")
-            ):
+            if "evaluate" in stages and (self.eval_cfg.tasks or self.eval_cfg.pairwise.enabled):
                 with self.timed("evaluate"):
                     self.eval_summary = self.evaluate()
         finally:

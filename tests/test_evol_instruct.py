@@ -2,10 +2,10 @@ import pytest
 
 from core.errors import ConfigError
 from engines.base import Generation
+from evolvers.base import clean_evolution
 from evolvers.evol_instruct import (
     EvolInstruct,
     EvolInstructConfig,
-    clean_evolution,
     evolved_record,
     method_for,
     method_names,

@@ -48,7 +48,7 @@ SHOUT_SCENARIO = '''
 from dataclasses import dataclass
 
 from evolvers.base import SCENARIOS, Scenario, ScenarioConfig
-from evolvers.evol_instruct import child_id, child_record
+from evolvers.base import child_id, child_record
 from engines.base import Generation
 
 
