@@ -205,9 +205,12 @@ def resolve_precision(value: Any, hw: Hardware | None = None) -> str:
     return name
 
 
-def hardware_summary(cfg: Any, hw: Hardware | None = None) -> dict[str, Any]:
+def hardware_summary(
+    cfg: Any, hw: Hardware | None = None, dtypes: dict[str, tuple[Any, str]] | None = None
+) -> dict[str, Any]:
     """`hardware/*` for summary.json and the W&B config: what runs where, in which format, for the
-    stages the config runs. Computed before any work, so a bad dtype or precision fails first."""
+    stages the config runs. Computed before any work, so a bad dtype or precision fails first.
+    `dtypes` adds `hardware/<name>` for other models of the job: {name: (value, config key)}."""
     hw = hw or hardware()
     engine_cfg, model_cfg = cfg.get("engine") or {}, cfg.get("model") or {}
     stages = set(cfg.get("stages") or ())
@@ -220,9 +223,8 @@ def hardware_summary(cfg: Any, hw: Hardware | None = None) -> dict[str, Any]:
         out["hardware/engine_dtype"] = resolve_dtype(
             engine_cfg.get("dtype") or model_cfg.get("dtype"), hw, what="engine.dtype"
         )
-    ifd = (cfg.get("metrics") or {}).get("ifd")
-    if ifd and ifd.get("enabled", True) and (not stages or "score" in stages):
-        out["hardware/ifd_dtype"] = resolve_dtype(ifd.get("dtype"), hw, what="metrics.ifd.dtype")
+    for name, (value, what) in (dtypes or {}).items():
+        out[f"hardware/{name}"] = resolve_dtype(value, hw, what=what)
     train = cfg.get("train")
     if train and (not stages or "train" in stages):
         out["hardware/train_precision"] = resolve_precision(train.get("precision"), hw)

@@ -343,8 +343,8 @@ def task_configs(eval_cfg: Any) -> list[dict]:
         bench = BENCHMARKS.get(name)
         shots = bench.default_fewshot if fewshot.get(name) is None else int(fewshot[name])
         for cfg in bench.task_configs(data_dir, shots):
-            if fewshot.get(name) is not None:
-                cfg["num_fewshot"] = int(fewshot[name])
+            # Always explicit: a task config without it runs 0-shot whatever its builder was asked.
+            cfg["num_fewshot"] = shots
             cap = eval_cfg.max_gen_toks
             if cap:
                 gk = dict(cfg.get("generation_kwargs") or {})

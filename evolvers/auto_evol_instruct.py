@@ -33,14 +33,22 @@ from evolvers.base import (
 log = logging.getLogger(__name__)
 
 METHOD = "auto_evol"
-_HEADER = r"(?:step\s*\d\s*)?[#*\s]*{name}[#*\s]*:?"
+# A section header is a line of its own start: optional markdown decoration (`#`, `**`, `>`, `-`),
+# an optional "Step N", the header's words as whole words, then a closing `#`/`**`, a colon or the
+# end of the line. Words inside an instruction ("planets", "an explanation", "what was rewritten")
+# are never headers.
+_HEADER = (
+    r"^[ \t>*_#-]*(?:step[ \t]*\d+[ \t]*[.:)-]?[ \t]*)?[*_#]*[ \t]*{name}"
+    r"(?:[ \t]*[*_#]+[ \t]*:?|[ \t]*:|(?=[ \t]*$))[*_#]*"
+)
 _SECTIONS = {
-    "methods_list": re.compile(_HEADER.format(name=r"methods?\s+list"), re.IGNORECASE),
-    "plan": re.compile(_HEADER.format(name=r"plan"), re.IGNORECASE),
-    "rewritten": re.compile(
-        _HEADER.format(name=r"(?<!finally\s)rewritten\s+instruction"), re.IGNORECASE
-    ),
-    "final": re.compile(_HEADER.format(name=r"finally\s+rewritten\s+instruction"), re.IGNORECASE),
+    name: re.compile(_HEADER.format(name=words), re.IGNORECASE | re.MULTILINE)
+    for name, words in (
+        ("methods_list", r"methods?[ \t]+list"),
+        ("plan", r"plan"),
+        ("rewritten", r"rewritten[ \t]+instruction"),
+        ("final", r"finally[ \t]+rewritten[ \t]+instruction"),
+    )
 }
 _IMPROVED = re.compile(r"#?\s*improved\s+method\s*#?\s*:?", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\w\))\s*")
@@ -52,11 +60,15 @@ def _last_match(rx: re.Pattern, text: str) -> re.Match | None:
 
 
 def parse_trajectory(text: str) -> dict[str, str | None]:
-    """The four sections of a reply; a missing section is None. The final section runs to the end
-    of the reply (a model sometimes adds nothing after it, sometimes a closing remark)."""
-    found = []
+    """The four sections of a reply; a missing section is None. The final section starts at the
+    last "Finally Rewritten Instruction" header (replies often echo the format first) and runs to
+    the end of the reply: nothing inside it is a header, whatever words the instruction uses. The
+    other sections are the last of their headers before it."""
+    final = _last_match(_SECTIONS["final"], text)
+    head = text[: final.start()] if final else text
+    found = [(final.start(), final.end(), "final")] if final else []
     for name, rx in _SECTIONS.items():
-        m = _last_match(rx, text)  # the last header of each kind: replies often echo the format
+        m = _last_match(rx, head) if name != "final" else None
         if m:
             found.append((m.start(), m.end(), name))
     found.sort()

@@ -70,6 +70,9 @@ class Metric:
     # The setting that names a role model (null | conf/model name | mapping), if any: its weights
     # and dtype are checked at start-up like every other role's.
     role_field: ClassVar[str | None] = None
+    # The setting that picks its own forward-pass model's format (`auto` resolved from the
+    # hardware), reported as summary.json `hardware/<name>_dtype`.
+    dtype_field: ClassVar[str | None] = None
     # Settings that do not change a score (explicit, as distilabel's signature exclusions): the
     # rest of `Config` goes into the cache key of every cached result.
     key_excludes: ClassVar[tuple[str, ...]] = ()

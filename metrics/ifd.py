@@ -303,6 +303,7 @@ class IFDMetric(Metric):
     resolved dtype, the form, the cutoff and the exact (Q, A) texts."""
 
     name = "ifd"
+    dtype_field = "dtype"
     role_field = "model"
     Config = IFDConfig
     order = 30

@@ -108,6 +108,7 @@ class RewardMetric(Metric):
     evolution prompt are skipped."""
 
     name = "reward"
+    dtype_field = "dtype"
     Config = RewardConfig
     order = 31
     fields = (Field("reward", higher_is_better=True),)

@@ -29,12 +29,12 @@ from core.schemas import EvalConfig
 from core.signals import Interrupted, check_interrupt, unwinding
 from engines.base import Chat, Generation, Sampling
 from engines.pool import EnginePool, model_identity
-from engines.precision import hardware_summary, resolve_precision
+from engines.precision import resolve_precision
 from evolvers.base import Scenario, build_scenario
 from evolvers.respond import respond_counts, responded_record
 from metrics.base import needs_scores
 from pipeline.scoring import Scorer, filter_set
-from reporting.summary import build_summary, print_summary
+from reporting.summary import build_summary, hardware_facts, print_summary
 from reporting.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Run:
         self.rounds = int(cfg.rounds)  # capped by the scenario (`Scenario.max_rounds`)
         self.eval_cfg = typed_section(EvalConfig, cfg.eval, "eval")
         # Resolved before any work: a bad dtype or precision fails here, not after the generations.
-        self.hardware = hardware_summary(cfg)
+        self.hardware = hardware_facts(cfg)
         self.ctx = StageContext(
             cfg=cfg,
             dir=self.dir,
@@ -443,7 +443,7 @@ def _check_config(cfg: DictConfig) -> None:
     if cfg.filter.name not in filters():
         raise unknown_option("filter", cfg.filter.name, filters())
     _check_role_dtypes(cfg)
-    hardware_summary(cfg)
+    hardware_facts(cfg)
 
 
 def _check_role_dtypes(cfg: DictConfig) -> None:

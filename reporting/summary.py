@@ -12,8 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from engines.precision import Hardware, hardware_summary
 from evaluation.benchmarks import BENCHMARKS
-from metrics.base import METRICS, stat_for
+from metrics.base import METRICS, enabled_metrics, stat_for
 
 # The runner's per-set counts shown beside the metrics: key tail -> higher is better.
 STAGE_HEADLINES: dict[str, bool] = {
@@ -69,6 +70,19 @@ def is_headline(key: str) -> bool:
     return (
         tail in headline_tails() or BENCHMARKS.for_headline(key) is not None or key in JOB_COLUMNS
     )
+
+
+def hardware_facts(cfg: DictConfig, hw: Hardware | None = None) -> dict[str, Any]:
+    """`hardware/*`: the device and the format of every model the job runs (the engine, the
+    training precision, and each enabled metric's own forward-pass model, `<metric>_dtype`)."""
+    stages = set(cfg.get("stages") or ())
+    dtypes = {}
+    if not stages or "score" in stages:
+        for m, mcfg in enabled_metrics(cfg.get("metrics")):
+            if m.dtype_field:
+                what = f"metrics.{m.name}.{m.dtype_field}"
+                dtypes[f"{m.name}_dtype"] = (getattr(mcfg, m.dtype_field), what)
+    return hardware_summary(cfg, hw, dtypes)
 
 
 def flatten(prefix: str, obj: Any, out: dict) -> None:

@@ -38,11 +38,11 @@ class Tracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        from engines.precision import hardware_summary
+        from reporting.summary import hardware_facts
 
         config = OmegaConf.to_container(cfg, resolve=True)
         # The formats `auto` resolved to on this machine: runs on different hardware differ here.
-        config["hardware"] = {k.split("/", 1)[1]: v for k, v in hardware_summary(cfg).items()}
+        config["hardware"] = {k.split("/", 1)[1]: v for k, v in hardware_facts(cfg).items()}
         self.run = wandb.init(
             project=self.cfg.project,
             entity=self.cfg.get("entity"),

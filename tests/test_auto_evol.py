@@ -46,6 +46,39 @@ def test_parse_fenced_prose_and_echoed_format():
     assert t["plan"] == "Use both methods."
 
 
+@pytest.mark.parametrize(
+    "instruction",
+    [
+        "Give an explanation of how planets form, and plan a lesson around it.",
+        "Review the plan below and explain what was rewritten in its final version.",
+        "Write a planetarium review.\nPlan: three paragraphs, each with an explanation.",
+        "List the methods you would use; the rewritten instruction must keep the plan.",
+    ],
+)
+def test_final_section_is_never_cut_inside_the_instruction(instruction):
+    """Header words inside the instruction ("plan", "planets", "explanation", "review",
+    "rewritten", a line starting "Plan:") are not headers: the final section is the whole
+    instruction, in plain, markdown-decorated and echoed-format replies."""
+    plain = (
+        WELL_FORMED.split("Step 4")[0] + f"Step 4 #Finally Rewritten Instruction#:\n{instruction}"
+    )
+    markdown = plain.replace(
+        "Step 4 #Finally Rewritten Instruction#:", "**Finally Rewritten Instruction:**"
+    )
+    heading = plain.replace(
+        "Step 4 #Finally Rewritten Instruction#:", "### Step 4: Finally Rewritten Instruction"
+    )
+    for reply in (
+        plain,
+        markdown,
+        heading,
+        "Format:\nStep 4 #Finally Rewritten Instruction#:\n" + plain,
+    ):
+        t = parse_trajectory(reply)
+        assert t["final"] == instruction, reply
+        assert t["plan"] == "Use both methods."
+
+
 def test_parse_truncated_and_missing():
     truncated = WELL_FORMED.split("Step 4")[0]
     assert parse_trajectory(truncated)["final"] is None

@@ -222,6 +222,27 @@ def test_bad_eval_input_is_one_clear_error(tmp_path):
         T.task_configs(_eval_cfg(f"eval.data_dir={tmp_path / 'nope'}"))
 
 
+def test_every_task_runs_with_the_configured_number_of_shots(tmp_path):
+    """`num_fewshot: null` is the benchmark's own default (IFEval 0, GSM8K 5, MATH 4 as minerva,
+    HumanEval 0, MBPP 3), an explicit value wins, and lm-eval runs what was set: read back from
+    its results, not from our config."""
+    paper = _eval_cfg("eval.num_fewshot={gsm8k: null, math: null, mbpp: null}")
+    shots = {c["task"]: c["num_fewshot"] for c in T.task_configs(paper)}
+    assert shots == {"ifeval": 0, "gsm8k": 5, "math": 4, "humaneval": 0, "mbpp": 3}
+    cfg, pool = _pool(tmp_path, CannedEngine(True))
+    evaluate(
+        _eval_cfg("eval.limit=1", "eval.num_fewshot={gsm8k: 2, math: null, mbpp: 0}"),
+        cfg.model,
+        pool,
+        tmp_path / "eval",
+        str(tmp_path),
+    )
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    ran = {t: results["configs"][t]["num_fewshot"] for t in results["configs"]}
+    assert ran == {"ifeval": 0, "gsm8k": 2, "math": 4, "humaneval": 0, "mbpp": 0}
+    assert results["n-shot"]["math"] == 4
+
+
 # -- the real bundled model ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_bundled_model_through_the_engine_lm_on_vllm(tmp_path, vllm_engine):

@@ -17,6 +17,7 @@ from engines.precision import (
     resolve_precision,
     torch_dtype,
 )
+from reporting.summary import hardware_facts
 from tests.conftest import compose_cfg
 
 H100 = Hardware(cuda=True, cuda_bf16=True, cuda_name="NVIDIA H100")
@@ -100,7 +101,7 @@ def test_decision_is_logged_once_per_process(caplog):
 
 def test_summary_says_what_ran():
     cfg = compose_cfg()
-    s = hardware_summary(cfg, EPYC_AVX2)
+    s = hardware_facts(cfg, EPYC_AVX2)
     assert s["hardware/engine_dtype"] == "float32" and s["hardware/train_precision"] == "32-true"
     assert s["hardware/cpu_bf16"] is False and s["hardware/ifd_dtype"] == "float32"
     s = hardware_summary(compose_cfg(["engine.dtype=float16", "train.precision=16-mixed"]), H100)
@@ -179,10 +180,12 @@ def test_lightning_short_precisions_are_accepted():
 
 
 def test_summary_covers_only_what_the_job_runs():
-    s = hardware_summary(compose_cfg(["stages=[evolve,respond]"]), EPYC_AVX2)
+    s = hardware_facts(compose_cfg(["stages=[evolve,respond]"]), EPYC_AVX2)
     assert "hardware/train_precision" not in s and "hardware/ifd_dtype" not in s
-    s = hardware_summary(compose_cfg(["metrics.ifd.enabled=false"]), EPYC_AVX2)
+    s = hardware_facts(compose_cfg(["metrics.ifd.enabled=false"]), EPYC_AVX2)
     assert "hardware/ifd_dtype" not in s and s["hardware/train_precision"] == "32-true"
+    s = hardware_facts(compose_cfg(["metrics.reward.enabled=true"]), XEON_BF16)
+    assert s["hardware/reward_dtype"] == "bfloat16" == s["hardware/ifd_dtype"]
     assert "hardware/engine_dtype" not in hardware_summary(compose_cfg(["engine=openai"]), H100)
 
 
