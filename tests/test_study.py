@@ -44,6 +44,11 @@ EXPECTED = {
     "table11_scaling": [
         {"model": f"qwen2.5_{s}"} for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")
     ],
+    "table11_students": [
+        {"model": m, "student_size": f"qwen2.5_{s}"}
+        for m in ("llama3.1_8b", "llama3.1_70b")
+        for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")
+    ],
     "win_rates": [
         {"model": "llama3.1_8b", "filter": f, "filter.keep_ratio": k}
         for f in ("ifd", "ic_ifd")
@@ -70,11 +75,37 @@ def test_presets_expand_to_the_papers_jobs(name):
         assert cfg.scenario.queries_per_instruction == 16 and cfg.scenario.equal_size == 5000
         assert cfg.data.name == "tiny" and cfg.filter.name == "none"
     if name == "table1_evol":
-        assert (
-            cfg.rounds == 1
-            and cfg.train.student.name == "llama3.1_8b"
-            and cfg.data.name == "alpaca"
-        )
+        assert cfg.rounds == 1 and cfg.data.name == "alpaca"
+
+
+# SPEC §9 (the study protocol), as data: what every paper preset holds fixed across its jobs.
+SELECTING = {"table5_filters", "win_rates"}  # the only studies that select (SPEC §9)
+STUDENTS = {"table11_scaling": "qwen2.5_7b_base"}  # the rest: Llama-3-8B base
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_presets_hold_the_protocol_fixed(name):
+    """Base-model students; the whole evolved set except where the paper selects; one IFD scorer
+    (a base LM) and one judge that is not an arm, the same for every job of the sweep."""
+    jobs = _jobs(_compose([f"experiment={name}"]))
+    seen = set()
+    for job in jobs:
+        cfg = _compose([f"experiment={name}", *(f"{k}={v}" for k, v in job.items())])
+        if name == "table11_students":  # the student varies, with its size's SFT settings
+            size = job["student_size"].removeprefix("qwen2.5_")
+            assert cfg.train.student.name == f"qwen2.5_{size}_base"
+            want = {"0.5b": "small", "1.5b": "small", "3b": "mid", "7b": "mid"}.get(size, "lora")
+            assert cfg.train.name == f"qwen25_{want}"
+        else:
+            assert cfg.train.student.name == STUDENTS.get(name, "llama3_8b_base")
+        assert cfg.train.student.name.endswith("_base") and cfg.model.name != cfg.train.student.name
+        if name not in SELECTING:
+            assert cfg.filter.name == "none", job
+        scorer, judge = cfg.metrics.ifd.model, cfg.metrics.judge.model
+        assert scorer and scorer.endswith("_base") and judge
+        assert judge not in {j["model"] for j in jobs}  # the judge is not an arm
+        seen.add((scorer, judge))
+    assert len(seen) == 1  # the same scorer and judge for every job
 
 
 def test_every_model_has_a_launcher_with_its_gpus():

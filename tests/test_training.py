@@ -79,6 +79,30 @@ def test_truncation_and_dropping_are_counted(tokenizer):
         encode_all(tokenizer, recs[1:3], 128)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("student", ["llama3_8b_base", "llama3.2_3b_base", "mistral_7b_base"])
+def test_base_students_chat_templates_give_a_clean_prompt_answer_boundary(
+    student, bundled_model_dir
+):
+    """The chat templates of base students without one of their own (conf/model/*_base.yaml),
+    rendered by a real tokenizer: the prompt is a prefix of prompt + answer, only the answer is
+    learned, and the answer's turn ends with the end-of-turn token the template writes."""
+    from core.config import load_model_config
+    from engines.hf import load_tokenizer
+
+    tok = load_tokenizer(bundled_model_dir, padding_side="right")
+    tok.chat_template = None
+    ensure_chat_template(tok, load_model_config(student, "train.student").chat_template)
+    enc, status = encode_record(tok, make_record("m", "Say hi.", "", "Hi Bob!"), 512)
+    assert status == "kept"
+    learned = tok.decode([t for t in enc.labels if t != IGNORE])
+    assert learned.strip().startswith("Hi Bob!") and learned.strip() != "Hi Bob!"  # + end of turn
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True
+    )
+    assert "Say hi." in prompt and "Hi Bob!" not in prompt and "\\n" not in prompt
+
+
 def test_missing_chat_template_is_a_clear_error():
     class Tok:
         chat_template = None

@@ -75,7 +75,8 @@ def train_sft(
     pl.seed_everything(seed, workers=True)
     path = resolve_model_path(student_cfg, models_dir)
     tokenizer = load_tokenizer(path, padding_side="right")
-    ensure_chat_template(tokenizer, cfg.get("chat_template"))
+    # A base student's format: train.chat_template, else its model config's (conf/model/*_base).
+    ensure_chat_template(tokenizer, cfg.get("chat_template") or student_cfg.get("chat_template"))
     data = SFTDataModule(tokenizer, records, int(cfg.cutoff_len), int(cfg.micro_batch_size), seed)
     data.setup()  # encode now: bad data fails before a model is loaded
     examples, stats = data.examples, data.stats
