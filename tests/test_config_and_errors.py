@@ -24,7 +24,9 @@ PAPER_MODELS = {
 
 
 def test_every_model_config_composes():
-    assert PAPER_MODELS | {"smollm2_135m"} == set(options("model"))
+    base = {f"qwen2.5_{s}_base" for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")}
+    base |= {"llama3_8b_base", "llama3.2_3b_base", "mistral_7b_base"}  # students (SPEC §9)
+    assert PAPER_MODELS | base | {"smollm2_135m"} == set(options("model"))
     for name in options("model"):
         m = compose_cfg([f"model={name}"]).model
         assert m.name == name and m.size_b > 0 and m.dtype == "auto"
@@ -49,6 +51,9 @@ def test_defaults_are_the_cpu_demo():
     assert paper.generation.evolve.max_tokens == 2048 and paper.rounds == 3
     assert paper.generation.evolve.temperature == 0.7 and paper.generation.evolve.top_p == 0.95
     assert paper.metrics.diversity.model == "sentence-transformers/all-mpnet-base-v2"
+    # The paper's training and evaluation, not the demo's few steps and fixture items.
+    assert paper.train.name == "paper" and paper.eval.name == "paper" and paper.eval.limit is None
+    assert paper.train.student.name == "llama3_8b_base" == paper.metrics.ifd.model
 
 
 def _fails_cleanly(proc, *needles):
