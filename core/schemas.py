@@ -137,7 +137,7 @@ class RespondConfig:
 class LoraConfig:
     r: int = 8
     alpha: int = 16
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: Any = "all-linear"
 
 

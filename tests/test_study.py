@@ -106,6 +106,8 @@ def test_presets_hold_the_protocol_fixed(name):
         assert judge not in {j["model"] for j in jobs}  # the judge is not an arm
         seen.add((scorer, judge))
     assert len(seen) == 1  # the same scorer and judge for every job
+    if cfg.train.method == "lora":  # LLaMA-Factory's LoRA, as the paper's training used
+        assert cfg.train.lora.r == 8 and cfg.train.lora.dropout == 0.0
 
 
 def test_every_model_has_a_launcher_with_its_gpus():
