@@ -24,18 +24,22 @@ def bundled_path(name: str) -> str:
 
 def load_seeds(data_cfg: Any, seed: int) -> list[Record]:
     """Records with unique ids; `meta.source_id` and `meta.seed_index` name each seed's lineage."""
-    if data_cfg.get("path"):
+    from core.config import typed_section
+    from core.schemas import DataConfig
+
+    data_cfg = typed_section(DataConfig, data_cfg, "data")
+    if data_cfg.path:
         path = Path(to_absolute_path(str(data_cfg.path)))
         records = list(read_records(path))
-    elif data_cfg.get("hub_id"):
+    elif data_cfg.hub_id:
         records = _from_hub(data_cfg)
     else:
-        raise DataError(f"data {data_cfg.get('name')}: set data.path=FILE (alpaca or ShareGPT)")
+        raise DataError(f"data {data_cfg.name}: set data.path=FILE (alpaca or ShareGPT)")
     if not records:
-        raise DataError(f"data {data_cfg.get('name')}: no records in {data_cfg.get('path')}")
-    if data_cfg.get("shuffle"):
+        raise DataError(f"data {data_cfg.name}: no records in {data_cfg.path}")
+    if data_cfg.shuffle:
         random.Random(seed).shuffle(records)
-    if data_cfg.get("limit"):
+    if data_cfg.limit:
         records = records[: int(data_cfg.limit)]
     ids = [r["id"] for r in records]
     if len(set(ids)) != len(ids):
@@ -53,7 +57,7 @@ def _from_hub(data_cfg: Any) -> list[Record]:
         import datasets
 
         ds = datasets.load_dataset(
-            data_cfg.hub_id, data_cfg.get("hub_config"), split=data_cfg.get("split", "train")
+            data_cfg.hub_id, data_cfg.hub_config, split=data_cfg.split
         )
     except Exception as e:
         raise DataError(
@@ -61,11 +65,11 @@ def _from_hub(data_cfg: Any) -> list[Record]:
             f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); download it and run with "
             "data=file data.path=/local/copy.jsonl"
         ) from None
-    fields = data_cfg.get("fields") or {}
+    fields = data_cfg.fields
     records = []
-    limit = data_cfg.get("limit")
+    limit = data_cfg.limit
     for i, row in enumerate(ds):
-        if limit and not data_cfg.get("shuffle") and i >= limit:
+        if limit and not data_cfg.shuffle and i >= limit:
             break
         vals = [str(row.get(fields[k]) or "") if fields.get(k) else "" for k in FIELDS]
         records.append(make_record(f"s{i}", *vals))
