@@ -56,9 +56,7 @@ def _from_hub(data_cfg: Any) -> list[Record]:
     try:
         import datasets
 
-        ds = datasets.load_dataset(
-            data_cfg.hub_id, data_cfg.hub_config, split=data_cfg.split
-        )
+        ds = datasets.load_dataset(data_cfg.hub_id, data_cfg.hub_config, split=data_cfg.split)
     except Exception as e:
         raise DataError(
             f"data {data_cfg.name}: cannot load {data_cfg.hub_id} from the HF hub "

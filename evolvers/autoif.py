@@ -168,6 +168,16 @@ class AutoIFConfig(ScenarioConfig):
     query_min_chars: int = 20
     query_max_chars: int = 300
     pass_rate: float = 0.5
+    # "at_least": kept when the pass rate >= pass_rate (the project's default, 0.5); "above":
+    # kept when it is > pass_rate (upstream AutoIF: any function accepts, pass_rate 0).
+    pass_rule: str = "at_least"
+
+    def __post_init__(self) -> None:
+        from core.schemas import check, one_of
+
+        one_of(self.pass_rule, "pass_rule", ("at_least", "above"))
+        check(0 <= self.pass_rate <= 1, "pass_rate", "must be in [0, 1]")
+
     dpo: DPOConfig = field(default_factory=DPOConfig)
     equal_size: int | None = None
     max_tokens: dict[str, int | None] = field(
@@ -498,7 +508,9 @@ class AutoIF(Scenario):
                 sum(a.values()) / len(funcs) if t.strip() else 0.0
                 for a, t in zip(accepted[r["id"]], texts[r["id"]])
             ]
-            row = {"id": r["id"], "pass_rate": rates[0], "passed": rates[0] >= threshold}
+            above = rates[0] > threshold if self.cfg.pass_rule == "above" else None
+            passed = above if above is not None else rates[0] >= threshold
+            row = {"id": r["id"], "pass_rate": rates[0], "passed": passed}
             row["functions"] = accepted[r["id"]][0]
             if n_samples:
                 row["sample_pass_rates"] = rates[1:]
@@ -517,6 +529,7 @@ class AutoIF(Scenario):
             "responses_empty": sum(not r["output"].strip() for r in checkable),
             "unverifiable": len(records) - len(checkable),  # no verifier in meta: dropped
             "pass_rate_threshold": threshold,
+            "pass_rule": self.cfg.pass_rule,
             "pass_rate_mean": sum(rates0) / len(rates0) if rates0 else None,
         }
         if n_samples:

@@ -446,6 +446,7 @@ def test_scenario_end_to_end_counts(tmp_path, scripted):
         "responses_empty": 0,
         "unverifiable": 0,
         "pass_rate_threshold": 0.5,
+        "pass_rule": "at_least",
         "pass_rate_mean": 0.5,
         "kept": 2,
     }
@@ -555,6 +556,15 @@ def test_verify_hook_directly(tmp_path):
     assert rows[3]["pass_rate"] == 0.0 and rows[3]["functions"] == {"f0": True, "f1": True}
     scenario.cfg.pass_rate = 1.0
     assert [r["id"] for r in scenario.verify("set", records, generate=None).kept] == ["both"]
+    # Upstream AutoIF's rule (table3_autoif): kept when any kept function accepts the response;
+    # an empty response still passes nothing.
+    scenario.cfg.pass_rate, scenario.cfg.pass_rule = 0.0, "above"
+    result = scenario.verify("set", records, generate=None)
+    assert [r["id"] for r in result.kept] == ["both", "half"]
+    half_of_one = rec("one", "A SHORT ANSWER")  # short but not lowercase: one of two functions
+    assert [r["id"] for r in scenario.verify("set", [half_of_one], None).kept] == ["one"]
+    scenario.cfg.pass_rule = "at_least"  # >= 0 keeps everything checkable, the empty one too
+    assert len(scenario.verify("set", records, generate=None).kept) == 4
 
 
 def test_one_pass_and_template_overrides(tmp_path):

@@ -70,7 +70,8 @@ def test_presets_expand_to_the_papers_jobs(name):
     if name == "table4_auto_evol":
         assert cfg.scenario.name == "auto_evol_instruct"
     if name == "table3_autoif":
-        assert cfg.scenario.name == "autoif" and cfg.respond.model == "llama3.1_8b"
+        assert cfg.scenario.name == "autoif" and cfg.respond.model == "qwen2.5_72b"
+        assert cfg.scenario.pass_rule == "above" and cfg.scenario.pass_rate == 0.0  # upstream
         assert cfg.scenario.n_samples == 100 and cfg.scenario.k_verifiers == 8
         assert cfg.scenario.queries_per_instruction == 16 and cfg.scenario.equal_size == 5000
         assert cfg.data.name == "tiny" and cfg.filter.name == "none"
