@@ -26,14 +26,16 @@ PAPER_MODELS = {
 def test_every_model_config_composes():
     base = {f"qwen2.5_{s}_base" for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")}
     base |= {"llama3_8b_base", "llama3.2_3b_base", "mistral_7b_base"}  # students (SPEC §9)
-    assert PAPER_MODELS | base | {"smollm2_135m"} == set(options("model"))
+    beyond = {"smollm2_360m", "smollm2_1.7b", "mistral_7b", "mixtral_8x7b", "gemma2_9b"}
+    beyond |= {"gemma2_27b"}  # the extension presets' evolvers
+    assert PAPER_MODELS | base | beyond | {"smollm2_135m"} == set(options("model"))
     for name in options("model"):
         m = compose_cfg([f"model={name}"]).model
         assert m.name == name and m.size_b > 0 and m.dtype == "auto"
         assert m.hf_id.count("/") == 1
         gpus = m.tensor_parallel_size * m.pipeline_parallel_size
         # Engine hints scale with size: 70B-class models shard over 8 GPUs, <=8B fit one.
-        expected = {8} if m.size_b > 60 else {1} if m.size_b < 9 else {2, 4}
+        expected = {8} if m.size_b > 60 else {1} if m.size_b < 10 else {2, 4}
         assert gpus in expected, (name, gpus)
 
 

@@ -49,6 +49,13 @@ EXPECTED = {
         for m in ("llama3.1_8b", "llama3.1_70b")
         for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")
     ],
+    "family_mistral": [{"model": "mistral_7b"}, {"model": "mixtral_8x7b"}],
+    "family_gemma2": [{"model": "gemma2_9b"}, {"model": "gemma2_27b"}],
+    "scaling_small": [
+        {"model": m}
+        for m in ("smollm2_135m", "smollm2_360m", "smollm2_1.7b")
+        + ("qwen2.5_0.5b", "qwen2.5_1.5b", "qwen2.5_3b")
+    ],
     "win_rates": [
         {"model": "llama3.1_8b", "filter": f, "filter.keep_ratio": k}
         for f in ("ifd", "ic_ifd")
@@ -81,7 +88,7 @@ def test_presets_expand_to_the_papers_jobs(name):
 
 # SPEC §9 (the study protocol), as data: what every paper preset holds fixed across its jobs.
 SELECTING = {"table5_filters", "win_rates"}  # the only studies that select (SPEC §9)
-STUDENTS = {"table11_scaling": "qwen2.5_7b_base"}  # the rest: Llama-3-8B base
+STUDENTS = {"table11_scaling": "qwen2.5_7b_base", "scaling_small": "qwen2.5_7b_base"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
