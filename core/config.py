@@ -103,11 +103,10 @@ def validate(cfg: DictConfig) -> None:
         if key not in schemas.TOP_LEVEL:
             raise unknown_option("top-level config key", str(key), schemas.TOP_LEVEL)
     for key, schema in schemas.SECTIONS.items():
-        if key == "generation":
-            for sub in cfg.generation:
-                typed_section(schemas.DecodingConfig, cfg.generation[sub], f"generation.{sub}")
-        elif key in cfg:
+        if key in cfg:
             typed_section(schema, cfg[key], key)
+    for sub in cfg.get("generation") or {}:
+        typed_section(schemas.DecodingConfig, cfg.generation[sub], f"generation.{sub}")
     for key in schemas.ROLES:
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, str):

@@ -95,12 +95,6 @@ class DecodingConfig:
 
 
 @dataclass
-class GenerationConfig:
-    evolve: DecodingConfig = field(default_factory=DecodingConfig)
-    greedy: DecodingConfig = field(default_factory=DecodingConfig)
-
-
-@dataclass
 class DataConfig:
     name: str = "???"
     path: str | None = None
@@ -226,7 +220,6 @@ class LoggerConfig:
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "engine": EngineConfig,
-    "generation": GenerationConfig,
     "data": DataConfig,
     "filter": FilterConfig,
     "respond": RespondConfig,
@@ -236,6 +229,7 @@ SECTIONS: dict[str, type] = {
 }
 TOP_LEVEL = (
     *SECTIONS,
+    "generation",  # each entry (evolve, greedy, ...) is a DecodingConfig
     "scenario",
     "metrics",
     "rounds",

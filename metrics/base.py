@@ -90,6 +90,18 @@ class Metric:
         """{record id: {field: value}} for the records it can score (others get nothing)."""
         raise NotImplementedError
 
+    def evolution_prompts(self, records: list[Record]) -> dict[str, Any]:
+        """{id: the prompt that produced the record} for evolved records whose scenario can
+        rebuild it (seeds and records not made by a prompt are left out)."""
+        prompt = getattr(self.scenario, "evolution_prompt", None)
+        out = {}
+        for r in records:
+            meta = r.get("meta", {})
+            if prompt and "method" in meta and "parent_instruction" in meta:
+                if (p := prompt(r)) is not None:
+                    out[r["id"]] = p
+        return out
+
     def summarize(
         self, set_name: str, records: list[Record], rows: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:

@@ -71,13 +71,7 @@ class ConfidenceMetric(Metric):
 
     def score(self, set_name: str, records: list[Record]) -> dict[str, dict]:
         k = int(self.cfg.positions)
-        prompt = self.scenario.evolution_prompt if self.scenario is not None else None
-        items = []
-        for r in records:
-            meta = r.get("meta", {})
-            if prompt and "method" in meta and "parent_instruction" in meta:
-                if (p := prompt(r)) is not None:
-                    items.append((r["id"], p))
+        items = list(self.evolution_prompts(records).items())
         if not items:
             return {}
         params = Sampling(temperature=0.0, max_tokens=k, top1_logprobs=k)

@@ -128,13 +128,11 @@ class RewardMetric(Metric):
                 "metrics.reward.enabled=true needs metrics.reward.model (an HF id or a local "
                 "folder of a reward model, e.g. Skywork/Skywork-Reward-Llama-3.1-8B-v0.2)"
             )
-        prompt = self.scenario.evolution_prompt if self.scenario is not None else None
-        pairs = {}
-        for r in records:
-            meta = r.get("meta", {})
-            if prompt and "method" in meta and "parent_instruction" in meta:
-                if (p := prompt(r)) is not None:
-                    pairs[r["id"]] = reward_pair(p, r["instruction"])
+        by_id = {r["id"]: r for r in records}
+        pairs = {
+            i: reward_pair(p, by_id[i]["instruction"])
+            for i, p in self.evolution_prompts(records).items()
+        }
         self.lengths = {i: len(p[-1]["content"].split()) for i, p in pairs.items()}
         if not pairs:
             return {}

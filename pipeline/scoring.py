@@ -21,10 +21,6 @@ class Scorer:
         self.ctx = ctx
         self.scenario = scenario
 
-    @property
-    def load_seconds(self) -> float:
-        return self.ctx.load_seconds
-
     def score_sets(self, sets: dict[str, list[Record]]) -> dict[str, dict[str, dict]]:
         """{set name: {id: scores}} for every set; writes each set's scores.jsonl and metrics."""
         scores = {name: {r["id"]: {"id": r["id"]} for r in recs} for name, recs in sets.items()}
