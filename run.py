@@ -20,6 +20,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> dict | None:
     from hydra.types import RunMode
 
+    from pipeline.arms import job_overrides_from_hydra
     from pipeline.runner import run_job
 
     hc = HydraConfig.get()
@@ -28,7 +29,8 @@ def main(cfg: DictConfig) -> dict | None:
     else:
         group = hc.runtime.choices.get("experiment") or "run"
     name = hc.job.override_dirname or hc.job.name
-    return run_job(cfg, hc.runtime.output_dir, group=group, name=name)
+    job = job_overrides_from_hydra(hc)  # how other arms of the sweep are found (pipeline.arms)
+    return run_job(cfg, hc.runtime.output_dir, group=group, name=name, job=job)
 
 
 if __name__ == "__main__":

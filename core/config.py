@@ -26,10 +26,22 @@ def register_resolvers() -> None:
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The config run.py would get, composed without starting a Hydra job (tests, benches)."""
+    """The config run.py would get for `overrides`: inside a running Hydra job through that job's
+    Hydra (another arm of a sweep, pipeline.arms), else a fresh composition (tests, benches)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import open_dict
 
     register_resolvers()
+    gh = GlobalHydra.instance()
+    if gh.is_initialized() and gh.hydra is not None:
+        cfg = gh.hydra.compose_config(
+            "config", list(overrides or []), run_mode=RunMode.RUN, with_log_configuration=False
+        )
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+        return cfg
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides or [])
 

@@ -131,6 +131,16 @@ def _read_json_array(path: Path) -> Iterator[Record]:
         yield _normalise(obj, f"{path}:{lineno}", i)
 
 
+def subsample(records: list[Record], size: int, seed: int) -> list[Record]:
+    """Exactly `size` of `records` (at most all), chosen with `seed`, in their original order."""
+    import random
+
+    if size >= len(records):
+        return list(records)
+    chosen = set(random.Random(seed).sample(range(len(records)), size))
+    return [r for i, r in enumerate(records) if i in chosen]
+
+
 def dumps(record: Record) -> str:
     return json.dumps(record, ensure_ascii=False, sort_keys=False)
 

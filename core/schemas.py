@@ -112,8 +112,19 @@ class FilterConfig:
     keep_ratio: float = 1.0
     drop_ifd_above_1: bool = False
     round: int | None = None
+    # Equal-size arms (SPEC §9): null | N (a seeded sample of exactly N) | "smallest" (the smallest
+    # arm's size among the sweep's values of `equal_across`; pipeline.arms).
+    equal_size: int | str | None = None
+    equal_across: str = "model"
 
     def __post_init__(self) -> None:
+        check(
+            self.equal_size is None
+            or self.equal_size == "smallest"
+            or (isinstance(self.equal_size, int) and self.equal_size >= 1),
+            "equal_size",
+            f"must be null, a count >= 1 or smallest, got {self.equal_size!r}",
+        )
         check(
             0 < self.keep_ratio <= 1,
             "keep_ratio",
@@ -177,6 +188,9 @@ class PairwiseConfig:
     enabled: bool = False
     instructions: str = "bundled"
     against: Any = None
+    # Another arm of this sweep, by the override(s) that tell it apart (e.g. "filter=ifd"): its
+    # trained model is `against` (pipeline.arms). The arm itself skips the judge.
+    against_arm: str | None = None
     judge: Any = None
     limit: int | None = None
     max_tokens: int = 512

@@ -142,9 +142,12 @@ def reference_model_config(cfg: Any, against: Any) -> Any:
     return role_model(cfg, against, "eval.pairwise.against")
 
 
-def pairwise(cfg: Any, model_cfg: Any, pool: Any, out_dir: Path) -> dict[str, Any]:
-    """This job's model vs `eval.pairwise.against` on an instruction file, judged twice with the
-    answers' positions swapped (evaluation.pairwise). Writes eval/pairwise.jsonl."""
+def pairwise(
+    cfg: Any, model_cfg: Any, pool: Any, out_dir: Path, against: Any = None
+) -> dict[str, Any]:
+    """This job's model vs `against` (a model config; by default `eval.pairwise.against`) on an
+    instruction file, judged twice with the answers' positions swapped (evaluation.pairwise).
+    Writes eval/pairwise.jsonl."""
     from core.config import role_model
     from core.records import read_records, write_jsonl_atomic
     from engines.base import Sampling
@@ -152,14 +155,13 @@ def pairwise(cfg: Any, model_cfg: Any, pool: Any, out_dir: Path) -> dict[str, An
     from evaluation.tasks import BUNDLED_DATA
 
     pw = cfg.eval.pairwise
-    src = pw.instructions
-    path = BUNDLED_DATA / "pairwise" / "instructions.jsonl" if src == "bundled" else Path(src)
+    path = pairwise_instructions(str(pw.instructions), BUNDLED_DATA / "pairwise")
     records = list(read_records(path))
     if pw.limit:
         records = records[: int(pw.limit)]
     if not records:
         raise ConfigError(f"eval.pairwise.instructions: {path} holds no instruction")
-    other = reference_model_config(cfg, pw.against)
+    other = against if against is not None else reference_model_config(cfg, pw.against)
     if other.name == model_cfg.name:
         log.warning(
             "pairwise: %s would be judged against itself (nothing was trained); skipped - set "
@@ -198,6 +200,36 @@ def pairwise(cfg: Any, model_cfg: Any, pool: Any, out_dir: Path) -> dict[str, An
     out = {f"judge/{k}": v for k, v in counts.items()}
     out.update({"judge/model": str(judge_cfg.name), "judge/against": str(other.name)})
     return out
+
+
+# AlpacaFarm's evaluation set (805 instructions), as the paper's win rates use it.
+ALPACA_EVAL = ("tatsu-lab/alpaca_eval", "alpaca_eval.json")
+
+
+def pairwise_instructions(src: str, bundled: Path) -> Path:
+    """The instruction file of `eval.pairwise.instructions`: `bundled` (8, for CPU runs),
+    `alpaca_eval` (AlpacaFarm's 805 from the hub, cached by huggingface_hub), or a file."""
+    if src == "bundled":
+        return bundled / "instructions.jsonl"
+    if src == "alpaca_eval":
+        repo, filename = ALPACA_EVAL
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(repo, filename, repo_type="dataset"))
+        except Exception as e:  # offline, no access: say how to supply the file
+            raise ConfigError(
+                f"eval.pairwise.instructions=alpaca_eval: could not fetch {filename} from the "
+                f"hub dataset {repo} ({type(e).__name__}); download it and set "
+                f"eval.pairwise.instructions=/path/to/{filename}"
+            ) from None
+    path = Path(src).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"eval.pairwise.instructions: no file {path} (bundled | alpaca_eval | a JSON/JSONL "
+            "file of alpaca records)"
+        )
+    return path
 
 
 def _ask(record: dict) -> str:

@@ -11,7 +11,7 @@
    query}` records, answered by the respond stage with this scenario's response prompt;
 5. verify each response with the constraint's kept functions (the runner's verification hook),
    optionally exporting DPO pairs;
-6. subsample (seeded) to `equal_size` records, so jobs with different evolvers train on as many.
+6. (the runner) `filter.equal_size` cuts the verified set, so arms train on as many records.
 
 Steps 1-4 run in `evolve_round`, 5-6 in `verify`. Model-written code runs only in the sandbox.
 """
@@ -117,17 +117,6 @@ def load_queries(path: str | Path, min_chars: int, max_chars: int) -> tuple[list
     return out, counts
 
 
-def subsample(records: list[Record], size: int, seed: int, what: str) -> list[Record]:
-    """Exactly `size` records, chosen with `seed`, in their original order."""
-    if size > len(records):
-        raise DataError(
-            f"autoif: scenario.equal_size={size} but only {len(records)} {what}; lower "
-            "equal_size or generate more (scenario.n_samples, scenario.queries_per_instruction)"
-        )
-    chosen = set(random.Random(seed).sample(range(len(records)), size))
-    return [r for i, r in enumerate(records) if i in chosen]
-
-
 def _path(value: Any, default: Path) -> Path:
     if not value:
         return default
@@ -179,7 +168,6 @@ class AutoIFConfig(ScenarioConfig):
         check(0 <= self.pass_rate <= 1, "pass_rate", "must be in [0, 1]")
 
     dpo: DPOConfig = field(default_factory=DPOConfig)
-    equal_size: int | None = None
     max_tokens: dict[str, int | None] = field(
         default_factory=lambda: {"augment": 768, "verifier": 384}
     )
@@ -483,7 +471,7 @@ class AutoIF(Scenario):
     def verify(self, name: str, records: list[Record], generate: Generate) -> Verification:
         """Check every response with its constraint's kept functions and keep those accepted by
         at least `pass_rate` of them; with `dpo.enabled`, sample more responses and write chosen /
-        rejected pairs to `dpo.jsonl`; subsample to `equal_size`. Per-response results go to
+        rejected pairs to `dpo.jsonl`. Per-response results go to
         `verification.jsonl`."""
         n_samples = self.cfg.dpo.samples if self.cfg.dpo.enabled else 0
         checkable = [r for r in records if r["meta"].get("verifiers")]
@@ -535,10 +523,6 @@ class AutoIF(Scenario):
         if n_samples:
             files["dpo.jsonl"] = pairs
             counts.update(dpo_samples=n_samples, dpo_pairs=len(pairs))
-        size = self.cfg.equal_size
-        if size is not None:
-            kept = subsample(kept, int(size), self.seed, f"verified records in {name}")
-            counts["equal_size"] = int(size)
         counts["kept"] = len(kept)
         return Verification(kept, counts, files)
 

@@ -36,10 +36,14 @@ Generate = Callable[..., dict[str, Generation]]
 
 @dataclass
 class ScenarioConfig:
-    """Every scenario's settings extend this: `name` picks the scenario, `impl` imports it."""
+    """Every scenario's settings extend this: `name` picks the scenario, `impl` imports it.
+    `keep_failed`: failed evolutions (SPEC §1's elimination: unchanged, a cue echoed, no final
+    section, ...) go on to the later stages and the next round with their text, as the paper's
+    reference code does; an empty one is still dropped. Counted as evolve › kept_failed."""
 
     name: str = "???"
     impl: str | None = None
+    keep_failed: bool = False
 
 
 @dataclass
@@ -94,6 +98,13 @@ class Scenario:
             templates = getattr(self.cfg, "templates", None) or {}
             self._responder = Responder(templates.get("respond"))
         return self._responder.prompt(record)
+
+    def usable(self, record: Record) -> bool:
+        """Whether a record goes on to the next round and the later stages: a successful
+        evolution, or (`keep_failed`) a failed one that still has text."""
+        if record["meta"].get("parse_ok", True):
+            return True
+        return bool(getattr(self.cfg, "keep_failed", False) and record["instruction"].strip())
 
     def evolution_prompt(self, record: Record) -> Chat | None:
         """The prompt that produced a record (top-1 confidence and reward probe it); None when

@@ -24,7 +24,7 @@ from core.config import typed_section, validate
 from core.context import StageContext
 from core.data import load_seeds
 from core.errors import ConfigError, DataError, UserFacingError, unknown_option
-from core.records import Record, hash_records, write_json_atomic, write_jsonl_atomic
+from core.records import Record, hash_records, subsample, write_json_atomic, write_jsonl_atomic
 from core.schemas import EvalConfig
 from core.signals import Interrupted, check_interrupt, unwinding
 from engines.base import Chat, Generation, Sampling
@@ -33,6 +33,7 @@ from engines.precision import resolve_precision
 from evolvers.base import Scenario, build_scenario
 from evolvers.respond import respond_counts, responded_record
 from metrics.base import needs_scores
+from pipeline.arms import JobOverrides, arm_sizes, is_this_job, run_arm
 from pipeline.scoring import Scorer, filter_set
 from reporting.summary import build_summary, hardware_facts, print_summary
 from reporting.tracking import Tracker
@@ -72,12 +73,21 @@ def item_seed(run_seed: int, item_id: str) -> int:
 
 
 class Run:
-    def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Tracker | None = None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        tracker: Tracker | None = None,
+        job: JobOverrides | None = None,
+    ):
         # Read-only from here: no stage changes the config (what ran is what was composed).
         cfg = cfg.copy()
         OmegaConf.set_readonly(cfg, True)
         self.cfg = cfg
         self.dir = Path(run_dir)
+        # This job's overrides and its sweep's values: how other arms are found (pipeline.arms).
+        self.job = job or JobOverrides()
+        self.scenario = build_scenario(cfg.scenario)
         self.tracker = tracker or Tracker(OmegaConf.create({"logger": {"name": "none"}}), self.dir)
         self.cache = StepCache(Path(cfg.cache_dir))
         self.pool = EnginePool(cfg.engine, self.cache, cfg.models_dir)
@@ -180,9 +190,15 @@ class Run:
                 (self.dir / fname).write_text(text)
             name = f"round_{r}"
             self.write_set(name, "evolved.jsonl", evolved)
-            self.add_metrics(name, "evolve", scenario.counts(evolved))
+            counts = scenario.counts(evolved)
+            if getattr(scenario.cfg, "keep_failed", False):
+                counts["kept_failed"] = sum(
+                    not e["meta"].get("parse_ok", True) and scenario.usable(e) for e in evolved
+                )
+            self.add_metrics(name, "evolve", counts)
             sets[name] = evolved
-            parents = [e for e in evolved if e["meta"]["parse_ok"]]  # failures end their lineage
+            # Failures end their lineage (unless scenario.keep_failed keeps them).
+            parents = self._usable(evolved)
         return sets
 
     def respond(self, sets: dict[str, list[Record]], scenario: Scenario) -> None:
@@ -191,7 +207,7 @@ class Run:
         model_cfg = self.ctx.role(self.cfg.respond.model, "respond.model")
         prompt = scenario.respond_prompt
         for name, records in sets.items():
-            todo = [r for r in records if r["meta"].get("parse_ok", True)]
+            todo = self._usable(records)
             generate = self.generator(
                 "respond", model_cfg, self.cfg.generation.greedy, desc=f"{name} respond"
             )
@@ -221,9 +237,8 @@ class Run:
         self.add_metrics(name, "verify", result.counts)
         return result.kept
 
-    @staticmethod
-    def _usable(records: list[Record]) -> list[Record]:
-        return [r for r in records if r["meta"].get("parse_ok", True)]
+    def _usable(self, records: list[Record]) -> list[Record]:
+        return [r for r in records if self.scenario.usable(r)]
 
     def filter(self, sets: dict[str, list[Record]], scores: dict[str, dict]) -> list[Record]:
         if not sets:
@@ -238,9 +253,35 @@ class Run:
             self.filter_counts = {"filter": f.name, "set": name, "input": 0, "kept": 0}
             return []
         kept, counts = filter_set(self.ctx, name, self._usable(sets[name]), scores.get(name, {}))
+        if f.equal_size is not None:
+            kept = self._equal_size(kept, counts)
+            write_jsonl_atomic(self.dir / "selected.jsonl", kept)
         self.filter_counts = counts
         log.info("filter: %s", _one_line(counts))
         return kept
+
+    def _equal_size(self, kept: list[Record], counts: dict) -> list[Record]:
+        """A seeded sample of exactly `filter.equal_size` records (or the smallest arm's count),
+        in ranking order; the sizes go to counts (summary.json › filter/...)."""
+        f = self.cfg.filter
+        size = f.equal_size
+        if size == "smallest":
+            self.pool.release()  # the other arms load their own models
+            sizes = arm_sizes(
+                self.job, str(f.equal_across), len(kept), self._stages_to("filter"), self.dir
+            )
+            counts["arm_sizes"] = sizes
+            size = min(sizes.values())
+        size = int(size)
+        if size > len(kept):
+            raise DataError(
+                f"filter.equal_size={size} but this job selects only {len(kept)} records; lower "
+                "equal_size (or use equal_size=smallest in a sweep), or evolve more"
+            )
+        counts["before_equal_size"] = len(kept)
+        counts["equal_size"] = size
+        counts["kept"] = size
+        return subsample(kept, size, int(self.cfg.seed))
 
     def train(self, records: list[Record]) -> dict:
         """Fine-tune the student on `records`; cached by everything the result depends on."""
@@ -309,9 +350,34 @@ class Run:
         if self.eval_cfg.pairwise.enabled:
             from evaluation.run import pairwise
 
-            numbers |= pairwise(self.cfg, model_cfg, self.pool, self.dir / "eval")
+            against = self._against_arm()
+            if against is not False:
+                numbers |= pairwise(self.cfg, model_cfg, self.pool, self.dir / "eval", against)
         log.info("evaluate: %s", _one_line(numbers))
         return numbers
+
+    def _stages_to(self, last: str) -> list[str]:
+        """This job's stages up to `last`: what another arm runs to give that stage's result."""
+        return [s for s in self.cfg.stages if STAGES.index(s) <= STAGES.index(last)]
+
+    def _against_arm(self) -> Any:
+        """`eval.pairwise.against_arm`: the other arm's trained model (its job's, from the
+        cache, or trained here once); False for the arm itself (it is the reference); None when
+        unset (`eval.pairwise.against` applies)."""
+        changes = self.eval_cfg.pairwise.against_arm
+        if not changes:
+            return None
+        overrides = [c.strip() for c in str(changes).split(" ") if c.strip()]
+        if is_this_job(self.job, overrides):
+            log.info("pairwise: this job is the reference arm (%s); no judge", changes)
+            return False
+        self.pool.release()
+        arm = run_arm(self.job, overrides, self._stages_to("train"), self.dir)
+        if arm.train_dir is None:
+            raise DataError(f"eval.pairwise.against_arm={changes}: that arm trained no model")
+        from evaluation.run import reference_model_config
+
+        return reference_model_config(self.cfg, str(arm.train_dir / "hf"))
 
     def run(self) -> dict:
         stages = list(self.cfg.stages)
@@ -326,7 +392,7 @@ class Run:
                 f"filter={self.cfg.filter.name} needs scores: add score to stages "
                 "(cached scores cost nothing), or use filter=random / filter=none"
             )
-        scenario = build_scenario(self.cfg.scenario)
+        scenario = self.scenario
         if scenario.max_rounds and self.rounds > scenario.max_rounds:
             log.warning(
                 "scenario %s runs %d round(s): rounds=%d capped",
@@ -392,7 +458,11 @@ class Run:
 
 
 def run_job(
-    cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    group: str | None = None,
+    name: str | None = None,
+    job: JobOverrides | None = None,
 ) -> dict | None:
     """Run one job; a user-facing error is logged as one line and recorded, never a traceback.
     The tracker (W&B) is finished whatever happens, so a failing sweep job leaves no open run."""
@@ -400,7 +470,7 @@ def run_job(
     try:
         _check_config(cfg)
         tracker = Tracker(cfg, Path(run_dir), group=group, name=name)
-        run = Run(cfg, run_dir, tracker)
+        run = Run(cfg, run_dir, tracker, job=job)
         summary = run.run()
         check_interrupt()  # a signal whose exception was lost on the way must not end as success
         return summary

@@ -71,7 +71,10 @@ def test_the_order_check_finds_a_wrong_edge(tmp_path):
         ("+metrics.ifd.forme=loss", "unknown key metrics.ifd.forme; valid: enabled, impl, model"),
         ("metrics.ifd.form=logits", "metrics.ifd.form: 'logits' is not one of loss, ppl"),
         ("+metrics.nope.enabled=true", "unknown metric 'nope'; valid: confidence, diversity"),
-        ("+scenario.methodz=[deepen]", "unknown key scenario.methodz; valid: name, impl, methods"),
+        (
+            "+scenario.methodz=[deepen]",
+            "unknown key scenario.methodz; valid: name, impl, keep_failed, methods",
+        ),
         ("scenario.use_breadth=maybe", "scenario.use_breadth: Value 'maybe'"),
         ("generation.evolve.top_p=0", "generation.evolve.top_p: must be in (0, 1]"),
         ("engine.kind=tpu", "engine.kind: 'tpu' is not one of auto, vllm, hf, openai"),

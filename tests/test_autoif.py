@@ -8,6 +8,7 @@ import re
 import pytest
 
 from core.errors import ConfigError, DataError
+from core.records import subsample
 from engines.base import Generation, per_prompt
 from evolvers.autoif import (
     SandboxConfig,
@@ -15,7 +16,6 @@ from evolvers.autoif import (
     dpo_pair,
     load_queries,
     read_seed_constraints,
-    subsample,
 )
 from evolvers.verifiers import (
     BAD_JSON,
@@ -189,13 +189,11 @@ def test_load_queries_sharegpt_json_and_jsonl(tmp_path):
 
 def test_subsample_is_seeded_and_exact():
     recs = [{"id": f"r{i}"} for i in range(20)]
-    a = subsample(recs, 7, 0, "records")
-    assert len(a) == 7 and a == subsample(recs, 7, 0, "records")
+    a = subsample(recs, 7, 0)
+    assert len(a) == 7 and a == subsample(recs, 7, 0)
     assert [r["id"] for r in a] == sorted((r["id"] for r in a), key=lambda s: int(s[1:]))
-    assert a != subsample(recs, 7, 1, "records")
-    assert subsample(recs, 20, 0, "records") == recs
-    with pytest.raises(DataError, match="equal_size=21 but only 20"):
-        subsample(recs, 21, 0, "records")
+    assert a != subsample(recs, 7, 1)
+    assert subsample(recs, 20, 0) == recs
 
 
 def test_dpo_pair():
@@ -465,9 +463,14 @@ DONE_LINE = 'End your response with the word "done".'
 def test_dpo_pairs_and_equal_size(tmp_path, scripted):
     run_dir = tmp_path / "run"
     cfg = _cfg(
-        tmp_path, "scenario.dpo.enabled=true", "scenario.dpo.samples=2", "scenario.equal_size=1"
+        tmp_path,
+        "scenario.dpo.enabled=true",
+        "scenario.dpo.samples=2",
+        "filter=none",
+        "filter.equal_size=1",
+        "stages=[evolve,respond,filter]",
     )
-    Run(cfg, run_dir).run()
+    summary = Run(cfg, run_dir).run()
     m = json.loads((run_dir / "round_1" / "metrics.json").read_text())
     # "done" records: greedy fails, sample 0 ends in "done", sample 1 fails -> one pair each;
     # "30 words" records: every response passes -> no rejected answer, no pair.
@@ -476,14 +479,17 @@ def test_dpo_pairs_and_equal_size(tmp_path, scripted):
     assert all(p["instruction"] == DONE_LINE for p in pairs)
     assert all(p["chosen"] == "It is finished, all done." for p in pairs)
     assert all(p["rejected"] == "Here is my long answer." for p in pairs)
-    assert m["verify"]["responses_passed"] == 2 and m["verify"]["kept"] == 1
-    assert m["verify"]["equal_size"] == 1
-    assert len(_jsonl(run_dir / "round_1" / "verified.jsonl")) == 1
+    assert m["verify"]["responses_passed"] == 2 and m["verify"]["kept"] == 2
+    assert len(_jsonl(run_dir / "round_1" / "verified.jsonl")) == 2
+    # filter.equal_size cuts the verified set (seeded): the final size is recorded.
+    assert summary["filter/before_equal_size"] == 2 and summary["filter/equal_size"] == 1
+    assert summary["filter/kept"] == 1 and len(_jsonl(run_dir / "selected.jsonl")) == 1
 
 
 def test_equal_size_larger_than_the_set_fails_clearly(tmp_path, scripted):
-    with pytest.raises(DataError, match="equal_size=5 but only 2 verified records in round_1"):
-        Run(_cfg(tmp_path, "scenario.equal_size=5"), tmp_path / "run").run()
+    cfg = _cfg(tmp_path, "filter=none", "filter.equal_size=5", "stages=[evolve,respond,filter]")
+    with pytest.raises(DataError, match="equal_size=5 but this job selects only 2 records"):
+        Run(cfg, tmp_path / "run").run()
 
 
 def test_score_and_filter_on_autoif_records(tmp_path, scripted):

@@ -1,0 +1,136 @@
+"""The arms of a comparison (SPEC §9): jobs of one sweep that differ in one setting.
+
+Two steps need another arm's result inside a job:
+- `filter.equal_size=smallest` cuts this job's set to the smallest arm's size, the arms being the
+  sweep's values of `filter.equal_across` (the evolver, `model`, by default);
+- `eval.pairwise.against_arm=filter=ifd` judges this job's model against the model trained by the
+  job that differs from this one by that override (the paper's IC-IFD vs IFD win rates).
+
+Another arm is its own config - this job's overrides with the arm's value - run here up to the
+stage needed, in `<run>/arms/<override>/`. Every step is content-addressed in the cache, so when
+that arm's job already ran this costs nothing, and what is computed here is the arm job's own
+work, found in the cache when it runs. No launcher order is assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from core.config import compose_config
+from core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobOverrides:
+    """What composed this job: its own overrides and the values of every swept key."""
+
+    task: list[str] = field(default_factory=list)  # e.g. ["experiment=table4", "model=a"]
+    sweep: dict[str, list[str]] = field(default_factory=dict)  # e.g. {"model": ["a", "b"]}
+
+
+def override_key(override: str) -> str:
+    """`model` of `model=a`, `+model@metrics.ifd.model` of `+model@metrics.ifd.model=x`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, list[str]]:
+    """{key: values} of Hydra override strings, sweeps expanded (`model=a,b` -> [a, b])."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        values = (
+            list(o.sweep_string_iterator())
+            if o.is_sweep_override()
+            else [o.get_value_element_as_str()]
+        )
+        out[o.get_key_element().lstrip("+~")] = values
+    return out
+
+
+def job_overrides_from_hydra(hc: Any) -> JobOverrides:
+    """A Hydra job's overrides and its sweep's values: the preset's `hydra.sweeper.params`, then
+    the command line's sweeps (the sweep folder's multirun.yaml), which win."""
+    sweep: dict[str, list[str]] = {}
+    params = hc.sweeper.get("params") or {}
+    if params:
+        sweep.update(parse_overrides([f"{k}={v}" for k, v in params.items()]))
+    multirun = Path(str(hc.sweep.dir)) / "multirun.yaml"
+    if multirun.is_file():
+        saved = OmegaConf.load(multirun)
+        line = OmegaConf.select(saved, "hydra.overrides.task") or []
+        sweep.update({k: v for k, v in parse_overrides(list(line)).items() if len(v) > 1})
+    return JobOverrides(task=list(hc.overrides.task), sweep=sweep)
+
+
+def arm_overrides(job: JobOverrides, changes: list[str]) -> list[str]:
+    """This job's overrides with `changes` (override strings) replacing the same keys."""
+    keys = {override_key(c) for c in changes}
+    return [o for o in job.task if override_key(o) not in keys] + list(changes)
+
+
+def is_this_job(job: JobOverrides, changes: list[str]) -> bool:
+    """Whether this job already is the arm `changes` names."""
+    mine = parse_overrides(job.task)
+    return all(mine.get(k) == v for k, v in parse_overrides(changes).items())
+
+
+def run_arm(
+    job: JobOverrides,
+    changes: list[str],
+    stages: list[str],
+    run_dir: Path,
+    equal_size: bool = True,
+) -> Any:
+    """The arm `changes` run up to `stages` in `<run_dir>/arms/<changes>/`; returns its Run.
+    `equal_size=False`: the arm's set before its own equal-size cut (what `arm_sizes` needs)."""
+    from pipeline.runner import Run
+
+    stage_list = ",".join(stages)
+    # What is not asked of the arm is switched off (its pairwise judge; its equal-size cut when
+    # its size is what is asked, which would otherwise recurse).
+    extras = [f"++stages=[{stage_list}]", "++eval.pairwise.enabled=false"]
+    if not equal_size:
+        extras.append("++filter.equal_size=null")
+    overrides = arm_overrides(job, [*changes, *extras])
+    try:
+        cfg = compose_config(overrides)
+    except Exception as e:  # a Hydra composition error: name the arm
+        raise ConfigError(f"arm {' '.join(changes)}: {str(e).splitlines()[0]}") from None
+    name = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", ",".join(changes))
+    log.info("arm %s: running %s (cache hits where its job already ran)", name, stage_list)
+    arm_job = JobOverrides(task=arm_overrides(job, changes), sweep=job.sweep)
+    run = Run(cfg, Path(run_dir) / "arms" / name, job=arm_job)
+    run.run()
+    return run
+
+
+def arm_sizes(
+    job: JobOverrides, key: str, own: int, stages: list[str], run_dir: Path
+) -> dict[str, int]:
+    """{arm value: records it selects} for every value of `key` in the sweep; this job's own
+    size is `own`, the others are run through `stages` (this job's, up to its filter)."""
+    values = job.sweep.get(key)
+    if not values or len(values) < 2:
+        raise ConfigError(
+            f"filter.equal_size=smallest: this job is not part of a sweep over {key} "
+            f"(filter.equal_across); sweep it (python run.py -m {key}=a,b ...) or set "
+            "filter.equal_size to a number"
+        )
+    mine = parse_overrides(job.task).get(key, [None])[0]
+    sizes: dict[str, int] = {}
+    for value in values:
+        if value == mine:
+            sizes[value] = own
+            continue
+        arm = run_arm(job, [f"{key}={value}"], stages, run_dir, equal_size=False)
+        sizes[value] = int((arm.filter_counts or {}).get("kept", 0))
+    return sizes
