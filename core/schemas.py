@@ -192,6 +192,9 @@ class PairwiseConfig:
     # trained model is `against` (pipeline.arms). The arm itself skips the judge.
     against_arm: str | None = None
     judge: Any = None
+    # The prompt each model answers with: null, the response prompt (SPEC §2, as the paper's
+    # win rates); a path: your own template with {instruction} and {input_line}.
+    answer_template: str | None = None
     limit: int | None = None
     max_tokens: int = 512
 
@@ -230,6 +233,39 @@ class LoggerConfig:
         one_of(self.name, "name", ("none", "wandb"))
 
 
+@dataclass
+class CalibrationConfig:
+    """Temperature calibration before evolving (pipeline.calibration): the evolver's sampling
+    temperature is set so its mean top-1 probability over the first `positions` tokens of round
+    1's prompts (the first `dev_size` seeds) matches `target`, or `target_model`'s at its own
+    generation.evolve temperature (the paper's overconfidence, matched)."""
+
+    enabled: bool = False
+    target: float | None = None
+    target_model: Any = None  # a conf/model name or mapping (a role)
+    positions: int = 5
+    dev_size: int = 16
+    top_logprobs: int = 20  # the tail beyond these is approximated (pipeline.calibration)
+    min_temperature: float = 0.05
+    max_temperature: float = 3.0
+
+    def __post_init__(self) -> None:
+        check(self.target is None or 0 < self.target < 1, "target", "must be in (0, 1) or null")
+        check(
+            not self.enabled or (self.target is None) != (self.target_model is None),
+            "target",
+            "set exactly one of calibration.target and calibration.target_model",
+        )
+        check(self.positions >= 1, "positions", "must be >= 1")
+        check(self.dev_size >= 1, "dev_size", "must be >= 1")
+        check(self.top_logprobs >= 2, "top_logprobs", "must be >= 2")
+        check(
+            0 < self.min_temperature < self.max_temperature,
+            "max_temperature",
+            "needs 0 < min_temperature < max_temperature",
+        )
+
+
 # Top-level section -> schema. `scenario` and `metrics.*` are checked against their registries.
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
@@ -240,6 +276,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "logger": LoggerConfig,
+    "calibration": CalibrationConfig,
 }
 TOP_LEVEL = (
     *SECTIONS,
@@ -259,4 +296,5 @@ ROLES = (
     "eval.model",
     "eval.pairwise.judge",
     "eval.pairwise.against",
+    "calibration.target_model",
 )

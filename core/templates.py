@@ -28,6 +28,21 @@ def load_yaml(base: Path, name: str, override: str | None = None) -> dict:
     return yaml.safe_load(load_template(base, name, override)) or {}
 
 
+RESPOND_TEMPLATE = Path(__file__).parent / "data" / "respond.txt"
+
+
+def response_prompt(record: dict, template_override: str | None = None) -> list[dict]:
+    """The response prompt (SPEC §2, the paper's Figure 16): a preamble asking for a comprehensive
+    and accurate response, `Instruction:`, an `Input:` line only when there is one, `Response:`.
+    Used by the respond stage and by the pairwise judge's answers (the paper's win rates)."""
+    template = load_template(RESPOND_TEMPLATE.parent, RESPOND_TEMPLATE.name, template_override)
+    inp = record.get("input") or ""
+    text = fill(
+        template, instruction=record["instruction"], input_line=f"Input: {inp}\n" if inp else ""
+    )
+    return [{"role": "user", "content": text}]
+
+
 def fill(template: str, **slots: str) -> str:
     """Fill {slot}s; values may hold braces of their own (code, JSON) without harm."""
     try:

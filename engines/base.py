@@ -16,6 +16,9 @@ class Sampling:
     max_tokens: int = 2048
     # >0: return the top-1 log-probability at each of the first `top1_logprobs` generated positions.
     top1_logprobs: int = 0
+    # >0 (with top1_logprobs): also the `top_logprobs` largest log-probabilities at those positions
+    # (raw, before temperature): what temperature calibration reads (pipeline.calibration).
+    top_logprobs: int = 0
     seed: int | None = None
     # Stop sequences: generation ends before the first of them (it is not part of the text).
     stop: tuple[str, ...] = ()
@@ -32,6 +35,8 @@ class Generation:
     finish_reason: str  # "stop" | "length" | engine-specific
     top1_logprobs: list[float] | None = None
     prompt_tokens: int = 0
+    top_logprobs: list[list[float]] | None = None  # per position, largest first
+    vocab_size: int = 0  # the model's vocabulary (set with top_logprobs; 0: not known)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
@@ -41,8 +46,11 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def sampling_key(p: Sampling) -> dict:
-    """The fields that decide a generation, for cache keys (no stop list: keys as before)."""
+    """The fields that decide a generation, for cache keys (unset newer fields are left out, so
+    keys stay as before)."""
     d = dataclasses.asdict(p)
+    if not d["top_logprobs"]:
+        del d["top_logprobs"]
     if not d["stop"]:
         del d["stop"]
     else:

@@ -128,13 +128,14 @@ class HFEngine:
                 if t in eos_ids:
                     n, finish = j + 1, "stop"
                     break
-            top1 = None
+            top1, tops = None, None
             if params.top1_logprobs > 0:
                 k = min(params.top1_logprobs, n)
                 # Raw logits, before temperature/top-p: the model's own top-1 probability.
-                top1 = [
-                    float(torch.log_softmax(out.logits[j][b].float(), -1).max()) for j in range(k)
-                ]
+                lps = [torch.log_softmax(out.logits[j][b].float(), -1) for j in range(k)]
+                top1 = [float(lp.max()) for lp in lps]
+                if params.top_logprobs > 0:
+                    tops = [lp.topk(params.top_logprobs).values.tolist() for lp in lps]
             text = tok.decode(ids[:n], skip_special_tokens=True)
             text, stopped = cut_at_stop(text, params.stop)
             if stopped:
@@ -146,6 +147,8 @@ class HFEngine:
                     finish_reason=finish,
                     top1_logprobs=top1,
                     prompt_tokens=int(enc["attention_mask"][b].sum()),
+                    top_logprobs=tops,
+                    vocab_size=int(out.logits[0].shape[-1]) if tops else 0,
                 )
             )
         return gens

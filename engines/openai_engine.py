@@ -54,29 +54,39 @@ class OpenAIEngine:
         if isinstance(prompt, str):
             body["prompt"] = prompt
             if p.top1_logprobs:
-                body["logprobs"] = 1
+                body["logprobs"] = max(1, p.top_logprobs)
             data = self._post("/completions", body)
             choice = data["choices"][0]
             text = choice.get("text", "")
-            top1 = None
+            top1, tops = None, None
             if p.top1_logprobs and choice.get("logprobs"):
-                tops = choice["logprobs"].get("top_logprobs") or []
-                top1 = [max(d.values()) for d in tops[: p.top1_logprobs] if d]
+                dicts = [d for d in (choice["logprobs"].get("top_logprobs") or []) if d]
+                top1 = [max(d.values()) for d in dicts[: p.top1_logprobs]]
+                if p.top_logprobs:
+                    tops = [
+                        sorted(d.values(), reverse=True)[: p.top_logprobs]
+                        for d in dicts[: p.top1_logprobs]
+                    ]
         else:
             body["messages"] = prompt
             if p.top1_logprobs:
                 body["logprobs"] = True
-                body["top_logprobs"] = 1
+                body["top_logprobs"] = max(1, p.top_logprobs)
             data = self._post("/chat/completions", body)
             choice = data["choices"][0]
             text = (choice.get("message") or {}).get("content") or ""
-            top1 = None
+            top1, tops = None, None
             if p.top1_logprobs and choice.get("logprobs"):
                 content = choice["logprobs"].get("content") or []
                 top1 = [
                     max(t["logprob"] for t in (c.get("top_logprobs") or [c]))
                     for c in content[: p.top1_logprobs]
                 ]
+                if p.top_logprobs:
+                    tops = [
+                        sorted((t["logprob"] for t in (c.get("top_logprobs") or [c])), reverse=True)
+                        for c in content[: p.top1_logprobs]
+                    ]
         usage = data.get("usage") or {}
         return Generation(
             text=text,
@@ -84,6 +94,7 @@ class OpenAIEngine:
             finish_reason=str(choice.get("finish_reason") or ""),
             top1_logprobs=top1,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            top_logprobs=tops,
         )
 
     def _post(self, route: str, body: dict) -> dict:

@@ -116,6 +116,10 @@ class VLLMEngine:
         t0 = time.perf_counter()
         self.llm = vllm.LLM(**kwargs)
         self._sampling_cls = vllm.SamplingParams
+        try:  # for temperature calibration's tail (pipeline.calibration)
+            self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
+        except Exception:
+            self.vocab_size = 0
         log.info("vllm engine: started %s in %.1fs", path, time.perf_counter() - t0)
 
     def _params(self, p: Sampling):
@@ -124,7 +128,7 @@ class VLLMEngine:
             top_p=p.top_p if not p.greedy else 1.0,
             max_tokens=p.max_tokens,
             seed=p.seed if self.per_prompt_seeds else None,
-            logprobs=1 if p.top1_logprobs > 0 else None,
+            logprobs=max(1, p.top_logprobs) if p.top1_logprobs > 0 else None,
             stop=list(p.stop) or None,
         )
 
@@ -143,7 +147,7 @@ class VLLMEngine:
                 chat_template=self.chat_template,
             )
             for i, o in zip(chats, outs):
-                results[i] = _to_generation(o, plist[i])
+                results[i] = _to_generation(o, plist[i], self.vocab_size)
         if plain:
             outs = self.llm.generate(
                 [prompts[i] for i in plain],
@@ -153,7 +157,7 @@ class VLLMEngine:
                 tokenization_kwargs={"add_special_tokens": False},
             )
             for i, o in zip(plain, outs):
-                results[i] = _to_generation(o, plist[i])
+                results[i] = _to_generation(o, plist[i], self.vocab_size)
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -169,18 +173,28 @@ class VLLMEngine:
         del self.llm
 
 
-def _to_generation(request_output, params: Sampling) -> Generation:
+def _to_generation(request_output, params: Sampling, vocab_size: int = 0) -> Generation:
     c = request_output.outputs[0]
-    top1 = None
+    top1, tops = None, None
     if params.top1_logprobs > 0 and c.logprobs:
         top1 = []
         for pos in c.logprobs[: params.top1_logprobs]:
             best = next((lp for lp in pos.values() if lp.rank == 1), None)
             top1.append(float(best.logprob if best else max(v.logprob for v in pos.values())))
+        if params.top_logprobs > 0:
+            # The sampled token is always returned beside the top ones: keep the top ranks only.
+            tops = [
+                sorted((float(v.logprob) for v in pos.values()), reverse=True)[
+                    : params.top_logprobs
+                ]
+                for pos in c.logprobs[: params.top1_logprobs]
+            ]
     return Generation(
         text=c.text,
         num_tokens=len(c.token_ids),
         finish_reason=str(c.finish_reason or ""),
         top1_logprobs=top1,
         prompt_tokens=len(request_output.prompt_token_ids or []),
+        top_logprobs=tops,
+        vocab_size=vocab_size if tops else 0,
     )

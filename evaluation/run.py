@@ -150,6 +150,7 @@ def pairwise(
     Writes eval/pairwise.jsonl."""
     from core.config import role_model
     from core.records import read_records, write_jsonl_atomic
+    from core.templates import response_prompt
     from engines.base import Sampling
     from evaluation.pairwise import judge_pairs
     from evaluation.tasks import BUNDLED_DATA
@@ -172,7 +173,7 @@ def pairwise(
     greedy = Sampling(temperature=0.0, max_tokens=int(pw.max_tokens))
 
     def answers(m: Any) -> dict[str, str]:
-        items = [(r["id"], [{"role": "user", "content": _ask(r)}], greedy) for r in records]
+        items = [(r["id"], response_prompt(r, pw.answer_template), greedy) for r in records]
         gens = pool.generate("pairwise_answer", m, items, desc=f"pairwise: {m.name} answers")
         return {i: g.text.strip() for i, g in gens.items()}
 

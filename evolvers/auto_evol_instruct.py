@@ -156,6 +156,10 @@ class AutoEvolInstruct(Scenario):
             self._analyse(records, greedy)
         return records
 
+    def first_prompts(self, seeds: list[Record]) -> list[tuple[str, Chat]]:
+        """Round 1's prompts with the initial evolving method (before any optimisation)."""
+        return [(child_id(p, 1), self.prompt(p)) for p in seeds]
+
     def artifacts(self) -> dict[str, str]:
         """The evolving method used (after optimisation, when it ran)."""
         return {"auto_evol_method.txt": self.method + "\n"}

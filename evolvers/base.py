@@ -99,6 +99,11 @@ class Scenario:
             self._responder = Responder(templates.get("respond"))
         return self._responder.prompt(record)
 
+    def first_prompts(self, seeds: list[Record]) -> list[tuple[str, Chat]] | None:
+        """(id, prompt) of round 1's evolution prompts for `seeds`, without generating: what
+        temperature calibration probes (pipeline.calibration). None: not supported."""
+        return None
+
     def usable(self, record: Record) -> bool:
         """Whether a record goes on to the next round and the later stages: a successful
         evolution, or (`keep_failed`) a failed one that still has text."""

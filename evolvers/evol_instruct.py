@@ -86,6 +86,9 @@ class EvolInstruct(Scenario):
         meta = record["meta"]
         return self.prompt({"instruction": meta["parent_instruction"]}, meta["method"])
 
+    def first_prompts(self, seeds: list[Record]) -> list[tuple[str, Chat]]:
+        return [(child_id(p, 1), prompt) for p, _, prompt in self.plan(seeds, 1)]
+
     def plan(self, parents: list[Record], round_num: int) -> list[tuple[Record, str, Chat]]:
         """(parent, method, prompt) for every parent; `round_num` is 1-based."""
         out = []

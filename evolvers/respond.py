@@ -5,23 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from core.records import Record
-from core.templates import fill, load_template
+from core.templates import response_prompt
 from engines.base import Chat, Generation
-from evolvers.base import TEMPLATE_DIR
 
 
 class Responder:
+    """The response prompt (core.templates.response_prompt), with a scenario's template."""
+
     def __init__(self, template_override: str | None = None):
-        self.template = load_template(TEMPLATE_DIR, "respond.txt", template_override)
+        self.template_override = template_override
+        response_prompt({"instruction": "", "input": ""}, template_override)  # fails early
 
     def prompt(self, record: Record) -> Chat:
-        inp = record.get("input") or ""
-        text = fill(
-            self.template,
-            instruction=record["instruction"],
-            input_line=f"Input: {inp}\n" if inp else "",
-        )
-        return [{"role": "user", "content": text}]
+        return response_prompt(record, self.template_override)
 
 
 def responded_record(record: Record, gen: Generation, responder: str) -> Record:

@@ -311,7 +311,8 @@ class IFDMetric(Metric):
         Field("ifd", higher_is_better=True, filter="ifd", descending=True),
         Field("ic_ifd", higher_is_better=True, filter="ic_ifd", descending=True),
         Field("loss_q", filter="instruction_loss", descending=False),
-        Field("q_tokens", filter="length", descending=False, sample=False),
+        Field("q_tokens", sample=False),
+        Field("instruction_tokens", filter="length", descending=False, sample=False),
     )
     stats = (
         Stat("ifd_mean", higher_is_better=True, headline=True),
@@ -320,6 +321,7 @@ class IFDMetric(Metric):
         ),
         Stat("loss_q_mean"),
         Stat("q_tokens_mean"),
+        Stat("instruction_tokens_mean"),
         Stat("ifd_null", higher_is_better=False),
         Stat("ifd_above_1"),
         Stat("truncated", higher_is_better=False),
@@ -377,9 +379,19 @@ class IFDMetric(Metric):
             "dtype": dtype,
             "items": {i: (query_text(r), r["output"]) for i, r in by_id.items()},
         }
-        return self.ctx.cache.run(
+        rows = self.ctx.cache.run(
             "ifd", payload, list(by_id), compute, int(cfg.chunk_size), desc=f"{set_name} ifd"
         )
+        # The length baseline counts the instruction's tokens only (the reference code's
+        # select_data.py), with the scorer's tokenizer: no model load, so not cached.
+        if rows:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(resolve_model_path(model_cfg, self.ctx.models_dir))
+            for i, row in rows.items():
+                ids = tok(by_id[i]["instruction"], add_special_tokens=False).input_ids
+                row["instruction_tokens"] = len(ids)
+        return rows
 
     def summarize(self, set_name, records, rows) -> dict[str, Any]:
         vals = list(rows.values())
@@ -391,6 +403,7 @@ class IFDMetric(Metric):
             "ic_ifd_mean": mean([d["ic_ifd"] for d in vals]),
             "loss_q_mean": mean([d["loss_q"] for d in vals]),
             "q_tokens_mean": mean([d["q_tokens"] for d in vals]),
+            "instruction_tokens_mean": mean([d.get("instruction_tokens") for d in vals]),
             "ifd_null": sum(d["ifd"] is None for d in vals),
             "ifd_above_1": sum((d["ifd"] or 0) > 1 for d in vals),
             "truncated": sum(bool(d["truncated"]) for d in vals),

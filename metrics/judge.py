@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.records import Record, query_text
+from core.records import Record
 from core.templates import fill, load_template
 from engines.base import Chat
 from metrics.base import METRICS, Field, Metric, MetricConfig, Stat, mean
@@ -45,8 +45,9 @@ def parse_difficulty(text: str, finish_reason: str = "stop") -> str | None:
 
 
 def judge_prompt(record: Record, template: str) -> Chat:
-    """The record's query in a judge template (one user message, SPEC's shared convention)."""
-    return [{"role": "user", "content": fill(template, query=query_text(record))}]
+    """The record's instruction in a judge template (one user message). The instruction only, not
+    its input: the paper's code judges `item["instruction"]` (SPEC §5 says Q; see README)."""
+    return [{"role": "user", "content": fill(template, query=record["instruction"])}]
 
 
 def load_judge_templates(templates: dict[str, str | None]) -> dict[str, str]:

@@ -77,7 +77,8 @@ class RewardScorer:
 
 
 def reward_summary(scores: list[float | None], lengths: list[int]) -> dict[str, Any]:
-    """Raw mean and the length-controlled mean: score / len * mean_len, averaged."""
+    """Raw mean and the length-controlled mean: score / len * mean_len, averaged (lengths in the
+    reward model's tokens)."""
     pairs = [(s, n) for s, n in zip(scores, lengths) if s is not None and n > 0]
     if not pairs:
         return {"mean": None, "lc_mean": None, "scored": 0}
@@ -133,9 +134,18 @@ class RewardMetric(Metric):
             i: reward_pair(p, by_id[i]["instruction"])
             for i, p in self.evolution_prompts(records).items()
         }
-        self.lengths = {i: len(p[-1]["content"].split()) for i, p in pairs.items()}
         if not pairs:
+            self.lengths = {}
             return {}
+        # The length-controlled mean's lengths: the evolved instruction's tokens under the reward
+        # model's own tokenizer (as the paper's eval_reward.py); no model load, so not cached.
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.kind == "get_scores")
+        self.lengths = {
+            i: len(tok(p[-1]["content"], add_special_tokens=False).input_ids)
+            for i, p in pairs.items()
+        }
         dtype = resolve_dtype(cfg.dtype, what="metrics.reward.dtype")
 
         def load() -> RewardScorer:

@@ -88,6 +88,8 @@ class Run:
         # This job's overrides and its sweep's values: how other arms are found (pipeline.arms).
         self.job = job or JobOverrides()
         self.scenario = build_scenario(cfg.scenario)
+        # Evolution's decoding: generation.evolve, its temperature calibrated when asked.
+        self.evolve_params = cfg.generation.evolve
         self.tracker = tracker or Tracker(OmegaConf.create({"logger": {"name": "none"}}), self.dir)
         self.cache = StepCache(Path(cfg.cache_dir))
         self.pool = EnginePool(cfg.engine, self.cache, cfg.models_dir)
@@ -176,7 +178,7 @@ class Run:
             generate = self.generator(
                 f"evolve_{self.cfg.scenario.name}",
                 self.cfg.model,
-                self.cfg.generation.evolve,
+                self.evolve_params,
                 desc=f"round {r} evolve",
             )
             greedy = self.generator(
@@ -356,6 +358,17 @@ class Run:
         log.info("evaluate: %s", _one_line(numbers))
         return numbers
 
+    def _calibrate(self, seeds: list[Record]) -> None:
+        """Set the evolution temperature (pipeline.calibration); the numbers go to
+        round_1/metrics.json › calibration."""
+        from pipeline.calibration import calibrate
+
+        found = calibrate(self.ctx, self.scenario, seeds, self.cfg)
+        self.evolve_params = OmegaConf.merge(
+            self.cfg.generation.evolve, {"temperature": found["temperature"]}
+        )
+        self.add_metrics("round_1", "calibration", found)
+
     def _stages_to(self, last: str) -> list[str]:
         """This job's stages up to `last`: what another arm runs to give that stage's result."""
         return [s for s in self.cfg.stages if STAGES.index(s) <= STAGES.index(last)]
@@ -404,6 +417,8 @@ class Run:
         try:
             if "evolve" in stages:
                 with self.timed("evolve"):
+                    if self.cfg.calibration.enabled:
+                        self._calibrate(seeds)
                     sets = self.evolve(scenario, seeds)
             else:
                 sets = {"input": seeds}

@@ -70,7 +70,7 @@ def test_equal_size_n_is_a_seeded_cut_and_is_recorded(tmp_path, engines):
         over = ["filter.equal_size=4", f"seed={seed}", "stages=[evolve,respond,filter]"]
         return Run(compose_cfg(_overrides(tmp_path, *over)), tmp_path / name).run()
 
-    a, b, c = run(0, "a"), run(0, "b"), run(1, "c")
+    a, _, c = run(0, "a"), run(0, "b"), run(1, "c")
     assert a["filter/before_equal_size"] == 6 and a["filter/equal_size"] == a["filter/kept"] == 4
     ids = [[r["id"] for r in _jsonl(tmp_path / n / "selected.jsonl")] for n in "abc"]
     assert len(ids[0]) == 4 and ids[0] == ids[1]

@@ -42,6 +42,27 @@ def test_hf_engine_top1_logprobs_and_seeded_sampling(hf_engine):
         assert all(-30 < lp <= 0 for lp in g.top1_logprobs)
 
 
+def _check_top_logprobs(engine):
+    """The K largest raw log-probabilities per position, largest first, the first being the
+    top-1 (what temperature calibration reads)."""
+    p = Sampling(max_tokens=5, top1_logprobs=5, top_logprobs=20)
+    (g,) = engine.generate([CHAT], p)
+    assert len(g.top_logprobs) == len(g.top1_logprobs) == min(5, g.num_tokens) >= 1
+    for top1, tops in zip(g.top1_logprobs, g.top_logprobs):
+        assert len(tops) == 20 and tops == sorted(tops, reverse=True)
+        assert abs(tops[0] - top1) < 1e-4
+        assert sum(math.exp(x) for x in tops) <= 1 + 1e-3
+    assert engine.generate([CHAT], GREEDY)[0].top_logprobs is None  # only when asked
+
+
+def test_hf_engine_top_logprobs(hf_engine):
+    _check_top_logprobs(hf_engine)
+
+
+def test_vllm_engine_top_logprobs(vllm_engine):
+    _check_top_logprobs(vllm_engine)
+
+
 def test_vllm_engine_many_long_sampled_prompts(vllm_engine):
     # More prompt tokens than one scheduler step takes: prefill is chunked, which must not crash.
     long = [

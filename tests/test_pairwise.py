@@ -97,3 +97,32 @@ def test_bundled_model_as_judge(hf_engine):
     rows, c = judge_pairs(items, generate)
     assert sum(c[k] for k in ("win", "tie", "lose", "unparseable")) == 1
     assert rows[0]["outcome"] in ("win", "tie", "lose", "unparseable")
+
+
+def test_instruction_sources(tmp_path, monkeypatch):
+    """bundled, a local copy of AlpacaFarm's alpaca_eval.json (its own fields), and the hub
+    source offline: a clear error saying how to supply the file."""
+    import json
+
+    from core.errors import ConfigError
+    from core.records import read_records
+    from evaluation.run import pairwise_instructions
+    from evaluation.tasks import BUNDLED_DATA
+
+    bundled = BUNDLED_DATA / "pairwise"
+    assert len(list(read_records(pairwise_instructions("bundled", bundled)))) == 8
+    rows = [
+        {"instruction": f"Q{i}", "output": "a", "generator": "text_davinci_003", "dataset": "x"}
+        for i in range(3)
+    ]
+    local = tmp_path / "alpaca_eval.json"
+    local.write_text(json.dumps(rows, indent=2))
+    got = list(read_records(pairwise_instructions(str(local), bundled)))
+    assert [r["instruction"] for r in got] == ["Q0", "Q1", "Q2"]
+    with pytest.raises(ConfigError, match="no file .*missing.json"):
+        pairwise_instructions(str(tmp_path / "missing.json"), bundled)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError, match="instructions=/path/to/alpaca_eval.json"):
+        pairwise_instructions("alpaca_eval", bundled)

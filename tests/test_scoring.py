@@ -77,7 +77,7 @@ def test_filters_rank_break_ties_and_keep_ratio():
         f"r{i}": {
             "ic_ifd": [0.5, 0.9, 0.9, None, 0.1, 0.7, 0.2, 0.3][i],
             "ifd": [0.5, 1.2, 0.9, 0.4, 0.1, 0.7, 0.2, 0.3][i],
-            "q_tokens": [5, 3, 9, 1, 7, 3, 2, 8][i],
+            "instruction_tokens": [5, 3, 9, 1, 7, 3, 2, 8][i],
         }
         for i in range(8)
     }
@@ -159,7 +159,7 @@ def test_bundled_embedder_finds_duplicates():
 
 
 @pytest.mark.slow
-def test_reward_scorer_with_a_local_head(tmp_path, bundled_model_dir):
+def test_reward_scorer_with_a_local_head(tmp_path, bundled_model_dir, monkeypatch):
     """No reward model can be had offline: a sequence-classification head on the bundled weights."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -184,6 +184,38 @@ def test_reward_scorer_with_a_local_head(tmp_path, bundled_model_dir):
     one_by_one = [rm.score([p])[0] for p in pairs]
     assert batched == pytest.approx(one_by_one, rel=1e-4, abs=1e-4)
     assert len(set(round(x, 4) for x in batched)) == 4
+
+    # The metric in a run: the length-controlled mean counts the evolved instruction's tokens
+    # under the reward model's tokenizer.
+    from pipeline.runner import Run
+    from tests.fakes import FakeEngine, use_engine
+
+    use_engine(monkeypatch, FakeEngine())
+    cfg = compose_cfg(
+        [
+            "engine=hf",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"models_dir={MODELS_DIR}",
+            "data.limit=4",
+            "rounds=1",
+            "stages=[evolve,respond,score]",
+            "metrics=[reward]",
+            "metrics.reward.enabled=true",
+            f"metrics.reward.model={tmp_path / 'rm'}",
+            "metrics.reward.dtype=float32",
+        ]
+    )
+    s = Run(cfg, tmp_path / "run").run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "round_1" / "scores.jsonl").open()]
+    evolved = {
+        r["id"]: r["instruction"]
+        for r in map(json.loads, (tmp_path / "run" / "round_1" / "evolved.jsonl").open())
+    }
+    tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    lengths = [len(tok(evolved[r["id"]], add_special_tokens=False).input_ids) for r in rows]
+    want = reward_summary([r["reward"] for r in rows], lengths)
+    assert s["round_1/score/reward/lc_mean"] == pytest.approx(want["lc_mean"], abs=1e-4)
+    assert lengths != [len(evolved[r["id"]].split()) for r in rows]  # tokens, not words
 
 
 @pytest.mark.slow
@@ -216,12 +248,14 @@ def test_score_and_filter_stages_fill_every_metric(tmp_path, bundled_model_dir):
         "loss_a",
         "loss_a_given_q",
         "q_tokens",
+        "instruction_tokens",
     }
     for r in (1, 2):
         rows = [json.loads(x) for x in (tmp_path / "run" / f"round_{r}" / "scores.jsonl").open()]
         assert len(rows) == s[f"round_{r}/evolve/parsed"]
         for row in rows:
             assert fields <= set(row), fields - set(row)
+            assert 1 <= row["instruction_tokens"] <= row["q_tokens"]  # the length baseline's
             assert (
                 row["ifd"] is None
                 or row["ic_ifd"] is None
