@@ -307,6 +307,8 @@ class Run:
                 "student": model_identity(student),
                 "data": hash_records(records),
                 "seed": int(self.cfg.seed),
+                # The loss: token-level over each optimizer step (training.module.step_loss).
+                "loss": "step-token-mean",
             }
         )[:20]
         out = Path(self.cfg.cache_dir).expanduser() / "train" / key

@@ -280,3 +280,58 @@ def test_train_stage_on_a_file_and_cache(tmp_path, bundled_model_dir):
     again = Run(compose_cfg(over), tmp_path / "again").run()  # cached: no second training
     assert again["train/data_sha256"] == s["train/data_sha256"]
     assert (tmp_path / "again" / "train").resolve() == (tmp_path / "run" / "train").resolve()
+
+
+def test_window_sampler_groups_steps_and_shards_ranks(monkeypatch):
+    """Each optimizer step's micro-batches (accumulate per rank x ranks) carry the step's total
+    target tokens; ranks take disjoint micro-batches of the same steps; seeded by epoch."""
+    from training.data import WindowBatchSampler
+
+    tokens = [3, 5, 7, 11, 13, 17, 19, 23, 29, 31]
+    one = WindowBatchSampler(tokens, micro_batch=2, accumulate=2, seed=0)
+    batches = list(one)
+    assert len(batches) == len(one) == 5
+    assert sorted(i for b in batches for i, _ in b) == list(range(10))
+    steps = [batches[0:2], batches[2:4], batches[4:5]]
+    for step in steps:
+        total = sum(tokens[i] for b in step for i, _ in b)
+        assert {t for b in step for _, t in b} == {total}
+    assert list(one) == batches  # the same epoch, the same order
+    one.set_epoch(1)
+    assert list(one) != batches
+
+    per_rank = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(WindowBatchSampler, "_rank_world", staticmethod(lambda r=rank: (r, 2)))
+        per_rank[rank] = list(WindowBatchSampler(tokens, 1, 2, seed=0))
+    assert len(per_rank[0]) == len(per_rank[1]) == 5  # every rank steps as often
+    seen = [i for r in (0, 1) for b in per_rank[r] for i, _ in b]
+    assert sorted(seen) == list(range(10))
+    for k in range(0, 5, 2):  # a step: two micro-batches on each rank, one total
+        step = per_rank[0][k : k + 2] + per_rank[1][k : k + 2]
+        assert len({t for b in step for _, t in b}) == 1
+        assert step[0][0][1] == sum(tokens[i] for b in step for i, _ in b)
+
+
+@pytest.mark.slow
+def test_step_loss_is_the_token_mean_of_the_whole_step(tokenizer, hf_engine):
+    """Two micro-batches of different lengths, accumulated: what is back-propagated sums to the
+    mean over every target token of the step (one big batch's HF loss), not the mean of the
+    two micro-batch means."""
+    from training.data import collate, target_tokens
+    from training.module import step_loss
+
+    records = [RECORDS[0], make_record("long", "Tell me a story.", "", "Once upon a time " * 12)]
+    examples, _ = encode_all(tokenizer, records, 512)
+    total = sum(target_tokens(e) for e in examples)
+    pad = tokenizer.pad_token_id
+    model = hf_engine.model
+    with torch.no_grad():
+        losses, means = [], []
+        for e in examples:  # accumulate=2: Lightning divides each loss by 2
+            loss, mean, _ = step_loss(model, collate([(e, total)], pad), scale=2)
+            losses.append(loss / 2)
+            means.append(mean)
+        whole = model(**collate(examples, pad)).loss
+    assert sum(losses).item() == pytest.approx(whole.item(), rel=1e-5)
+    assert abs((means[0] + means[1]).item() / 2 - whole.item()) > 1e-3  # not the mean of means

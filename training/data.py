@@ -91,7 +91,82 @@ def encode_all(
     return out, stats
 
 
-def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+def target_tokens(e: Encoded) -> int:
+    """Tokens the loss is taken on: labels after the causal shift that are not ignored."""
+    return sum(1 for t in e.labels[1:] if t != IGNORE)
+
+
+class WindowBatchSampler(torch.utils.data.Sampler):
+    """Seeded, shuffled micro-batches of indices, grouped by optimizer step: a step takes
+    `accumulate` micro-batches on each of the `world` ranks, round-robin. Every index comes with
+    the step's target-token count over all its micro-batches and ranks, so the loss can be the
+    mean over every token of the step (LLaMA-Factory's / HF Trainer's token-level loss across
+    gradient accumulation and devices) rather than a mean of micro-batch means.
+
+    Rank and world size are read when iterating (torch.distributed), so the trainer must not
+    replace this sampler (`use_distributed_sampler=False`). With several ranks, a last step's
+    micro-batches that do not fill every rank are dropped (all ranks must step together)."""
+
+    def __init__(self, tokens: list[int], micro_batch: int, accumulate: int, seed: int):
+        self.tokens = tokens
+        self.micro_batch = micro_batch
+        self.accumulate = accumulate
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _steps(self, world: int) -> list[list[list[int]]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.tokens), generator=g).tolist()
+        mb = self.micro_batch
+        batches = [order[i : i + mb] for i in range(0, len(order), mb)]
+        if world > 1:
+            batches = batches[: len(batches) - len(batches) % world]
+        per_step = self.accumulate * world
+        return [batches[s : s + per_step] for s in range(0, len(batches), per_step)]
+
+    def __iter__(self):
+        rank, world = self._rank_world()
+        for step in self._steps(world):
+            total = sum(self.tokens[i] for b in step for i in b)
+            for b in step[rank::world]:
+                yield [(i, total) for i in b]
+
+    def __len__(self) -> int:
+        rank, world = self._rank_world()
+        return sum(len(step[rank::world]) for step in self._steps(world))
+
+
+class _Examples(torch.utils.data.Dataset):
+    """Examples indexed by (index, step tokens) keys from WindowBatchSampler."""
+
+    def __init__(self, examples: list[Encoded]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Encoded, int]:
+        i, total = key
+        return self.examples[i], total
+
+
+def collate(batch: list, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pads a micro-batch; items from WindowBatchSampler carry the step's target-token count,
+    passed on as `step_tokens`."""
+    step_tokens = None
+    if batch and isinstance(batch[0], tuple):
+        step_tokens = batch[0][1]
+        batch = [e for e, _ in batch]
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -101,16 +176,18 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if step_tokens is not None:
+        out["step_tokens"] = torch.tensor(step_tokens)
+    return out
 
 
-def make_loader(examples: list[Encoded], batch_size: int, pad_id: int, seed: int):
+def make_loader(
+    examples: list[Encoded], batch_size: int, pad_id: int, seed: int, accumulate: int = 1
+):
+    sampler = WindowBatchSampler([target_tokens(e) for e in examples], batch_size, accumulate, seed)
     return torch.utils.data.DataLoader(
-        examples,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        collate_fn=lambda b: collate(b, pad_id),
+        _Examples(examples), batch_sampler=sampler, collate_fn=lambda b: collate(b, pad_id)
     )
 
 
@@ -124,8 +201,10 @@ class SFTDataModule(pl.LightningDataModule):
         cutoff_len: int,
         micro_batch_size: int,
         seed: int,
+        accumulate: int = 1,
     ):
         super().__init__()
+        self.accumulate = accumulate
         self.tokenizer = tokenizer
         self.records = records
         self.cutoff_len = cutoff_len
@@ -141,5 +220,9 @@ class SFTDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         self.setup()
         return make_loader(
-            self.examples, self.micro_batch_size, self.tokenizer.pad_token_id, self.seed
+            self.examples,
+            self.micro_batch_size,
+            self.tokenizer.pad_token_id,
+            self.seed,
+            self.accumulate,
         )

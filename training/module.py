@@ -12,11 +12,38 @@ import torch
 from core.signals import check_interrupt
 
 
+def step_loss(
+    model: Any, batch: dict[str, torch.Tensor], scale: int
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(the loss to back-propagate, this micro-batch's mean token loss for the logs, the logits'
+    dtype). With `step_tokens` (training.data.WindowBatchSampler) the loss is the micro-batch's
+    summed token loss over the step's target tokens, times `scale` (accumulation steps x ranks:
+    Lightning/DeepSpeed divide by the first, DDP averages over the second), so one optimizer step
+    is the mean over every target token of the step, as LLaMA-Factory trains. Without it, HF's
+    micro-batch mean."""
+    labels = batch["labels"]
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits[:, :-1]
+    targets = labels[:, 1:].to(logits.device)
+    total = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    n = (targets != -100).sum().clamp(min=1)
+    mean = total / n
+    step_tokens = batch.get("step_tokens")
+    loss = mean if step_tokens is None else total / step_tokens.clamp(min=1) * scale
+    return loss, mean.detach(), str(out.logits.dtype).removeprefix("torch.")
+
+
 class SFTModule(pl.LightningModule):
-    def __init__(self, model_path: str, cfg: Any):
+    def __init__(self, model_path: str, cfg: Any, accumulate: int = 1):
         super().__init__()
         self.model_path = model_path
         self.cfg = cfg
+        self.accumulate = accumulate
         self.model = None
         self._t_last: float | None = None
         # The dtype of the first training forward's logits: what the arithmetic really ran in
@@ -49,11 +76,11 @@ class SFTModule(pl.LightningModule):
             )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.model(**batch)
-        loss = out.loss
+        world = self.trainer.world_size if self._trainer is not None else 1
+        loss, mean, logits_dtype = step_loss(self.model, batch, self.accumulate * world)
         if self.compute_dtype is None:
-            self.compute_dtype = str(out.logits.dtype).removeprefix("torch.")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["labels"]))
+            self.compute_dtype = logits_dtype
+        self.log("train/loss", mean, prog_bar=True, on_step=True, batch_size=len(batch["labels"]))
         now = time.perf_counter()
         if self._t_last is not None:
             tokens = int(batch["attention_mask"].sum())

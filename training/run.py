@@ -77,14 +77,15 @@ def train_sft(
     tokenizer = load_tokenizer(path, padding_side="right")
     # A base student's format: train.chat_template, else its model config's (conf/model/*_base).
     ensure_chat_template(tokenizer, cfg.get("chat_template") or student_cfg.get("chat_template"))
-    data = SFTDataModule(tokenizer, records, int(cfg.cutoff_len), int(cfg.micro_batch_size), seed)
-    data.setup()  # encode now: bad data fails before a model is loaded
-    examples, stats = data.examples, data.stats
-    log.info("train: %s", ", ".join(f"{k}={v}" for k, v in stats.as_dict().items()))
-
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
     world = devices * int(cfg.num_nodes) if cfg.devices == "auto" else int(cfg.devices)
     accumulate = max(1, int(cfg.effective_batch_size) // (int(cfg.micro_batch_size) * world))
+    data = SFTDataModule(
+        tokenizer, records, int(cfg.cutoff_len), int(cfg.micro_batch_size), seed, accumulate
+    )
+    data.setup()  # encode now: bad data fails before a model is loaded
+    examples, stats = data.examples, data.stats
+    log.info("train: %s", ", ".join(f"{k}={v}" for k, v in stats.as_dict().items()))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     data_hash = hash_records(records)
@@ -100,7 +101,7 @@ def train_sft(
         },
     )
     ckpt_dir = out_dir / "checkpoints"
-    module = SFTModule(path, cfg)
+    module = SFTModule(path, cfg, accumulate)
     trainer = pl.Trainer(
         max_epochs=int(cfg.epochs),
         max_steps=int(cfg.max_steps) if cfg.get("max_steps") else -1,
@@ -125,6 +126,8 @@ def train_sft(
             StopOnSignal(),
         ],
         log_every_n_steps=1,
+        # The data's sampler shards optimizer steps across ranks itself (WindowBatchSampler).
+        use_distributed_sampler=False,
         default_root_dir=out_dir,
         enable_model_summary=False,
     )
