@@ -3,10 +3,7 @@
 import csv
 import json
 
-import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from core.config import CONF_DIR, options, register_resolvers
 from reporting.compare import compare
@@ -19,103 +16,56 @@ def _compose(overrides):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
 
-def _jobs(cfg):
-    params = cfg.hydra.sweeper.params or {}
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    return [
-        dict(o.split("=", 1) for o in job)
-        for b in BasicSweeper.split_arguments(parsed, None)
-        for job in b
-    ]
+def test_every_preset_matches_the_protocol_table():
+    """reporting/protocol.yaml is the protocol as data: every preset has a row, its sweep makes
+    exactly the row's jobs, and every job composes to what the row holds fixed (SPEC §9)."""
+    from reporting.protocol import check
+
+    assert check() == []
 
 
-EXPECTED = {
-    "table1_evol": [{"model": "llama3.1_8b"}, {"model": "llama3.1_70b"}],
-    "table2_qwen2": [{"model": "qwen2_7b"}, {"model": "qwen2_72b"}],
-    "table3_autoif": [{"model": "llama3.1_8b"}, {"model": "llama3.1_70b"}],
-    "table4_auto_evol": [{"model": "llama3.1_8b"}, {"model": "llama3.1_70b"}],
-    "table5_filters": [
-        {"model": "llama3.1_8b", "filter": f}
-        for f in ("none", "length", "instruction_loss", "ifd", "ic_ifd")
-    ],
-    "table10_rounds": [
-        {"model": m, "rounds": r} for m in ("llama3.1_8b", "llama3.1_70b") for r in ("1", "2", "3")
-    ],
-    "table11_scaling": [
-        {"model": f"qwen2.5_{s}"} for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")
-    ],
-    "table11_students": [
-        {"model": m, "student_size": f"qwen2.5_{s}"}
-        for m in ("llama3.1_8b", "llama3.1_70b")
-        for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")
-    ],
-    "family_mistral": [{"model": "mistral_7b"}, {"model": "mixtral_8x7b"}],
-    "family_gemma2": [{"model": "gemma2_9b"}, {"model": "gemma2_27b"}],
-    "scaling_small": [
-        {"model": m}
-        for m in ("smollm2_135m", "smollm2_360m", "smollm2_1.7b")
-        + ("qwen2.5_0.5b", "qwen2.5_1.5b", "qwen2.5_3b")
-    ],
-    "win_rates": [
-        {"model": "llama3.1_8b", "filter": f, "filter.keep_ratio": k}
-        for f in ("ifd", "ic_ifd")
-        for k in ("0.05", "0.1", "0.15")
-    ],
-}
+def test_the_protocol_check_finds_a_drifted_preset():
+    from reporting import protocol
+
+    data = protocol.load()
+    row = data["presets"]["table1_evol"]
+    job = {"model": "llama3.1_70b", "domain": "math"}
+    cfg = _compose(["experiment=table1_evol", "model=llama3.1_70b", "domain=math"])
+    assert protocol.check_job("table1_evol", row, job, cfg, data["domains"]) == []
+    drifted = {**row, "fixed": {**row["fixed"], "scorer": "llama3.1_70b"}}
+    assert protocol.check_job("table1_evol", drifted, job, cfg, data["domains"])
+    own_judge = _compose(
+        ["experiment=table1_evol", "model=llama3.1_70b", "domain=math", "metrics.judge.model=null"]
+    )
+    problems = protocol.check_job("table1_evol", row, job, own_judge, data["domains"])
+    assert any("judge" in p for p in problems)
+    wrong_domain = _compose(["experiment=table1_evol", "model=llama3.1_70b", "domain=code"])
+    problems = protocol.check_job("table1_evol", row, job, wrong_domain, data["domains"])
+    assert any("benchmarks" in p for p in problems) and any("data" in p for p in problems)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_presets_expand_to_the_papers_jobs(name):
-    cfg = _compose([f"experiment={name}"])
-    jobs = _jobs(cfg)
-    assert jobs == EXPECTED[name]
-    for job in jobs:  # every job composes on its own
-        job_cfg = _compose([f"experiment={name}", *(f"{k}={v}" for k, v in job.items())])
-        assert job_cfg.model.name in options("model")
-        assert job_cfg.generation.evolve.max_tokens == 2048  # paper decoding, not the demo's
-        assert job_cfg.train.strategy.startswith("deepspeed") and job_cfg.engine.kind == "vllm"
-    if name == "table4_auto_evol":
-        assert cfg.scenario.name == "auto_evol_instruct"
-    if name == "table3_autoif":
-        assert cfg.scenario.name == "autoif" and cfg.respond.model == "qwen2.5_72b"
-        assert cfg.scenario.pass_rule == "above" and cfg.scenario.pass_rate == 0.0  # upstream
-        assert cfg.scenario.n_samples == 100 and cfg.scenario.k_verifiers == 8
-        assert cfg.scenario.queries_per_instruction == 16 and cfg.scenario.equal_size == 5000
-        assert cfg.data.name == "tiny" and cfg.filter.name == "none"
-    if name == "table1_evol":
-        assert cfg.rounds == 1 and cfg.data.name == "alpaca"
+def test_the_readme_shows_the_protocol_table():
+    from reporting.protocol import readme_block, render
+    from tests.conftest import ROOT
+
+    assert readme_block((ROOT / "README.md").read_text()) == render()
 
 
-# SPEC §9 (the study protocol), as data: what every paper preset holds fixed across its jobs.
-SELECTING = {"table5_filters", "win_rates"}  # the only studies that select (SPEC §9)
-STUDENTS = {"table11_scaling": "qwen2.5_7b_base", "scaling_small": "qwen2.5_7b_base"}
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_presets_hold_the_protocol_fixed(name):
-    """Base-model students; the whole evolved set except where the paper selects; one IFD scorer
-    (a base LM) and one judge that is not an arm, the same for every job of the sweep."""
-    jobs = _jobs(_compose([f"experiment={name}"]))
-    seen = set()
-    for job in jobs:
-        cfg = _compose([f"experiment={name}", *(f"{k}={v}" for k, v in job.items())])
-        if name == "table11_students":  # the student varies, with its size's SFT settings
-            size = job["student_size"].removeprefix("qwen2.5_")
-            assert cfg.train.student.name == f"qwen2.5_{size}_base"
-            want = {"0.5b": "small", "1.5b": "small", "3b": "mid", "7b": "mid"}.get(size, "lora")
-            assert cfg.train.name == f"qwen25_{want}"
-        else:
-            assert cfg.train.student.name == STUDENTS.get(name, "llama3_8b_base")
-        assert cfg.train.student.name.endswith("_base") and cfg.model.name != cfg.train.student.name
-        if name not in SELECTING:
-            assert cfg.filter.name == "none", job
-        scorer, judge = cfg.metrics.ifd.model, cfg.metrics.judge.model
-        assert scorer and scorer.endswith("_base") and judge
-        assert judge not in {j["model"] for j in jobs}  # the judge is not an arm
-        seen.add((scorer, judge))
-    assert len(seen) == 1  # the same scorer and judge for every job
-    if cfg.train.method == "lora":  # LLaMA-Factory's LoRA, as the paper's training used
-        assert cfg.train.lora.r == 8 and cfg.train.lora.dropout == 0.0
+def test_preset_details_beyond_the_table():
+    t3 = _compose(["experiment=table3_autoif"])
+    assert t3.respond.model == "qwen2.5_72b" and t3.scenario.pass_rule == "above"
+    assert t3.scenario.pass_rate == 0.0 and t3.scenario.n_samples == 100  # upstream AutoIF
+    assert t3.scenario.k_verifiers == 8 and t3.scenario.queries_per_instruction == 16
+    assert t3.data.name == "tiny" and t3.filter.equal_size == "smallest"
+    win = _compose(["experiment=win_rates"]).eval.pairwise
+    assert win.enabled and win.against_arm == "filter=ifd" and win.instructions == "alpaca_eval"
+    assert win.limit is None and win.judge == "llama3.1_70b"
+    over = _compose(["experiment=overconfidence"]).calibration
+    assert over.target_model == "llama3.1_8b" and over.positions == 5
+    for name in options("experiment"):
+        cfg = _compose([f"experiment={name}"])
+        if cfg.train.method == "lora":  # LLaMA-Factory's LoRA, as the paper's training used
+            assert cfg.train.lora.r == 8 and cfg.train.lora.dropout == 0.0
 
 
 def test_every_model_has_a_launcher_with_its_gpus():
@@ -236,7 +186,4 @@ def test_paper_presets_evaluate_with_the_papers_settings():
     for name in ("table1_evol", "table3_autoif", "table5_filters", "table11_scaling"):
         cfg = _compose([f"experiment={name}"])
         assert cfg.eval.name == "paper" and cfg.eval.limit is None, name
-        assert list(cfg.eval.tasks) == ["ifeval", "gsm8k", "math", "humaneval", "mbpp"]
-    win = _compose(["experiment=win_rates"]).eval.pairwise
-    assert win.enabled and win.judge == "llama3.1_70b"
     assert _compose(["experiment=demo"]).eval.data_dir == "bundled"  # the CPU demo: fixtures

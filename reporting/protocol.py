@@ -1,0 +1,241 @@
+"""The study protocol of every experiment preset (reporting/protocol.yaml), as data.
+
+`python -m reporting.protocol` prints the README's protocol table; `--check` composes every job of
+every preset and reports where a preset differs from its row (tests/test_study.py runs the same
+check, and checks that the README's table is this module's rendering).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROTOCOL = Path(__file__).with_name("protocol.yaml")
+README_START = "<!-- protocol table: python -m reporting.protocol -->"
+README_END = "<!-- end of protocol table -->"
+# The models a paper-protocol student must be (SPEC §9: base checkpoints).
+SFT_BY_SIZE = {"0.5b": "small", "1.5b": "small", "3b": "mid", "7b": "mid"}  # else lora
+
+
+def load() -> dict[str, Any]:
+    return yaml.safe_load(PROTOCOL.read_text(encoding="utf-8"))
+
+
+def jobs(row: dict) -> list[dict[str, str]]:
+    """Every job of a row's sweep: {key: value as Hydra's sweeper passes it}."""
+    varies = row.get("varies") or {}
+    keys = list(varies)
+    return [
+        {k: _as_override(v) for k, v in zip(keys, combo)}
+        for combo in itertools.product(*(varies[k] for k in keys))
+    ]
+
+
+def _as_override(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def _actual(cfg: Any) -> dict[str, Any]:
+    """The protocol's `fixed` fields read from a composed job config."""
+    f = cfg.filter
+    return {
+        "scenario": cfg.scenario.name,
+        "student": cfg.train.student.name,
+        "scorer": cfg.metrics.ifd.model or "evolver",
+        "judge": cfg.metrics.judge.model or "evolver",
+        "responder": cfg.respond.model or "evolver",
+        "filter": f.name if f.name == "none" else f"{f.name}@{f.keep_ratio}",
+        "arm_size": "all" if f.equal_size is None else f.equal_size,
+        "keep_failed": bool(cfg.scenario.get("keep_failed", False)),
+        "rounds": int(cfg.rounds),
+        "temperature": float(cfg.generation.evolve.temperature),
+        "train": cfg.train.name,
+        "eval": cfg.eval.name,
+    }
+
+
+def check_job(name: str, row: dict, job: dict[str, str], cfg: Any, domains: dict) -> list[str]:
+    """Where job `job` of preset `name` (composed as `cfg`) differs from its protocol row."""
+    problems = []
+    actual = _actual(cfg)
+    varied = set(job)
+    for key, want in (row.get("fixed") or {}).items():
+        if want is None or key in varied or (key == "filter" and "filter" in varied):
+            continue
+        if actual[key] != want:
+            problems.append(f"{name} {job}: {key} is {actual[key]!r}, the protocol says {want!r}")
+    if "student_size" in job:  # the student varies, with its size's SFT settings
+        size = job["student_size"].removeprefix("qwen2.5_")
+        if actual["student"] != f"qwen2.5_{size}_base":
+            problems.append(f"{name} {job}: student {actual['student']}")
+        if actual["train"] != f"qwen25_{SFT_BY_SIZE.get(size, 'lora')}":
+            problems.append(f"{name} {job}: train {actual['train']}")
+    if "domain" in job:
+        d = domains[job["domain"]]
+        if "data" not in row and cfg.data.name != d["data"]:
+            problems.append(f"{name} {job}: data {cfg.data.name}, the domain says {d['data']}")
+        if list(cfg.eval.tasks) != list(d["benchmarks"]):
+            problems.append(f"{name} {job}: benchmarks {list(cfg.eval.tasks)}")
+    if row.get("paper_protocol"):
+        arms = set((row.get("varies") or {}).get("model") or [])
+        if not actual["student"].endswith("_base") or not str(actual["scorer"]).endswith("_base"):
+            problems.append(f"{name} {job}: the student and the scorer must be base models")
+        if actual["judge"] in arms or actual["judge"] == "evolver":
+            problems.append(f"{name} {job}: the judge {actual['judge']} is an arm")
+        if cfg.generation.evolve.max_tokens != 2048 or cfg.engine.kind != "vllm":
+            problems.append(f"{name} {job}: not the paper's decoding on vLLM")
+        if not str(cfg.train.strategy).startswith("deepspeed"):
+            problems.append(f"{name} {job}: train.strategy {cfg.train.strategy}")
+    return problems
+
+
+def check(names: list[str] | None = None) -> list[str]:
+    """Every job of every preset (or of `names`) against the protocol."""
+    from core.config import compose_config, options
+
+    data = load()
+    rows = data["presets"]
+    problems = []
+    presets = set(options("experiment"))
+    if missing := presets - set(rows):
+        problems.append(f"presets without a protocol row: {sorted(missing)}")
+    if extra := set(rows) - presets:
+        problems.append(f"protocol rows without a preset: {sorted(extra)}")
+    for name in names or sorted(presets & set(rows)):
+        row = rows[name]
+        base = compose_config([f"experiment={name}"])
+        swept = _sweep_jobs(name)
+        want = jobs(row)
+        if sorted(map(_key, swept)) != sorted(map(_key, want)):
+            problems.append(f"{name}: the sweep runs {swept}, the protocol says {want}")
+            continue
+        for job in want:
+            cfg = compose_config([f"experiment={name}", *(f"{k}={v}" for k, v in job.items())])
+            problems += check_job(name, row, job, cfg, data["domains"])
+        del base
+    return problems
+
+
+def _key(job: dict) -> tuple:
+    """A job for comparison: Hydra writes booleans as True/False, the protocol as true/false."""
+    return tuple(sorted((k, v.lower() if v in ("True", "False") else v) for k, v in job.items()))
+
+
+def _sweep_jobs(name: str) -> list[dict[str, str]]:
+    """The jobs Hydra's basic sweeper makes of a preset's `hydra.sweeper.params`."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from core.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params or {}
+    if not params:
+        return [{}]
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return [
+        dict(o.split("=", 1) for o in job)
+        for batch in BasicSweeper.split_arguments(parsed, None)
+        for job in batch
+    ]
+
+
+def _fixed_text(fixed: dict) -> str:
+    labels = {
+        "student": "student",
+        "scorer": "IFD scorer",
+        "judge": "judge",
+        "responder": "responder",
+        "filter": "filter",
+        "arm_size": "arm size",
+        "keep_failed": "failed evolutions kept",
+        "rounds": "rounds",
+        "temperature": "T",
+        "scenario": "scenario",
+        "train": "train",
+        "eval": "eval",
+    }
+    parts = []
+    for key, label in labels.items():
+        if key not in fixed:
+            continue
+        value = fixed[key]
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            if value:
+                parts.append(label)
+            continue
+        parts.append(f"{label} `{value}`")
+    return ", ".join(parts)
+
+
+def render() -> str:
+    """The README's protocol table (markdown) and its notes."""
+    data = load()
+    domains = data["domains"]
+    lines = [
+        "| Preset | Reproduces | Varies | Held fixed | Data → benchmarks | Compare with |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for name, row in data["presets"].items():
+        varies = row.get("varies") or {}
+        vary = "; ".join(
+            f"`{k}`: {', '.join(_as_override(v) for v in vs)}" for k, vs in varies.items()
+        )
+        if "data" in row:
+            data_text = row["data"]
+            if "domain" in varies:
+                data_text += " → " + ", ".join(
+                    b for d in varies["domain"] for b in domains[d]["benchmarks"]
+                )
+        elif "domain" in varies:
+            data_text = "; ".join(
+                f"{domains[d]['data']} → {', '.join(domains[d]['benchmarks'])}"
+                for d in varies["domain"]
+            )
+        else:
+            data_text = "-"
+        lines.append(
+            f"| `{name}` | {row['paper']} | {vary or '-'} | {_fixed_text(row.get('fixed') or {})} "
+            f"| {data_text} | {row.get('compare_with', '-')} |"
+        )
+        if row.get("notes"):
+            notes.append(f"- `{name}`: {row['notes']}")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def readme_block(readme: str) -> str | None:
+    """The protocol table as it stands in README.md (between the markers), or None."""
+    if README_START not in readme or README_END not in readme:
+        return None
+    return readme.split(README_START, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reporting.protocol", description=__doc__)
+    ap.add_argument("--check", action="store_true", help="compose every preset's jobs and check")
+    args = ap.parse_args(argv)
+    if args.check:
+        problems = check()
+        for p in problems:
+            print(p)
+        print(f"{len(problems)} difference(s) from the protocol")
+        return 1 if problems else 0
+    sys.stdout.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
