@@ -102,22 +102,17 @@ class TopK(FakeEngine):
         return gens
 
 
+def _run_cfg(tmp_path, *extra):
+    """Four seeds, round 1's evolution only, calibrated."""
+    base = ["engine=hf", f"cache_dir={tmp_path / 'c'}", f"models_dir={MODELS_DIR}"]
+    base += ["data.limit=4", "rounds=1", "stages=[evolve]", "calibration.enabled=true"]
+    return compose_cfg([*base, *extra])
+
+
 def test_a_run_evolves_at_the_calibrated_temperature(tmp_path, monkeypatch):
     fake = TopK()
     monkeypatch.setattr(engine_pool, "build_engine", lambda *args: fake)
-    cfg = compose_cfg(
-        [
-            "engine=hf",
-            f"cache_dir={tmp_path / 'c'}",
-            f"models_dir={MODELS_DIR}",
-            "data.limit=4",
-            "rounds=1",
-            "stages=[evolve]",
-            "calibration.enabled=true",
-            "calibration.target=0.4",
-            "calibration.top_logprobs=6",
-        ]
-    )
+    cfg = _run_cfg(tmp_path, "calibration.target=0.4", "calibration.top_logprobs=6")
     s = Run(cfg, tmp_path / "run").run()
     t = s["round_1/calibration/temperature"]
     assert s["round_1/calibration/top1_after"] == pytest.approx(0.4, abs=1e-3)
@@ -138,21 +133,13 @@ def test_calibration_settings_are_checked_at_start_up():
 def test_the_bundled_model_calibrated_to_itself_keeps_its_temperature(tmp_path):
     """dtype auto (bf16 where the CPU has it): calibrated against its own top-1 at T=0.7, the
     bundled model gets T=0.7 back; against a number, it reaches that number."""
-    base = [
-        "engine=hf",
-        f"cache_dir={tmp_path / 'c'}",
-        f"models_dir={MODELS_DIR}",
-        "data.limit=4",
-        "rounds=1",
-        "stages=[evolve]",
-        "generation.evolve.max_tokens=24",
-        "calibration.enabled=true",
-        "calibration.dev_size=4",
-    ]
-    own = Run(compose_cfg([*base, "calibration.target_model=smollm2_135m"]), tmp_path / "a").run()
+    base = ["generation.evolve.max_tokens=24", "calibration.dev_size=4"]
+    own = Run(
+        _run_cfg(tmp_path, *base, "calibration.target_model=smollm2_135m"), tmp_path / "a"
+    ).run()
     assert own["round_1/calibration/temperature"] == pytest.approx(0.7, abs=2e-3)
     assert own["round_1/calibration/target_from"] == "smollm2_135m"
     assert 0 < own["round_1/calibration/top1_raw"] < 1
-    hot = Run(compose_cfg([*base, "calibration.target=0.3"]), tmp_path / "b").run()
+    hot = Run(_run_cfg(tmp_path, *base, "calibration.target=0.3"), tmp_path / "b").run()
     assert hot["round_1/calibration/top1_after"] == pytest.approx(0.3, abs=1e-3)
     assert hot["round_1/calibration/temperature"] > 0.7 and hot["round_1/evolve/attempted"] == 4
