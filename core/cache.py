@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from core.errors import NotCached
 from core.records import AppendLog, write_json_atomic
 from core.signals import check_interrupt
 
@@ -52,6 +53,8 @@ class StepReport:
 class StepCache:
     root: Path
     reports: list[StepReport] = field(default_factory=list)
+    # True: results are only read; a step with missing results raises NotCached.
+    read_only: bool = False
 
     def __post_init__(self) -> None:
         self.root = Path(os.path.expanduser(str(self.root))) / "steps"
@@ -83,6 +86,8 @@ class StepCache:
         partial = AppendLog(folder / "partial.jsonl")
         results = {r["id"]: r["result"] for r in partial.records}
         todo = [i for i in ids if i not in results]
+        if todo and self.read_only:
+            raise NotCached(f"step {step}: {len(todo)} of {len(ids)} results are not in the cache")
         cached = len(ids) - len(todo)
         if cached:
             log.info("%s: resuming, %d of %d already done", step, cached, len(ids))

@@ -21,5 +21,9 @@ class ModelUnavailableError(UserFacingError):
     """Weights that cannot be loaded; the message names the id and `model.path`."""
 
 
+class NotCached(UserFacingError):
+    """A result asked of the cache only (another arm's, `arms.missing=fail`) that is not there."""
+
+
 def unknown_option(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> ConfigError:
     return ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")

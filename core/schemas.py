@@ -266,6 +266,18 @@ class CalibrationConfig:
         )
 
 
+@dataclass
+class ArmsConfig:
+    """Another arm's result inside a job (pipeline.arms): `missing: run` computes what the cache
+    lacks here; `fail` only reads the cache and names the arm to run first (for sweeps split over
+    launchers of different sizes, where this job's resources do not fit the other arm)."""
+
+    missing: str = "run"
+
+    def __post_init__(self) -> None:
+        one_of(self.missing, "missing", ("run", "fail"))
+
+
 # Top-level section -> schema. `scenario` and `metrics.*` are checked against their registries.
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
@@ -277,6 +289,7 @@ SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "logger": LoggerConfig,
     "calibration": CalibrationConfig,
+    "arms": ArmsConfig,
 }
 TOP_LEVEL = (
     *SECTIONS,

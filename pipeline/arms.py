@@ -43,32 +43,49 @@ def override_key(override: str) -> str:
 
 def parse_overrides(overrides: list[str]) -> dict[str, list[str]]:
     """{key: values} of Hydra override strings, sweeps expanded (`model=a,b` -> [a, b])."""
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    gh = GlobalHydra.instance()
+    loader = gh.config_loader() if gh.is_initialized() else None  # glob(...) needs the groups
     out: dict[str, list[str]] = {}
-    for o in OverridesParser.create().parse_overrides(list(overrides)):
-        values = (
-            list(o.sweep_string_iterator())
-            if o.is_sweep_override()
-            else [o.get_value_element_as_str()]
-        )
-        out[o.get_key_element().lstrip("+~")] = values
+    try:
+        for o in OverridesParser.create(config_loader=loader).parse_overrides(list(overrides)):
+            values = (
+                list(o.sweep_string_iterator())
+                if o.is_sweep_override()
+                else [o.get_value_element_as_str()]
+            )
+            out[o.get_key_element().lstrip("+~")] = values
+    except Exception as e:  # Hydra's parser errors: name the overrides
+        raise ConfigError(f"cannot read the overrides {overrides}: {e}") from None
     return out
 
 
 def job_overrides_from_hydra(hc: Any) -> JobOverrides:
-    """A Hydra job's overrides and its sweep's values: the preset's `hydra.sweeper.params`, then
-    the command line's sweeps (the sweep folder's multirun.yaml), which win."""
-    sweep: dict[str, list[str]] = {}
+    """A Hydra job's overrides and its sweep's values per key: the preset's
+    `hydra.sweeper.params`, unless the command line sweeps that key over values that are not a
+    part of the preset's (then the command line's). A command line that runs a part of a preset's
+    arms (a split by launcher size) keeps the preset's arms, so every part cuts to the same
+    smallest arm."""
+    preset: dict[str, list[str]] = {}
     params = hc.sweeper.get("params") or {}
     if params:
-        sweep.update(parse_overrides([f"{k}={v}" for k, v in params.items()]))
+        preset = parse_overrides([f"{k}={v}" for k, v in params.items()])
+    line: list[str] = []
     multirun = Path(str(hc.sweep.dir)) / "multirun.yaml"
-    if multirun.is_file():
-        saved = OmegaConf.load(multirun)
-        line = OmegaConf.select(saved, "hydra.overrides.task") or []
-        sweep.update({k: v for k, v in parse_overrides(list(line)).items() if len(v) > 1})
-    return JobOverrides(task=list(hc.overrides.task), sweep=sweep)
+    if multirun.is_file():  # a multirun: the command line as given, sweeps unexpanded
+        line = list(OmegaConf.select(OmegaConf.load(multirun), "hydra.overrides.task") or [])
+    return JobOverrides(task=list(hc.overrides.task), sweep=sweep_values(preset, line))
+
+
+def sweep_values(preset: dict[str, list[str]], command_line: list[str]) -> dict[str, list[str]]:
+    """The arms per key: see `job_overrides_from_hydra`."""
+    sweep = dict(preset)
+    for key, values in parse_overrides(command_line).items():
+        if len(values) > 1 and not set(values) <= set(preset.get(key, [])):
+            sweep[key] = values
+    return sweep
 
 
 def arm_overrides(job: JobOverrides, changes: list[str]) -> list[str]:
@@ -89,9 +106,13 @@ def run_arm(
     stages: list[str],
     run_dir: Path,
     equal_size: bool = True,
+    cache_only: bool = False,
 ) -> Any:
     """The arm `changes` run up to `stages` in `<run_dir>/arms/<changes>/`; returns its Run.
-    `equal_size=False`: the arm's set before its own equal-size cut (what `arm_sizes` needs)."""
+    `equal_size=False`: the arm's set before its own equal-size cut (what `arm_sizes` needs).
+    `cache_only`: nothing is computed; a result not in the cache is a NotCached error naming the
+    arm and the command that computes it."""
+    from core.errors import NotCached
     from pipeline.runner import Run
 
     stage_list = ",".join(stages)
@@ -108,13 +129,27 @@ def run_arm(
     name = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", ",".join(changes))
     log.info("arm %s: running %s (cache hits where its job already ran)", name, stage_list)
     arm_job = JobOverrides(task=arm_overrides(job, changes), sweep=job.sweep)
-    run = Run(cfg, Path(run_dir) / "arms" / name, job=arm_job)
-    run.run()
+    run = Run(cfg, Path(run_dir) / "arms" / name, job=arm_job, cache_only=cache_only)
+    try:
+        run.run()
+    except NotCached as e:
+        command = " ".join(
+            ["python run.py", *arm_overrides(job, changes), f"stages=[{stage_list}]"]
+        )
+        raise NotCached(
+            f"arm {' '.join(changes)} has not run up to {stages[-1]} (arms.missing=fail; {e}); "
+            f"run it first: {command}"
+        ) from None
     return run
 
 
 def arm_sizes(
-    job: JobOverrides, key: str, own: int, stages: list[str], run_dir: Path
+    job: JobOverrides,
+    key: str,
+    own: int,
+    stages: list[str],
+    run_dir: Path,
+    cache_only: bool = False,
 ) -> dict[str, int]:
     """{arm value: records it selects} for every value of `key` in the sweep; this job's own
     size is `own`, the others are run through `stages` (this job's, up to its filter)."""
@@ -131,6 +166,8 @@ def arm_sizes(
         if value == mine:
             sizes[value] = own
             continue
-        arm = run_arm(job, [f"{key}={value}"], stages, run_dir, equal_size=False)
+        arm = run_arm(
+            job, [f"{key}={value}"], stages, run_dir, equal_size=False, cache_only=cache_only
+        )
         sizes[value] = int((arm.filter_counts or {}).get("kept", 0))
     return sizes

@@ -10,7 +10,7 @@ probe as the top-1 confidence metric) under temperature T,
 
 is brought to the target by bisection (it falls as T rises). The target is a number, or another
 model's value at its own `generation.evolve` temperature (the SLM's, for "a temperature-matched
-LLM").
+LLM"). Top-p is not part of the match: both sides keep `generation.evolve.top_p`.
 
 The engines return the `top_logprobs` largest log-probabilities per position, not the whole
 vocabulary. The tail beyond them holds the rest of the mass (1 - the returned probabilities) over
@@ -140,6 +140,11 @@ def calibrate(ctx: Any, scenario: Any, seeds: list, cfg: Any) -> dict[str, Any]:
     """The calibrated evolution temperature and what it was found from (for metrics.json)."""
     cal = cfg.calibration
     evolve_t = float(cfg.generation.evolve.temperature)
+    if evolve_t <= 0:
+        raise ConfigError(
+            "calibration: generation.evolve.temperature is 0 (greedy), which has no top-1 "
+            "probability below 1 to match; set a sampling temperature"
+        )
     own = probe(ctx, scenario, seeds, ctx.role(None, "model"), cal)
     if cal.target_model is not None:
         target_cfg = ctx.role(cal.target_model, "calibration.target_model")

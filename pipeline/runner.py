@@ -23,7 +23,7 @@ from core.cache import StepCache, stable_hash
 from core.config import typed_section, validate
 from core.context import StageContext
 from core.data import load_seeds
-from core.errors import ConfigError, DataError, UserFacingError, unknown_option
+from core.errors import ConfigError, DataError, NotCached, UserFacingError, unknown_option
 from core.records import Record, hash_records, subsample, write_json_atomic, write_jsonl_atomic
 from core.schemas import EvalConfig
 from core.signals import Interrupted, check_interrupt, unwinding
@@ -79,6 +79,7 @@ class Run:
         run_dir: Path,
         tracker: Tracker | None = None,
         job: JobOverrides | None = None,
+        cache_only: bool = False,
     ):
         # Read-only from here: no stage changes the config (what ran is what was composed).
         cfg = cfg.copy()
@@ -91,7 +92,7 @@ class Run:
         # Evolution's decoding: generation.evolve, its temperature calibrated when asked.
         self.evolve_params = cfg.generation.evolve
         self.tracker = tracker or Tracker(OmegaConf.create({"logger": {"name": "none"}}), self.dir)
-        self.cache = StepCache(Path(cfg.cache_dir))
+        self.cache = StepCache(Path(cfg.cache_dir), read_only=cache_only)
         self.pool = EnginePool(cfg.engine, self.cache, cfg.models_dir)
         self.metrics: dict[str, dict] = {}  # set name -> {stage: counts}
         self.filter_counts: dict | None = None
@@ -270,7 +271,12 @@ class Run:
         if size == "smallest":
             self.pool.release()  # the other arms load their own models
             sizes = arm_sizes(
-                self.job, str(f.equal_across), len(kept), self._stages_to("filter"), self.dir
+                self.job,
+                str(f.equal_across),
+                len(kept),
+                self._stages_to("filter"),
+                self.dir,
+                cache_only=self.cfg.arms.missing == "fail",
             )
             counts["arm_sizes"] = sizes
             size = min(sizes.values())
@@ -315,6 +321,8 @@ class Run:
         summary = read_summary(out)
         if summary and (out / "hf" / "config.json").is_file():
             log.info("train: cache hit (%s)", out)
+        elif self.cache.read_only:
+            raise NotCached(f"train: no trained model in the cache ({out})")
         else:
             self.pool.release()  # free the generation engine before training
             summary = train_sft(
@@ -372,8 +380,12 @@ class Run:
         self.add_metrics("round_1", "calibration", found)
 
     def _stages_to(self, last: str) -> list[str]:
-        """This job's stages up to `last`: what another arm runs to give that stage's result."""
-        return [s for s in self.cfg.stages if STAGES.index(s) <= STAGES.index(last)]
+        """This job's stages up to `last`: what another arm runs to give that stage's result
+        (not `score` when the filter needs no scores: `filter=none` selects without them)."""
+        stages = [s for s in self.cfg.stages if STAGES.index(s) <= STAGES.index(last)]
+        if not needs_scores(self.cfg.filter.name):
+            stages = [s for s in stages if s != "score"]
+        return stages
 
     def _against_arm(self) -> Any:
         """`eval.pairwise.against_arm`: the other arm's trained model (its job's, from the
@@ -387,7 +399,13 @@ class Run:
             log.info("pairwise: this job is the reference arm (%s); no judge", changes)
             return False
         self.pool.release()
-        arm = run_arm(self.job, overrides, self._stages_to("train"), self.dir)
+        arm = run_arm(
+            self.job,
+            overrides,
+            self._stages_to("train"),
+            self.dir,
+            cache_only=self.cfg.arms.missing == "fail",
+        )
         if arm.train_dir is None:
             raise DataError(f"eval.pairwise.against_arm={changes}: that arm trained no model")
         from evaluation.run import reference_model_config

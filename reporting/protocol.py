@@ -1,7 +1,8 @@
 """The study protocol of every experiment preset (reporting/protocol.yaml), as data.
 
-`python -m reporting.protocol` prints the README's protocol table; `--check` composes every job of
-every preset and reports where a preset differs from its row (tests/test_study.py runs the same
+`python -m reporting.protocol` prints the README's protocol table (`--readme README.md` rewrites
+it there); `--check` composes every job of every preset and reports where a preset differs from
+its row (tests/test_study.py runs the same
 check, and checks that the README's table is this module's rendering).
 """
 
@@ -56,9 +57,26 @@ def _actual(cfg: Any) -> dict[str, Any]:
         "keep_failed": bool(cfg.scenario.get("keep_failed", False)),
         "rounds": int(cfg.rounds),
         "temperature": float(cfg.generation.evolve.temperature),
+        "top_p": float(cfg.generation.evolve.top_p),
+        "equal_across": f.equal_across,
+        "calibration": _calibration(cfg.calibration),
+        "pairwise": _pairwise(cfg.eval.pairwise),
         "train": cfg.train.name,
         "eval": cfg.eval.name,
     }
+
+
+def _calibration(cal: Any) -> str:
+    """The calibration target, whether on or off (a preset may sweep `calibration.enabled`)."""
+    target = cal.target_model if cal.target_model is not None else cal.target
+    return "off" if target is None else f"to {target}"
+
+
+def _pairwise(pw: Any) -> str:
+    if not pw.enabled:
+        return "off"
+    against = pw.against_arm or pw.against or "the untrained student"
+    return f"against {against} on {pw.instructions}, judge {pw.judge or 'evolver'}"
 
 
 def check_job(name: str, row: dict, job: dict[str, str], cfg: Any, domains: dict) -> list[str]:
@@ -77,6 +95,8 @@ def check_job(name: str, row: dict, job: dict[str, str], cfg: Any, domains: dict
             problems.append(f"{name} {job}: student {actual['student']}")
         if actual["train"] != f"qwen25_{SFT_BY_SIZE.get(size, 'lora')}":
             problems.append(f"{name} {job}: train {actual['train']}")
+    if "benchmarks" in row and list(cfg.eval.tasks) != list(row["benchmarks"]):
+        problems.append(f"{name} {job}: benchmarks {list(cfg.eval.tasks)}")
     if "domain" in job:
         d = domains[job["domain"]]
         if "data" not in row and cfg.data.name != d["data"]:
@@ -161,16 +181,20 @@ def _fixed_text(fixed: dict) -> str:
         "keep_failed": "failed evolutions kept",
         "rounds": "rounds",
         "temperature": "T",
+        "top_p": "top-p",
+        "equal_across": "arms by",
+        "calibration": "calibration",
+        "pairwise": "pairwise judge",
         "scenario": "scenario",
         "train": "train",
         "eval": "eval",
     }
     parts = []
     for key, label in labels.items():
-        if key not in fixed:
+        if key not in fixed or (key == "equal_across" and fixed.get("arm_size") != "smallest"):
             continue
         value = fixed[key]
-        if value is None:
+        if value is None or value == "off":
             continue
         if isinstance(value, bool):
             if value:
@@ -205,6 +229,8 @@ def render() -> str:
                 f"{domains[d]['data']} → {', '.join(domains[d]['benchmarks'])}"
                 for d in varies["domain"]
             )
+        elif "benchmarks" in row:
+            data_text = "→ " + ", ".join(row["benchmarks"])
         else:
             data_text = "-"
         lines.append(
@@ -226,7 +252,17 @@ def readme_block(readme: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reporting.protocol", description=__doc__)
     ap.add_argument("--check", action="store_true", help="compose every preset's jobs and check")
+    ap.add_argument("--readme", type=Path, help="rewrite the table in this README.md")
     args = ap.parse_args(argv)
+    if args.readme:
+        text = args.readme.read_text(encoding="utf-8")
+        if readme_block(text) is None:
+            print(f"{args.readme}: no protocol table markers ({README_START})", file=sys.stderr)
+            return 1
+        head, rest = text.split(README_START, 1)
+        tail = rest.split(README_END, 1)[1]
+        args.readme.write_text(f"{head}{README_START}\n{render()}{README_END}{tail}")
+        return 0
     if args.check:
         problems = check()
         for p in problems:

@@ -176,3 +176,32 @@ def test_a_real_sweep_cuts_arms_equal_and_judges_one_arm_against_another(tmp_pat
     assert sum(second[f"judge/{k}"] for k in ("win", "tie", "lose", "unparseable")) == 2
     ref = (sweep / "0" / "train").resolve()
     assert str(ref.name) in second["judge/against"]
+
+
+def test_a_split_of_a_presets_arms_keeps_the_presets_arms():
+    from pipeline.arms import sweep_values
+
+    preset = {"model": ["a", "b", "c"], "domain": ["general"]}
+    assert sweep_values(preset, ["model=a,b"])["model"] == ["a", "b", "c"]  # a part: the preset's
+    assert sweep_values(preset, ["model=x,y"])["model"] == ["x", "y"]  # other arms: the line's
+    assert sweep_values({}, ["model=x,y", "rounds=2"]) == {"model": ["x", "y"]}
+    with pytest.raises(ConfigError, match="cannot read the overrides"):
+        parse_overrides(["model=a,"])
+
+
+def test_arms_missing_fail_reads_the_cache_only_and_says_what_to_run(tmp_path, engines):
+    sweep = {"model": ["smollm2_135m", "smollm2_360m"]}
+    extra = ["filter.equal_size=smallest", "stages=[evolve,respond,filter]"]
+
+    def job(model, *more):
+        task = [f"model={model}", *_overrides(tmp_path, *extra, *more)]
+        return Run(compose_cfg(task), tmp_path / model, job=JobOverrides(task, sweep)).run()
+
+    from core.errors import NotCached
+
+    with pytest.raises(NotCached, match=r"arm model=smollm2_360m has not run up to filter"):
+        job("smollm2_135m", "arms.missing=fail")
+    assert "smollm2_360m" not in engines  # nothing of the other arm was computed
+    job("smollm2_360m")  # that arm's own job (which computes the other arm's size here)
+    s = job("smollm2_135m", "arms.missing=fail")
+    assert s["filter/arm_sizes"] == {"smollm2_135m": 6, "smollm2_360m": 4}

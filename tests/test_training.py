@@ -282,6 +282,20 @@ def test_train_stage_on_a_file_and_cache(tmp_path, bundled_model_dir):
     assert (tmp_path / "again" / "train").resolve() == (tmp_path / "run" / "train").resolve()
 
 
+def _enc(n):
+    from training.data import Encoded
+
+    return Encoded(input_ids=list(range(n + 1)), labels=[IGNORE] + list(range(n)))
+
+
+def test_loss_scale_undoes_every_division():
+    from training.module import loss_scale
+
+    assert loss_scale(4, 1, deepspeed=False) == 4  # Lightning divides by accumulate
+    assert loss_scale(4, 8, deepspeed=False) == 32  # DDP averages over ranks
+    assert loss_scale(4, 8, deepspeed=True) == 128  # DeepSpeed divides by accumulate again
+
+
 def test_window_sampler_groups_steps_and_shards_ranks(monkeypatch):
     """Each optimizer step's micro-batches (accumulate per rank x ranks) carry the step's total
     target tokens; ranks take disjoint micro-batches of the same steps; seeded by epoch."""
@@ -297,8 +311,20 @@ def test_window_sampler_groups_steps_and_shards_ranks(monkeypatch):
         total = sum(tokens[i] for b in step for i, _ in b)
         assert {t for b in step for _, t in b} == {total}
     assert list(one) == batches  # the same epoch, the same order
-    one.set_epoch(1)
-    assert list(one) != batches
+    # Lightning sets the epoch at each epoch's start through the loader: a new order.
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    from training.data import make_loader
+
+    loader = make_loader([_enc(n) for n in tokens], 2, 0, seed=0, accumulate=2)
+    first = [b["input_ids"].tolist() for b in loader]
+    _set_sampler_epoch(loader, 1)
+    assert [b["input_ids"].tolist() for b in loader] != first
+    _set_sampler_epoch(loader, 0)
+    assert [b["input_ids"].tolist() for b in loader] == first
+    # DeepSpeed's steps: whole steps only, the epoch's incomplete last step dropped.
+    whole = list(WindowBatchSampler(tokens, micro_batch=2, accumulate=2, seed=0, whole_steps=True))
+    assert whole == batches[:4]
 
     per_rank = {}
     for rank in (0, 1):

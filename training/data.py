@@ -105,17 +105,28 @@ class WindowBatchSampler(torch.utils.data.Sampler):
 
     Rank and world size are read when iterating (torch.distributed), so the trainer must not
     replace this sampler (`use_distributed_sampler=False`). With several ranks, a last step's
-    micro-batches that do not fill every rank are dropped (all ranks must step together)."""
+    micro-batches that do not fill every rank are dropped (all ranks must step together).
+    `whole_steps`: an epoch's last, incomplete step is dropped too. DeepSpeed needs it: it steps
+    by a micro-batch counter that runs on across epochs, so a partial step would shift every
+    later step against these windows. Lightning (without DeepSpeed) steps a partial window at the
+    epoch's end, which the step-token count already accounts for.
 
-    def __init__(self, tokens: list[int], micro_batch: int, accumulate: int, seed: int):
+    The order is `self.sampler`'s (a seeded shuffle), whose `set_epoch` Lightning calls at each
+    epoch's start."""
+
+    def __init__(
+        self,
+        tokens: list[int],
+        micro_batch: int,
+        accumulate: int,
+        seed: int,
+        whole_steps: bool = False,
+    ):
         self.tokens = tokens
         self.micro_batch = micro_batch
         self.accumulate = accumulate
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.whole_steps = whole_steps
+        self.sampler = SeededShuffle(len(tokens), seed)
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -125,13 +136,13 @@ class WindowBatchSampler(torch.utils.data.Sampler):
         return 0, 1
 
     def _steps(self, world: int) -> list[list[list[int]]]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.tokens), generator=g).tolist()
+        order = list(self.sampler)
         mb = self.micro_batch
         batches = [order[i : i + mb] for i in range(0, len(order), mb)]
-        if world > 1:
-            batches = batches[: len(batches) - len(batches) % world]
         per_step = self.accumulate * world
+        whole = per_step if self.whole_steps else world
+        if whole > 1:
+            batches = batches[: len(batches) - len(batches) % whole]
         return [batches[s : s + per_step] for s in range(0, len(batches), per_step)]
 
     def __iter__(self):
@@ -144,6 +155,25 @@ class WindowBatchSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         rank, world = self._rank_world()
         return sum(len(step[rank::world]) for step in self._steps(world))
+
+
+class SeededShuffle(torch.utils.data.Sampler):
+    """A permutation of range(n) from `seed + epoch`: the same on every rank and every rerun."""
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -183,9 +213,15 @@ def collate(batch: list, pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def make_loader(
-    examples: list[Encoded], batch_size: int, pad_id: int, seed: int, accumulate: int = 1
+    examples: list[Encoded],
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    accumulate: int = 1,
+    whole_steps: bool = False,
 ):
-    sampler = WindowBatchSampler([target_tokens(e) for e in examples], batch_size, accumulate, seed)
+    tokens = [target_tokens(e) for e in examples]
+    sampler = WindowBatchSampler(tokens, batch_size, accumulate, seed, whole_steps)
     return torch.utils.data.DataLoader(
         _Examples(examples), batch_sampler=sampler, collate_fn=lambda b: collate(b, pad_id)
     )
@@ -202,9 +238,11 @@ class SFTDataModule(pl.LightningDataModule):
         micro_batch_size: int,
         seed: int,
         accumulate: int = 1,
+        whole_steps: bool = False,
     ):
         super().__init__()
         self.accumulate = accumulate
+        self.whole_steps = whole_steps
         self.tokenizer = tokenizer
         self.records = records
         self.cutoff_len = cutoff_len
@@ -225,4 +263,5 @@ class SFTDataModule(pl.LightningDataModule):
             self.tokenizer.pad_token_id,
             self.seed,
             self.accumulate,
+            self.whole_steps,
         )

@@ -12,13 +12,20 @@ import torch
 from core.signals import check_interrupt
 
 
+def loss_scale(accumulate: int, world: int, deepspeed: bool) -> int:
+    """What undoes the divisions the loss meets on its way to the gradients: Lightning divides
+    by `accumulate`, DeepSpeed's engine.backward divides by its gradient_accumulation_steps (the
+    same number) again, and DDP / ZeRO average the gradients over `world` ranks."""
+    return accumulate * world * (accumulate if deepspeed else 1)
+
+
 def step_loss(
     model: Any, batch: dict[str, torch.Tensor], scale: int
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(the loss to back-propagate, this micro-batch's mean token loss for the logs, the logits'
     dtype). With `step_tokens` (training.data.WindowBatchSampler) the loss is the micro-batch's
-    summed token loss over the step's target tokens, times `scale` (accumulation steps x ranks:
-    Lightning/DeepSpeed divide by the first, DDP averages over the second), so one optimizer step
+    summed token loss over the step's target tokens, times `scale` (`loss_scale`), so one
+    optimizer step
     is the mean over every target token of the step, as LLaMA-Factory trains. Without it, HF's
     micro-batch mean."""
     labels = batch["labels"]
@@ -39,11 +46,12 @@ def step_loss(
 
 
 class SFTModule(pl.LightningModule):
-    def __init__(self, model_path: str, cfg: Any, accumulate: int = 1):
+    def __init__(self, model_path: str, cfg: Any, accumulate: int = 1, deepspeed: bool = False):
         super().__init__()
         self.model_path = model_path
         self.cfg = cfg
         self.accumulate = accumulate
+        self.deepspeed = deepspeed
         self.model = None
         self._t_last: float | None = None
         # The dtype of the first training forward's logits: what the arithmetic really ran in
@@ -77,7 +85,8 @@ class SFTModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         world = self.trainer.world_size if self._trainer is not None else 1
-        loss, mean, logits_dtype = step_loss(self.model, batch, self.accumulate * world)
+        scale = loss_scale(self.accumulate, world, self.deepspeed)
+        loss, mean, logits_dtype = step_loss(self.model, batch, scale)
         if self.compute_dtype is None:
             self.compute_dtype = logits_dtype
         self.log("train/loss", mean, prog_bar=True, on_step=True, batch_size=len(batch["labels"]))

@@ -80,8 +80,15 @@ def train_sft(
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
     world = devices * int(cfg.num_nodes) if cfg.devices == "auto" else int(cfg.devices)
     accumulate = max(1, int(cfg.effective_batch_size) // (int(cfg.micro_batch_size) * world))
+    deepspeed = zero_stage(cfg.strategy) is not None
     data = SFTDataModule(
-        tokenizer, records, int(cfg.cutoff_len), int(cfg.micro_batch_size), seed, accumulate
+        tokenizer,
+        records,
+        int(cfg.cutoff_len),
+        int(cfg.micro_batch_size),
+        seed,
+        accumulate,
+        whole_steps=deepspeed,  # DeepSpeed's step counter runs across epochs (WindowBatchSampler)
     )
     data.setup()  # encode now: bad data fails before a model is loaded
     examples, stats = data.examples, data.stats
@@ -101,7 +108,7 @@ def train_sft(
         },
     )
     ckpt_dir = out_dir / "checkpoints"
-    module = SFTModule(path, cfg, accumulate)
+    module = SFTModule(path, cfg, accumulate, deepspeed=deepspeed)
     trainer = pl.Trainer(
         max_epochs=int(cfg.epochs),
         max_steps=int(cfg.max_steps) if cfg.get("max_steps") else -1,
