@@ -118,6 +118,17 @@ def check_job(name: str, row: dict, job: dict[str, str], cfg: Any, domains: dict
 
 def check(names: list[str] | None = None) -> list[str]:
     """Every job of every preset (or of `names`) against the protocol."""
+    from hydra import initialize_config_dir
+
+    from core.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    # One Hydra for every composition (compose_config uses the initialised one): ~10x faster.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return _check(names)
+
+
+def _check(names: list[str] | None) -> list[str]:
     from core.config import compose_config, options
 
     data = load()
@@ -130,7 +141,6 @@ def check(names: list[str] | None = None) -> list[str]:
         problems.append(f"protocol rows without a preset: {sorted(extra)}")
     for name in names or sorted(presets & set(rows)):
         row = rows[name]
-        base = compose_config([f"experiment={name}"])
         swept = _sweep_jobs(name)
         want = jobs(row)
         if sorted(map(_key, swept)) != sorted(map(_key, want)):
@@ -139,7 +149,6 @@ def check(names: list[str] | None = None) -> list[str]:
         for job in want:
             cfg = compose_config([f"experiment={name}", *(f"{k}={v}" for k, v in job.items())])
             problems += check_job(name, row, job, cfg, data["domains"])
-        del base
     return problems
 
 
@@ -149,16 +158,13 @@ def _key(job: dict) -> tuple:
 
 
 def _sweep_jobs(name: str) -> list[dict[str, str]]:
-    """The jobs Hydra's basic sweeper makes of a preset's `hydra.sweeper.params`."""
-    from hydra import compose, initialize_config_dir
+    """The jobs Hydra's basic sweeper makes of a preset's `hydra.sweeper.params` (inside an
+    initialised Hydra: `check`)."""
+    from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from core.config import CONF_DIR, register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params or {}
     if not params:
         return [{}]

@@ -142,21 +142,21 @@ def test_a_real_sweep_cuts_arms_equal_and_judges_one_arm_against_another(tmp_pat
             "-m",
             "generation.evolve.temperature=0.7,1.3",
             "engine=hf",
-            "data.limit=4",
+            "data.limit=3",
             "rounds=1",
             "filter=none",
             "scenario.keep_failed=true",
             "filter.equal_size=smallest",
             "filter.equal_across=generation.evolve.temperature",
             "stages=[evolve,respond,filter,train,evaluate]",
-            "train.max_steps=2",
+            "train.max_steps=1",
             "eval.tasks=[]",
             "eval.pairwise.enabled=true",
-            "eval.pairwise.limit=2",
+            "eval.pairwise.limit=1",
             "eval.pairwise.against_arm='generation.evolve.temperature=0.7'",
-            "generation.evolve.max_tokens=48",
-            "generation.greedy.max_tokens=48",
-            "eval.pairwise.max_tokens=32",
+            "generation.evolve.max_tokens=32",
+            "generation.greedy.max_tokens=32",
+            "eval.pairwise.max_tokens=16",
             f"cache_dir={tmp_path / 'cache'}",
             f"models_dir={MODELS_DIR}",
             "logger=none",
@@ -173,7 +173,7 @@ def test_a_real_sweep_cuts_arms_equal_and_judges_one_arm_against_another(tmp_pat
     # which its own job trained (the same folder in the train cache).
     assert "judge/win" not in first
     assert second["judge/against"].startswith("smollm2_135m-ref-")
-    assert sum(second[f"judge/{k}"] for k in ("win", "tie", "lose", "unparseable")) == 2
+    assert sum(second[f"judge/{k}"] for k in ("win", "tie", "lose", "unparseable")) == 1
     ref = (sweep / "0" / "train").resolve()
     assert str(ref.name) in second["judge/against"]
 

@@ -132,7 +132,7 @@ def test_default_pipeline_with_the_vllm_engine(tmp_path, bundled_model_dir):
         [
             "engine=vllm",
             "rounds=2",
-            "data.limit=6",
+            "data.limit=4",
             "eval.limit=2",
             "train.max_steps=2",  # training itself is tested in test_training.py
             *SHORT,
@@ -143,12 +143,12 @@ def test_default_pipeline_with_the_vllm_engine(tmp_path, bundled_model_dir):
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert s["engine"] == "vllm" and s["round_1/evolve/attempted"] == 6
+    assert s["engine"] == "vllm" and s["round_1/evolve/attempted"] == 4
     p1, p2 = s["round_1/evolve/parsed"], s["round_2/evolve/parsed"]
-    # evolve 6 + p1; then per evolved record: a response, two judges, one top-1 probe; then
+    # evolve 4 + p1; then per evolved record: a response, two judges, one top-1 probe; then
     # two items of each of the five benchmarks for the fine-tuned student; the pairwise judge: two
     # answers by the fine-tuned and two by the untrained student, each pair judged twice
-    assert s["engine/prompts"] == 6 + p1 + 4 * (p1 + p2) + 5 * 2 + (2 + 2 + 4)
+    assert s["engine/prompts"] == 4 + p1 + 4 * (p1 + p2) + 5 * 2 + (2 + 2 + 4)
     assert s["judge/against"] == "smollm2_135m"
     assert sum(s[f"judge/{k}"] for k in ("win", "tie", "lose", "unparseable")) == 2
     assert s["eval/model"].startswith("smollm2_135m-sft-")
