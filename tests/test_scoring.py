@@ -225,7 +225,7 @@ def test_score_and_filter_stages_fill_every_metric(tmp_path, bundled_model_dir):
             "engine=hf",
             f"cache_dir={tmp_path / 'cache'}",
             f"models_dir={MODELS_DIR}",
-            "data.limit=8",
+            "data.limit=6",
             "rounds=2",
             "generation.evolve.max_tokens=48",
             "generation.greedy.max_tokens=48",
