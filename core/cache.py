@@ -28,6 +28,11 @@ from core.signals import check_interrupt
 log = logging.getLogger(__name__)
 
 
+def _entry(obj: Any) -> bool:
+    """A cache line's shape: {"id": str, "result": ...}."""
+    return isinstance(obj, dict) and isinstance(obj.get("id"), str) and "result" in obj
+
+
 def stable_hash(obj: Any) -> str:
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
@@ -79,11 +84,14 @@ class StepCache:
         done_path = folder / "done.jsonl"
         t0 = time.perf_counter()
         if done_path.is_file():
-            results = {r["id"]: r["result"] for r in AppendLog(done_path).records}
+            results = {r["id"]: r["result"] for r in AppendLog(done_path, _entry).records}
             if set(ids) <= set(results):
                 self._report(step, key, len(ids), len(ids), 0, t0)
                 return {i: results[i] for i in ids}
-        partial = AppendLog(folder / "partial.jsonl")
+            # Lines were lost (damaged, quarantined): resume from what is left.
+            if not (folder / "partial.jsonl").exists():
+                os.replace(done_path, folder / "partial.jsonl")
+        partial = AppendLog(folder / "partial.jsonl", _entry)
         results = {r["id"]: r["result"] for r in partial.records}
         todo = [i for i in ids if i not in results]
         if todo and self.read_only:

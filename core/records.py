@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from core.errors import DataError
 
 Record = dict[str, Any]
+log = logging.getLogger(__name__)
 
 # mkstemp creates 0600 files; outputs get the usual mode for the user's umask instead.
 _UMASK = os.umask(0)
@@ -64,8 +66,12 @@ def _normalise(obj: Any, where: str, index: int) -> Record:
         raise DataError(
             f"{where}: record has no 'instruction' (or ShareGPT 'conversations'); keys: {keys}"
         )
-    if not isinstance(obj["instruction"], str):
-        raise DataError(f"{where}: 'instruction' must be a string")
+    for key in ("instruction", "input", "output"):
+        value = obj.get(key)
+        if key == "instruction" or value is not None:
+            if not isinstance(value, str):
+                got = type(value).__name__
+                raise DataError(f"{where}: '{key}' must be a string (or null), got {got}")
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
     rec = make_record(
         str(obj.get("id", index)),
@@ -92,18 +98,22 @@ def read_records(path: str | Path) -> Iterator[Record]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with path.open("r", encoding="utf-8") as f:
-        first = ""
+    with path.open("rb") as f:
+        first = b""
         while True:
             ch = f.read(1)
             if not ch or not ch.isspace():
                 first = ch
                 break
-    if first == "[":
+    if first == b"[":
         yield from _read_json_array(path)
         return
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 ({e.reason})") from None
             if not line.strip():
                 continue
             try:
@@ -114,21 +124,36 @@ def read_records(path: str | Path) -> Iterator[Record]:
 
 
 def _read_json_array(path: Path) -> Iterator[Record]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    # Line numbers for array items: find each item's start by decoding sequentially.
+    if not isinstance(data, list):
+        raise DataError(f"{path}:1: expected a JSON array of records")
+    # Line numbers for array items: find each item's start by decoding sequentially, counting
+    # newlines only since the previous item (linear in the file's size).
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
+    counted, lineno = 0, 1
     for i, _ in enumerate(data):
         while text[pos] in " \t\r\n,":
             pos += 1
         obj, end = decoder.raw_decode(text, pos)
-        lineno = text.count("\n", 0, pos) + 1
+        lineno += text.count("\n", counted, pos)
+        counted = pos
         pos = end
         yield _normalise(obj, f"{path}:{lineno}", i)
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8; bytes that are not UTF-8 are a DataError naming the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 def subsample(records: list[Record], size: int, seed: int) -> list[Record]:
@@ -188,32 +213,57 @@ class AppendLog:
 
     Each batch is one `write` of complete lines followed by fsync. On open, a trailing partial
     line (the process died inside a write) is cut off, so the file always holds whole records.
+    A damaged line anywhere else (not UTF-8, NUL bytes, not JSON, or failing `valid`) is moved to
+    `<file>.corrupt` with its line number and a warning naming both files; every other line is
+    kept, so only what was lost is computed again.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, valid: Callable[[Any], bool] | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.valid = valid
         self.records: list[Record] = self._recover()
 
     def _recover(self) -> list[Record]:
         if not self.path.exists():
             return []
-        records, good_end = [], 0
+        records, kept, bad = [], [], []
         with self.path.open("rb") as f:
             data = f.read()
-        for raw in data.splitlines(keepends=True):
-            if not raw.endswith(b"\n"):
+        lines = data.splitlines(keepends=True)
+        for lineno, raw in enumerate(lines, start=1):
+            if not raw.endswith(b"\n"):  # an interrupted last write: not an error
                 break
             try:
-                records.append(json.loads(raw))
-            except json.JSONDecodeError:
-                break
-            good_end += len(raw)
-        if good_end != len(data):
-            with self.path.open("r+b") as f:
-                f.truncate(good_end)
+                obj = json.loads(raw.decode("utf-8"))
+                ok = self.valid is None or self.valid(obj)
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                ok = False
+            if ok:
+                records.append(obj)
+                kept.append(raw)
+            else:
+                bad.append((lineno, raw))
+        if bad:
+            corrupt = self.path.with_name(self.path.name + ".corrupt")
+            with corrupt.open("ab") as f:
+                for lineno, raw in bad:
+                    f.write(f"# {self.path.name}:{lineno}\n".encode() + raw)
+            log.warning(
+                "%s: %d damaged line(s) (%s) moved to %s; they are computed again",
+                self.path,
+                len(bad),
+                ", ".join(str(n) for n, _ in bad[:10]),
+                corrupt,
+            )
+        if bad or sum(map(len, kept)) != len(data):
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join(kept))
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, self.path)
         return records
 
     def append(self, batch: list[Record]) -> None:

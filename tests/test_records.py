@@ -91,3 +91,83 @@ def test_atomic_write_keeps_old_file_when_interrupted(tmp_path):
         write_jsonl_atomic(p, boom())
     assert p.read_text() == '{"id": "old"}\n'
     assert [q.name for q in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_json_array_items_are_named_by_their_line(tmp_path):
+    rows = [{"instruction": f"Q{i}", "output": "x" * i} for i in range(200)]
+    rows[150] = {"instruction": 7}
+    p = tmp_path / "arr.json"
+    p.write_text(json.dumps(rows, indent=2))
+    # json.dumps(indent=2) puts each item's "{" on line 2 + 4 * index.
+    with pytest.raises(DataError, match=rf"arr\.json:{2 + 4 * 150}: 'instruction' must be"):
+        list(read_records(p))
+
+
+@pytest.mark.parametrize("fmt,line", [("jsonl", 3), ("json", 4)])
+def test_non_utf8_input_names_the_line(tmp_path, fmt, line):
+    good = json.dumps({"instruction": "fine"})
+    if fmt == "jsonl":
+        blob = (good + "\n").encode() * 2 + b'{"instruction": "caf\xe9"}\n'
+    else:
+        blob = b"[\n" + (good + ",\n").encode() * 2 + b'{"instruction": "caf\xe9"}\n]\n'
+    p = tmp_path / f"latin1.{fmt}"
+    p.write_bytes(blob)
+    with pytest.raises(DataError, match=rf"latin1\.{fmt}:{line}: not UTF-8"):
+        list(read_records(p))
+
+
+@pytest.mark.parametrize("field,value", [("input", 3), ("output", ["a"]), ("instruction", None)])
+def test_fields_must_be_strings(tmp_path, field, value):
+    row = {"instruction": "Q", field: value}
+    p = tmp_path / "t.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"t\.jsonl:1: '{field}' must be a string"):
+        list(read_records(p))
+
+
+def test_damaged_lines_are_quarantined_and_the_rest_kept(tmp_path):
+    from core.cache import _entry
+
+    p = tmp_path / "done.jsonl"
+    good = [json.dumps({"id": f"i{k}", "result": k}).encode() + b"\n" for k in range(5)]
+    p.write_bytes(
+        good[0]
+        + b'{"id": "x", "result": "caf\xe9"}\n'  # not UTF-8
+        + good[1]
+        + b"\x00\x00\x00\n"  # NUL bytes
+        + good[2]
+        + b'["valid JSON", "wrong shape"]\n'
+        + good[3]
+        + b'{"id": "y"'  # no end: torn
+        + b"\n"
+        + good[4]
+    )
+    log = AppendLog(p, _entry)
+    assert [r["id"] for r in log.records] == ["i0", "i1", "i2", "i3", "i4"]
+    assert p.read_bytes() == b"".join(good)  # the file now holds only whole, valid lines
+    corrupt = (tmp_path / "done.jsonl.corrupt").read_bytes()
+    for n in (2, 4, 6, 8):
+        assert f"# done.jsonl:{n}\n".encode() in corrupt
+
+
+def test_a_damaged_cache_recomputes_only_what_was_lost(tmp_path):
+    from core.cache import StepCache
+
+    calls = []
+
+    def compute(ids):
+        calls.extend(ids)
+        return [{"v": i} for i in ids]
+
+    ids = [f"i{k}" for k in range(6)]
+    cache = StepCache(tmp_path)
+    cache.run("step", {"p": 1}, ids, compute, chunk_size=2)
+    (done,) = (tmp_path / "steps" / "step").glob("*/done.jsonl")
+    lines = done.read_bytes().splitlines(keepends=True)
+    lines[2] = b'{"id": "i2", "res\xff\n'
+    done.write_bytes(b"".join(lines))
+    calls.clear()
+    out = StepCache(tmp_path).run("step", {"p": 1}, ids, compute, chunk_size=2)
+    assert calls == ["i2"] and out == {i: {"v": i} for i in ids}
+    assert StepCache(tmp_path).run("step", {"p": 1}, ids, compute, chunk_size=2) == out
+    assert calls == ["i2"]  # whole again: a cache hit
