@@ -1,4 +1,4 @@
-"""Reading a JSON array of records must be linear in its size (Alpaca's 52K records, ShareGPT dumps).
+"""Reading a JSON array of records must be linear in its size (Alpaca: 52K records; ShareGPT).
 
 Times `core.records.read_records` on arrays of N and 8N records, beside the earlier way of naming
 each item's line (counting newlines from the file's start for every item, quadratic), and prints
