@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from core.errors import ConfigError
-from core.records import write_json_atomic
+from core.records import write_json_atomic, write_text_atomic
 from evaluation.benchmarks import BENCHMARKS
 from evaluation.tasks import close_sandbox, ensure_punkt, headline, task_configs
 
@@ -70,9 +70,8 @@ def evaluate(
         raise ConfigError("lm-eval returned no results")
     samples = results.pop("samples", {}) or {}
     for task, rows in samples.items():
-        with open(out_dir / f"samples_{task}.jsonl", "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, default=str) + "\n")
+        text = "".join(json.dumps(row, default=str) + "\n" for row in rows)
+        write_text_atomic(out_dir / f"samples_{task}.jsonl", text)
     write_json_atomic(out_dir / "results.json", _jsonable(results))
     numbers = headline(
         results.get("results", {}), results.get("n-samples", {}), list(eval_cfg.tasks)

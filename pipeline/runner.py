@@ -24,7 +24,14 @@ from core.config import typed_section, validate
 from core.context import StageContext
 from core.data import load_seeds
 from core.errors import ConfigError, DataError, NotCached, UserFacingError, unknown_option
-from core.records import Record, hash_records, subsample, write_json_atomic, write_jsonl_atomic
+from core.records import (
+    Record,
+    hash_records,
+    subsample,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from core.schemas import EvalConfig
 from core.signals import Interrupted, check_interrupt, unwinding
 from engines.base import Chat, Generation, Sampling
@@ -190,7 +197,7 @@ class Run:
             )
             evolved = scenario.evolve_round(parents, r, self.cfg.model.name, generate, greedy)
             for fname, text in scenario.artifacts().items():
-                (self.dir / fname).write_text(text)
+                write_text_atomic(self.dir / fname, text)
             name = f"round_{r}"
             self.write_set(name, "evolved.jsonl", evolved)
             counts = scenario.counts(evolved)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
+from core.records import write_text_atomic
 from reporting import plots
 from reporting.summary import direction, is_headline
 
@@ -113,20 +115,21 @@ def compare(
     out = Path(out_dir or (Path(paths[0]) if len(paths) == 1 else Path.cwd()))
     out.mkdir(parents=True, exist_ok=True)
 
-    with (out / "comparison.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        cols = numeric_keys(jobs)
-        w.writerow(["job", *swept, "status", *cols])
-        for job in jobs:
-            s = job["summary"]
-            w.writerow(
-                [
-                    job["dir"],
-                    *(job["overrides"].get(k, "") for k in swept),
-                    s.get("status"),
-                    *(s.get(c) for c in cols),
-                ]
-            )
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    cols = numeric_keys(jobs)
+    w.writerow(["job", *swept, "status", *cols])
+    for job in jobs:
+        s = job["summary"]
+        w.writerow(
+            [
+                job["dir"],
+                *(job["overrides"].get(k, "") for k in swept),
+                s.get("status"),
+                *(s.get(c) for c in cols),
+            ]
+        )
+    write_text_atomic(out / "comparison.csv", buf.getvalue())
 
     cols = headline_keys(jobs)
     marks = {c: best([job["summary"].get(c) for job in jobs], c) for c in cols}
@@ -146,7 +149,7 @@ def compare(
             cells.append(f"**{_fmt(v)}**" if v is not None and v == marks[c] else _fmt(v))
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    (out / "comparison.md").write_text(table + "\n\nBold: the best value of its column.\n")
+    write_text_atomic(out / "comparison.md", table + "\n\nBold: the best value of its column.\n")
 
     figs = plots.figures(jobs, out / "plots")
     report = [
@@ -166,7 +169,7 @@ def compare(
     skipped = [t for t, p in figs.items() if p is None]
     if skipped:
         report += [f"Not plotted (no data in these jobs): {', '.join(skipped)}.", ""]
-    (out / "report.md").write_text("\n".join(report))
+    write_text_atomic(out / "report.md", "\n".join(report))
     if not quiet:
         print(table)
         print(f"\nreport: {out / 'report.md'}")

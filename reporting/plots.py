@@ -30,8 +30,19 @@ def _rounds(job: dict) -> list[int]:
 def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    return _write(fig, out)
+
+
+def _write(fig, out: Path) -> Path:
+    """The figure as PNG, written atomically (a reader never sees half a file)."""
+    import io
+
+    from core.records import write_bytes_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
+    write_bytes_atomic(out, buf.getvalue())
     return out
 
 
@@ -244,10 +255,7 @@ def benchmarks_by(
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
     fig.suptitle(f"Benchmark scores of the fine-tuned students by {xlabel}")
     fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 3), 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _write(fig, out)
 
 
 def win_tie_lose(jobs: list[dict], out: Path) -> Path | None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from core.records import write_text_atomic
+
 PROTOCOL = Path(__file__).with_name("protocol.yaml")
 README_START = "<!-- protocol table: python -m reporting.protocol -->"
 README_END = "<!-- end of protocol table -->"
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         head, rest = text.split(README_START, 1)
         tail = rest.split(README_END, 1)[1]
-        args.readme.write_text(f"{head}{README_START}\n{render()}{README_END}{tail}")
+        write_text_atomic(args.readme, f"{head}{README_START}\n{render()}{README_END}{tail}")
         return 0
     if args.check:
         problems = check()

@@ -56,6 +56,49 @@ def test_packages_import_only_downwards():
     assert not bad, "\n".join(bad)
 
 
+# Writes that may stay plain: a lock file (its content is never read) and nltk's tmp-then-rename.
+PLAIN_WRITES = {("engines/models.py", "open"), ("evaluation/tasks.py", "write_text")}
+
+
+def _plain_writes(path: Path) -> list[tuple[int, str]]:
+    """Calls that write a file in place: `.write_text(...)`, `.write_bytes(...)`,
+    `open(..., "w"/"a")` / `.open("w")`, `.savefig(path)`, `.to_csv(path)`."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+        if name in ("write_text", "write_bytes", "to_csv"):
+            out.append((node.lineno, name))
+        elif name == "savefig" and node.args and not _is_buffer(node.args[0]):
+            out.append((node.lineno, name))
+        elif name == "open":
+            modes = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            modes += [k.value.value for k in node.keywords if k.arg == "mode"]
+            if any(isinstance(m, str) and m[:1] in "wa" for m in modes):
+                out.append((node.lineno, name))
+    return out
+
+
+def _is_buffer(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id in ("buf", "buffer")
+
+
+def test_outputs_are_written_atomically():
+    """A run's files are written whole or not at all (core.records' atomic writers): no module
+    writes a file in place (issue: samples, artifacts, comparison and plots were)."""
+    bad = []
+    for _, path in _modules():
+        rel = str(path.relative_to(ROOT))
+        if rel == "core/records.py":  # the atomic writers themselves
+            continue
+        for line, call in _plain_writes(path):
+            if (rel, call) not in PLAIN_WRITES:
+                bad.append(f"{rel}:{line}: {call}")
+    assert not bad, "\n".join(bad)
+
+
 def test_the_order_check_finds_a_wrong_edge(tmp_path):
     """The checker itself: an upward import is seen (also inside a function)."""
     src = tmp_path / "m.py"
