@@ -38,6 +38,25 @@ class EnginePool:
         self.stats = EngineStats()
         self._loaded: tuple[str, Engine] | None = None
 
+    def runtime_identity(self, model_cfg: Any) -> dict:
+        """What else decides the outputs, beside the model and the decoding: the server and the
+        model it serves (openai), vLLM's engine seed, the context length, and GPU sampling (its
+        random streams differ from the CPU's). Only what is set, so earlier keys stay valid."""
+        from engines.vllm_engine import cuda_device_count
+
+        e = self.engine_cfg
+        out: dict[str, Any] = {}
+        if self.kind == "openai":
+            out.update(base_url=e.get("base_url"), served_model=e.get("served_model"))
+        else:
+            if self.kind == "vllm" and int(e.get("seed") or 0) != 0:
+                out["seed"] = int(e.seed)
+            if model_cfg.get("max_model_len"):
+                out["max_model_len"] = int(model_cfg.max_model_len)
+            if cuda_device_count():
+                out["device"] = "cuda"
+        return {k: v for k, v in out.items() if v is not None}
+
     def engine_for(self, model_cfg: Any) -> Engine:
         name = model_cfg.name
         if self._loaded and self._loaded[0] == name:
@@ -83,6 +102,8 @@ class EnginePool:
             "dtype": dtype,
             "items": [(i, p, sampling_key(s)) for i, p, s in items],
         }
+        if runtime := self.runtime_identity(model_cfg):
+            payload["runtime"] = runtime
 
         def compute(ids: list[str]) -> list[dict]:
             engine = self.engine_for(model_cfg)

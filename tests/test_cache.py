@@ -55,3 +55,49 @@ def test_interrupted_run_resumes_from_last_chunk(tmp_path):
 def test_duplicate_ids_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not unique"):
         StepCache(tmp_path).run("gen", {}, ["a", "a"], Counter(), chunk_size=2)
+
+
+def test_the_runtime_that_decides_outputs_is_in_the_key(tmp_path, monkeypatch):
+    """Switching the served model or server, vLLM's seed, the context length or the device gives
+    other generations: each is part of the cache key (only when set, so older keys stay)."""
+    from omegaconf import OmegaConf
+
+    import engines.vllm_engine as vllm_engine
+    from core.cache import StepCache
+    from engines.pool import EnginePool
+
+    def key(kind, model=None, **engine):
+        cfg = OmegaConf.create({"kind": kind, "chunk_size": 8, "dtype": "float32", **engine})
+        monkeypatch.setattr("engines.pool.resolve_engine_kind", lambda k: k)
+        pool = EnginePool(cfg, StepCache(tmp_path), str(tmp_path))
+        return pool.runtime_identity(OmegaConf.create(model or {"name": "m"}))
+
+    monkeypatch.setattr(vllm_engine, "cuda_device_count", lambda: 0)
+    assert key("hf") == {} and key("vllm", seed=0) == {}  # the defaults: keys as before
+    assert key("vllm", seed=3) == {"seed": 3}
+    assert key("hf", {"name": "m", "max_model_len": 2048}) == {"max_model_len": 2048}
+    a = key("openai", base_url="http://127.0.0.1:8000/v1", served_model="a")
+    b = key("openai", base_url="http://127.0.0.1:8000/v1", served_model="b")
+    assert a != b and a["served_model"] == "a"
+    monkeypatch.setattr(vllm_engine, "cuda_device_count", lambda: 1)
+    assert key("hf") == {"device": "cuda"}
+
+
+def test_a_switched_served_model_is_not_a_cache_hit(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from core.cache import StepCache
+    from engines.base import Sampling
+    from engines.pool import EnginePool
+    from tests.fakes import FakeEngine, use_engine
+
+    fake = use_engine(monkeypatch, FakeEngine())
+    items = [("a", "Say hi.", Sampling(max_tokens=4))]
+    model = OmegaConf.create({"name": "m", "hf_id": "org/m"})
+    for served in ("model-a", "model-b", "model-a"):
+        cfg = OmegaConf.create(
+            {"kind": "openai", "chunk_size": 8, "base_url": "http://127.0.0.1:1/v1"}
+            | {"served_model": served}
+        )
+        EnginePool(cfg, StepCache(tmp_path), str(tmp_path)).generate("s", model, items)
+    assert fake.loads == 2  # the third call is model-a's cached result
