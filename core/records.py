@@ -8,6 +8,7 @@ either the old one or the complete new one, never half-written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -170,17 +171,16 @@ def dumps(record: Record) -> str:
     return json.dumps(record, ensure_ascii=False, sort_keys=False)
 
 
-def write_jsonl_atomic(path: str | Path, records: Iterable[Record]) -> int:
-    """Write all records to a temp file beside `path`, fsync, then rename over it."""
+@contextlib.contextmanager
+def _atomic(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """A file opened beside `path`; on a clean exit fsync'd and renamed over `path`, so `path` is
+    either the old file or the complete new one. On any exception the temp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(dumps(rec) + "\n")
-                n += 1
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -188,45 +188,32 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[Record]) -> int:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[Record]) -> int:
+    """Write all records to a temp file beside `path`, fsync, then rename over it."""
+    n = 0
+    with _atomic(path) as f:
+        for rec in records:
+            f.write(dumps(rec) + "\n")
+            n += 1
     return n
 
 
 def write_bytes_atomic(path: str | Path, blob: bytes) -> None:
-    """`blob` into `path` through a temp file beside it, fsync'd, then renamed over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic(path, "wb") as f:
+        f.write(blob)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+    with _atomic(path) as f:
+        f.write(text)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic(path) as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 class AppendLog:
@@ -278,13 +265,7 @@ class AppendLog:
                 corrupt,
             )
         if bad or sum(map(len, kept)) != len(data):
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-            with os.fdopen(fd, "wb") as f:
-                f.write(b"".join(kept))
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, self.path)
+            write_bytes_atomic(self.path, b"".join(kept))
         return records
 
     def append(self, batch: list[Record]) -> None:

@@ -385,13 +385,19 @@ class IFDMetric(Metric):
         # The length baseline counts the instruction's tokens only (the reference code's
         # select_data.py), with the scorer's tokenizer: no model load, so not cached.
         if rows:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(resolve_model_path(model_cfg, self.ctx.models_dir))
+            tok = self._tokenizer(resolve_model_path(model_cfg, self.ctx.models_dir))
             for i, row in rows.items():
                 ids = tok(by_id[i]["instruction"], add_special_tokens=False).input_ids
                 row["instruction_tokens"] = len(ids)
         return rows
+
+    def _tokenizer(self, path: str) -> Any:
+        """The scorer's tokenizer, loaded once per stage (score runs once per set)."""
+        if getattr(self, "_tok", (None, None))[0] != path:
+            from transformers import AutoTokenizer
+
+            self._tok = (path, AutoTokenizer.from_pretrained(path))
+        return self._tok[1]
 
     def summarize(self, set_name, records, rows) -> dict[str, Any]:
         vals = list(rows.values())

@@ -139,9 +139,12 @@ class RewardMetric(Metric):
             return {}
         # The length-controlled mean's lengths: the evolved instruction's tokens under the reward
         # model's own tokenizer (as the paper's eval_reward.py); no model load, so not cached.
-        from transformers import AutoTokenizer
+        if not hasattr(self, "_tok"):  # once per stage (score runs once per set)
+            from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.kind == "get_scores")
+            remote = cfg.kind == "get_scores"
+            self._tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=remote)
+        tok = self._tok
         self.lengths = {
             i: len(tok(p[-1]["content"], add_special_tokens=False).input_ids)
             for i, p in pairs.items()
