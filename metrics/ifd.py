@@ -191,6 +191,7 @@ class IFDScorer:
         device: str | None = None,
         attn_implementation: str = "auto",
         compile_loss: bool = True,
+        device_map: str | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -201,11 +202,19 @@ class IFDScorer:
         self.pad_id = pad_id_for(self.tokenizer)
         dt = torch_dtype(dtype)
         attn = attention_for(attn_implementation, dt, self.device)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dt, **({"attn_implementation": attn} if attn else {})
-        )
+        kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
+        # A scorer too large for one GPU is split layer by layer over every visible GPU
+        # (accelerate's device_map); the inputs then go to the device of the embeddings.
+        shard = bool(device_map) and self.device != "cpu"
+        if shard:
+            kwargs["device_map"] = device_map
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **kwargs)
         self.loss_fn = FusedCrossEntropy() if compile_loss else token_cross_entropy
-        self.model.to(self.device).eval()
+        if shard:
+            self.device = str(self.model.get_input_embeddings().weight.device)
+        else:
+            self.model.to(self.device)
+        self.model.eval()
         self.max_length = max_length
         self.token_budget = token_budget
         self.form = form
@@ -284,6 +293,7 @@ class IFDConfig(MetricConfig):
     dtype: str = "auto"  # auto (bf16 on GPUs / CPUs with native bf16, else fp32) | float32 | ...
     attn_implementation: str = "auto"  # auto (eager for bf16 on CPU) | sdpa | eager | ...
     compile_loss: bool = True  # fuse the fp32 loss with torch.compile; false = eager
+    device_map: Any = None  # null: one device; auto: split over every visible GPU (accelerate)
     max_length: int = 2048  # cutoff of X = Q + "\n" + A and of A alone
     token_budget: int = 1024  # tokens per forward batch, padding included
     form: str = "loss"  # loss | ppl (exp of each loss)
@@ -334,6 +344,7 @@ class IFDMetric(Metric):
         "dtype",
         "attn_implementation",
         "compile_loss",
+        "device_map",
         "token_budget",
         "chunk_size",
         "missing_output",
@@ -366,6 +377,7 @@ class IFDMetric(Metric):
                 form=cfg.form,
                 attn_implementation=cfg.attn_implementation,
                 compile_loss=bool(cfg.compile_loss),
+                device_map=cfg.device_map,
             )
 
         by_id = {r["id"]: r for r in with_output}

@@ -3,6 +3,7 @@ resume, DeepSpeed strategy construction, and bad input."""
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -361,3 +362,131 @@ def test_step_loss_is_the_token_mean_of_the_whole_step(tokenizer, hf_engine):
         whole = model(**collate(examples, pad)).loss
     assert sum(losses).item() == pytest.approx(whole.item(), rel=1e-5)
     assert abs((means[0] + means[1]).item() / 2 - whole.item()) > 1e-3  # not the mean of means
+
+
+def test_deepspeed_is_told_the_micro_batch_size():
+    """Lightning's DeepSpeed strategy reads the micro-batch size off the loader's batch sampler
+    unless told; ours batches by optimizer step (found by the GPU check: every ZeRO run failed
+    with "'WindowBatchSampler' object has no attribute 'batch_size'")."""
+    from training.data import WindowBatchSampler
+
+    for name in ("deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload"):
+        s = make_strategy(name, require_gpu=False, micro_batch_size=4)
+        assert s.config["train_micro_batch_size_per_gpu"] == 4
+    assert WindowBatchSampler([3, 5, 7], micro_batch=2, accumulate=1, seed=0).batch_size == 2
+
+
+def test_optimizer_offload_uses_deepspeed_cpu_adam(monkeypatch):
+    """With ZeRO's optimizer offload DeepSpeed refuses a torch optimizer
+    (zero_force_ds_cpu_optimizer): the same AdamW update comes from DeepSpeed's CPU Adam. (Its
+    C++ op takes a minute to build: the GPU check runs the real one; here its constructor is
+    recorded.)"""
+    import deepspeed.ops.adam as ds_adam
+
+    from training.module import make_optimizer
+
+    made = {}
+
+    class CPUAdam(torch.optim.AdamW):
+        def __init__(self, params, lr, weight_decay, adamw_mode):
+            made.update(lr=lr, weight_decay=weight_decay, adamw_mode=adamw_mode)
+            super().__init__(params, lr=lr, weight_decay=weight_decay)
+
+    monkeypatch.setattr(ds_adam, "DeepSpeedCPUAdam", CPUAdam)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert type(make_optimizer(params, 1e-3, 0.1, offload=True)) is CPUAdam
+    assert made == {"lr": 1e-3, "weight_decay": 0.1, "adamw_mode": True}
+    assert type(make_optimizer(params, 1e-3, 0.1, offload=False)) is torch.optim.AdamW
+
+
+ZERO3_LOAD = """
+import os, sys
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+import deepspeed, torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+deepspeed.init_distributed(dist_backend="gloo")
+from training.module import SFTModule
+path = sys.argv[1]
+module = SFTModule(path, OmegaConf.create({"method": "full"}), zero_stage=3)
+config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1}
+module._trainer = type("T", (), {"strategy": type("S", (), {"config": config})()})()
+with deepspeed.zero.Init(config_dict_or_path=config):  # what Lightning wraps configure_model in
+    module.configure_model()
+params = dict(module.model.named_parameters())
+assert all(p.numel() == 0 for p in params.values()), "parameters are partitioned"
+saved = load_file(os.path.join(path, "model.safetensors"))
+with deepspeed.zero.GatheredParameters(list(params.values())):
+    for name, p in params.items():
+        assert torch.equal(p.data, saved[name]), name
+print("LOADED", len(params))
+"""
+
+
+def _tiny_llama(path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+def test_zero3_loads_the_checkpoint_into_partitioned_parameters(tmp_path):
+    """Under ZeRO-3 Lightning calls configure_model inside deepspeed.zero.Init: each parameter
+    is created empty on its rank. A plain from_pretrained then fails ("index 2 is out of bounds
+    for dimension 0 with size 0", seen on an H100 and here); the student must load shard by
+    shard through transformers' DeepSpeed integration, with the checkpoint's weights.
+    DeepSpeed's CPU accelerator on gloo runs this without a GPU."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    model = _tiny_llama(tmp_path / "model")
+    script = tmp_path / "zero3_load.py"
+    script.write_text(ZERO3_LOAD)
+    port = str(29500 + os.getpid() % 1000)
+    p = subprocess.run(
+        [sys.executable, str(script), model, port],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert "LOADED 21" in p.stdout, p.stdout[-2000:] + p.stderr[-4000:]
+
+
+def test_export_is_collective_and_written_by_rank_zero_only(tmp_path):
+    """Every rank calls export_hf: a ZeRO checkpoint is saved by all ranks together (Lightning's
+    save ends in a barrier, so a rank-0-only call hangs), then only rank 0 writes hf/ while the
+    others wait at a barrier."""
+    from training.run import export_hf
+
+    calls = []
+
+    class Strategy:
+        def barrier(self, name=None):
+            calls.append(("barrier", name))
+
+    class Trainer:
+        is_global_zero = False
+        strategy = Strategy()
+
+        def save_checkpoint(self, path):
+            calls.append(("save", path.name))
+
+    export_hf(Trainer(), object(), object(), tmp_path / "hf", stage=3)
+    assert calls == [("save", "final_zero"), ("barrier", "export_hf")]
+    assert not (tmp_path / "hf").exists()

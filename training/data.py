@@ -124,6 +124,7 @@ class WindowBatchSampler(torch.utils.data.Sampler):
     ):
         self.tokens = tokens
         self.micro_batch = micro_batch
+        self.batch_size = micro_batch  # what samplers report (Lightning and DeepSpeed read it)
         self.accumulate = accumulate
         self.whole_steps = whole_steps
         self.sampler = SeededShuffle(len(tokens), seed)

@@ -45,14 +45,37 @@ def step_loss(
     return loss, mean.detach(), str(out.logits.dtype).removeprefix("torch.")
 
 
+def make_optimizer(params: list, lr: float, weight_decay: float, offload: bool) -> Any:
+    """AdamW; with ZeRO's optimizer offload, DeepSpeed's CPU Adam, the same AdamW update computed
+    on the CPU where the offloaded states live (DeepSpeed refuses a torch optimizer there:
+    `zero_force_ds_cpu_optimizer`)."""
+    if offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, lr=lr, weight_decay=weight_decay, adamw_mode=True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 class SFTModule(pl.LightningModule):
-    def __init__(self, model_path: str, cfg: Any, accumulate: int = 1, deepspeed: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        cfg: Any,
+        accumulate: int = 1,
+        zero_stage: int = 0,
+        offload: bool = False,
+    ):
         super().__init__()
         self.model_path = model_path
         self.cfg = cfg
         self.accumulate = accumulate
-        self.deepspeed = deepspeed
+        self.zero_stage = zero_stage
+        self.deepspeed = zero_stage > 0
+        self.offload = offload
         self.model = None
+        # Under ZeRO-3, transformers' own DeepSpeed integration reads this (through a weak
+        # reference) to build the model partitioned and load each rank's shard of the weights.
+        self._hf_deepspeed = None
         self._t_last: float | None = None
         # The dtype of the first training forward's logits: what the arithmetic really ran in
         # (bfloat16 under bf16-mixed autocast, float32 under 32-true).
@@ -62,18 +85,31 @@ class SFTModule(pl.LightningModule):
         # Called by Lightning inside the strategy's init context (ZeRO-3 shards from the start).
         if self.model is not None:
             return
+        if self.zero_stage == 3:
+            # Lightning calls this inside deepspeed.zero.Init, which creates every parameter
+            # empty on this rank; a plain from_pretrained then fails to copy the checkpoint into
+            # them ("size mismatch ... torch.Size([0])"). With HfDeepSpeedConfig alive,
+            # transformers builds the model under zero.Init itself and loads the weights shard by
+            # shard (GatheredParameters), so no rank holds the whole model.
+            from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+            self._hf_deepspeed = HfDeepSpeedConfig(self.trainer.strategy.config)
+        self.model = self.build_model()
+
+    def build_model(self) -> Any:
+        """The student as trained: the HF model, with LoRA adapters when `method: lora`."""
         from transformers import AutoModelForCausalLM
 
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
-        self.model.train()  # from_pretrained returns eval mode (dropout off)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        model.train()  # from_pretrained returns eval mode (dropout off)
         if self.cfg.get("gradient_checkpointing"):
-            self.model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable()
         if self.cfg.method == "lora":
             from peft import LoraConfig, get_peft_model
 
             lora = self.cfg.lora
-            self.model = get_peft_model(
-                self.model,
+            model = get_peft_model(
+                model,
                 LoraConfig(
                     r=int(lora.r),
                     lora_alpha=int(lora.alpha),
@@ -82,6 +118,17 @@ class SFTModule(pl.LightningModule):
                     task_type="CAUSAL_LM",
                 ),
             )
+        return model
+
+    def unsharded_model(self) -> Any:
+        """A full copy of the student on the CPU, outside any ZeRO-3 partitioning, for the
+        export to load the consolidated weights into."""
+        if self._hf_deepspeed is not None:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            self._hf_deepspeed = None
+        return self.build_model()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -101,8 +148,8 @@ class SFTModule(pl.LightningModule):
         from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay)
+        opt = make_optimizer(
+            params, float(self.cfg.lr), float(self.cfg.weight_decay), offload=self.offload
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(float(self.cfg.warmup_ratio) * total))

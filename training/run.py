@@ -33,8 +33,10 @@ def zero_stage(strategy: str) -> int | None:
     )
 
 
-def make_strategy(name: str, require_gpu: bool = True):
-    """Lightning's own strategies; DeepSpeed ZeRO only where CUDA GPUs are."""
+def make_strategy(name: str, require_gpu: bool = True, micro_batch_size: int = 1):
+    """Lightning's own strategies; DeepSpeed ZeRO only where CUDA GPUs are. DeepSpeed is told the
+    micro-batch size: Lightning would read it off the loader's batch sampler, and ours
+    (training.data.WindowBatchSampler) sizes batches by optimizer step."""
     if name not in STRATEGIES:
         raise unknown_option("train.strategy", name, STRATEGIES)
     stage = zero_stage(name)
@@ -48,7 +50,12 @@ def make_strategy(name: str, require_gpu: bool = True):
     from pytorch_lightning.strategies import DeepSpeedStrategy
 
     offload = name.endswith("_offload")
-    return DeepSpeedStrategy(stage=stage, offload_optimizer=offload, offload_parameters=offload)
+    return DeepSpeedStrategy(
+        stage=stage,
+        offload_optimizer=offload,
+        offload_parameters=offload,
+        logging_batch_size_per_gpu=int(micro_batch_size),
+    )
 
 
 def train_sft(
@@ -70,7 +77,7 @@ def train_sft(
     from training.module import SFTModule, StopOnSignal
 
     out_dir = Path(out_dir)
-    strategy = make_strategy(cfg.strategy)
+    strategy = make_strategy(cfg.strategy, micro_batch_size=int(cfg.micro_batch_size))
     precision = resolve_precision(cfg.get("precision"))
     pl.seed_everything(seed, workers=True)
     path = resolve_model_path(student_cfg, models_dir)
@@ -108,7 +115,13 @@ def train_sft(
         },
     )
     ckpt_dir = out_dir / "checkpoints"
-    module = SFTModule(path, cfg, accumulate, deepspeed=deepspeed)
+    module = SFTModule(
+        path,
+        cfg,
+        accumulate,
+        zero_stage=zero_stage(cfg.strategy) or 0,
+        offload=cfg.strategy.endswith("_offload"),
+    )
     trainer = pl.Trainer(
         max_epochs=int(cfg.epochs),
         max_steps=int(cfg.max_steps) if cfg.get("max_steps") else -1,
@@ -152,8 +165,7 @@ def train_sft(
         trainer.save_checkpoint(last)  # the final state, so a longer rerun resumes from here
 
     hf_dir = out_dir / "hf"
-    if trainer.is_global_zero:
-        export_hf(trainer, module, tokenizer, hf_dir, zero_stage(cfg.strategy))
+    export_hf(trainer, module, tokenizer, hf_dir, zero_stage(cfg.strategy))
     loss = trainer.callback_metrics.get("train/loss")
     summary = {
         "train/student": student_cfg.name,
@@ -169,7 +181,8 @@ def train_sft(
         "train/data_sha256": data_hash,
         **{f"train/{k}": v for k, v in stats.as_dict().items()},
     }
-    write_json_atomic(out_dir / "summary.json", summary)
+    if trainer.is_global_zero:
+        write_json_atomic(out_dir / "summary.json", summary)
     if trainer.is_global_zero and not cfg.get("keep_checkpoints"):
         # The export is the result; the optimizer state is only needed to resume a run that did
         # not finish. Deleted only after summary.json is written, so a kill before that resumes.
@@ -187,7 +200,19 @@ def _checkpoint_step(path: Path) -> int:
 
 
 def export_hf(trainer: Any, module: Any, tokenizer: Any, hf_dir: Path, stage: int | None) -> None:
-    """An HF checkpoint beside its tokenizer and chat template; LoRA merged, ZeRO consolidated."""
+    """An HF checkpoint beside its tokenizer and chat template; LoRA merged, ZeRO consolidated.
+    Called on every rank: a ZeRO checkpoint is saved by all ranks together (each writes its shard
+    and Lightning ends the save in a barrier), then rank 0 alone writes the export while the
+    others wait at a barrier, so no rank runs ahead of a half-written `hf/`."""
+    if stage:
+        ckpt = hf_dir.parent / "final_zero"
+        trainer.save_checkpoint(ckpt)  # collective: every rank must call it
+    if trainer.is_global_zero:
+        _write_export(module, tokenizer, hf_dir, stage)
+    trainer.strategy.barrier("export_hf")
+
+
+def _write_export(module: Any, tokenizer: Any, hf_dir: Path, stage: int | None) -> None:
     tmp = hf_dir.with_name(hf_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model = module.model
@@ -196,13 +221,19 @@ def export_hf(trainer: Any, module: Any, tokenizer: Any, hf_dir: Path, stage: in
             convert_zero_checkpoint_to_fp32_state_dict,
         )
 
-        ckpt = hf_dir.parent / "final_zero"
-        trainer.save_checkpoint(ckpt)
         fp32 = hf_dir.parent / "final_fp32.pt"
-        state = convert_zero_checkpoint_to_fp32_state_dict(ckpt, fp32)
+        state = convert_zero_checkpoint_to_fp32_state_dict(hf_dir.parent / "final_zero", fp32)
         fp32.unlink(missing_ok=True)  # loaded below; the export holds the same weights
         weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
-        model.load_state_dict(weights, strict=False)
+        if stage == 3:
+            # The trained module's parameters are this rank's shards: load into a full copy.
+            model = module.unsharded_model()
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if not _tied(model, k)]:
+            raise RuntimeError(
+                f"export: the ZeRO checkpoint does not match the model (missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]})"
+            )
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.save_pretrained(tmp, safe_serialization=True)
@@ -212,6 +243,14 @@ def export_hf(trainer: Any, module: Any, tokenizer: Any, hf_dir: Path, stage: in
         shutil.rmtree(hf_dir)
     os.replace(tmp, hf_dir)
     log.info("train: exported %s", hf_dir)
+
+
+def _tied(model: Any, key: str) -> bool:
+    """Whether a state-dict key is a tied copy (e.g. lm_head.weight = embed_tokens.weight)
+    that a consolidated checkpoint may leave out."""
+    return key.endswith("lm_head.weight") and bool(
+        getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    )
 
 
 def read_summary(out_dir: Path) -> dict | None:
