@@ -46,10 +46,16 @@ if __name__ == "__main__":
             file=sys.stderr,
         )
         sys.exit(e.exit_code)
-    from pipeline.runner import FAILED_JOBS
+    from pathlib import Path
 
-    if FAILED_JOBS:
-        print(f"\n{len(FAILED_JOBS)} job(s) failed:", file=sys.stderr)
-        for job in FAILED_JOBS:
+    from pipeline.runner import FAILED_JOBS
+    from reporting.compare import SWEEP_FAILURES
+
+    # This process's jobs, and a sweep's jobs as their summary.json files tell it (joblib and
+    # SLURM run them elsewhere); one job listed once.
+    failed = {str(Path(job["dir"]).resolve()): job for job in [*SWEEP_FAILURES, *FAILED_JOBS]}
+    if failed:
+        print(f"\n{len(failed)} job(s) failed:", file=sys.stderr)
+        for job in failed.values():
             print(f"  {job['dir']}: {job['error']}", file=sys.stderr)
         sys.exit(1)

@@ -23,6 +23,7 @@ from core.cache import StepCache, stable_hash
 from core.config import typed_section, validate
 from core.context import StageContext
 from core.data import load_seeds
+from core.dist import is_leader, launch_rank
 from core.errors import ConfigError, DataError, NotCached, UserFacingError, unknown_option
 from core.records import (
     Record,
@@ -40,6 +41,7 @@ from engines.precision import resolve_precision
 from evolvers.base import Scenario, build_scenario
 from evolvers.respond import respond_counts, responded_record
 from metrics.base import needs_scores
+from pipeline import ranks
 from pipeline.arms import JobOverrides, arm_sizes, is_this_job, run_arm
 from pipeline.scoring import Scorer, filter_set
 from reporting.summary import build_summary, hardware_facts, print_summary
@@ -424,6 +426,9 @@ class Run:
         for s in stages:
             if s not in STAGES:
                 raise unknown_option("stage", s, STAGES)
+        if not is_leader():
+            return self.follow()
+        ranks.announce(self.dir, "running")
         seeds = load_seeds(self.cfg.data, int(self.cfg.seed))
         write_jsonl_atomic(self.dir / "seeds.jsonl", seeds)
         log.info("seeds: %d records from %s", len(seeds), self.cfg.data.name)
@@ -469,6 +474,7 @@ class Run:
             if "train" in stages:
                 if selected is None:
                     selected = self._usable(list(sets.values())[-1]) if sets else []
+                ranks.publish_records(self.dir, selected)  # what the other ranks train on
                 with self.timed("train"):
                     self.train_summary = self.train(selected)
             if "evaluate" in stages and (self.eval_cfg.tasks or self.eval_cfg.pairwise.enabled):
@@ -498,6 +504,17 @@ class Run:
             print_summary(summary, self.dir)
         return summary
 
+    def follow(self) -> dict:
+        """A rank other than 0 (pipeline.ranks): wait for rank 0's records, train with it, stop."""
+        rank = launch_rank()
+        log.info("rank %d: waiting for rank 0 to publish the training records", rank)
+        state = ranks.wait_for_leader(self.dir)
+        if state["state"] == "failed":
+            raise UserFacingError(f"rank {rank}: rank 0 failed ({state.get('error')}); stopping")
+        if state["state"] == "train":
+            self.train_summary = self.train(ranks.train_records(self.dir, state))
+        return {"status": "ok", "rank": rank}
+
 
 def run_job(
     cfg: DictConfig,
@@ -515,6 +532,8 @@ def run_job(
         run = Run(cfg, run_dir, tracker, job=job)
         summary = run.run()
         check_interrupt()  # a signal whose exception was lost on the way must not end as success
+        if is_leader():
+            ranks.announce(run_dir, "done")
         return summary
     except Interrupted as e:
         unwinding()
@@ -525,17 +544,36 @@ def run_job(
         summary = {"status": "interrupted", "signal": e.name, "stage": stage}
         if run:
             summary.update(run.time_summary())
-        write_json_atomic(Path(run_dir) / "summary.json", summary)
+        _record_end(run_dir, summary)
         raise
     except UserFacingError as e:
         log.error("%s", e)
         FAILED_JOBS.append({"dir": str(run_dir), "error": str(e)})
         summary = {"status": "failed", "error": str(e)}
-        write_json_atomic(Path(run_dir) / "summary.json", summary)
+        _record_end(run_dir, summary)
+        return None
+    except Exception as e:
+        # A bug or a library's failure: the traceback goes to the log, the job is recorded as
+        # failed and the sweep goes on, so its other jobs and the comparison still run; run.py
+        # exits 1 (it reads every job's summary.json, whatever the launcher).
+        log.exception("job failed: %s", e)
+        error = f"{type(e).__name__}: {e}"
+        FAILED_JOBS.append({"dir": str(run_dir), "error": error})
+        summary = {"status": "failed", "error": error, "stage": run.stage if run else None}
+        _record_end(run_dir, summary)
         return None
     finally:
         if tracker is not None:
             tracker.finish(summary, failed=summary is None or summary.get("status") != "ok")
+
+
+def _record_end(run_dir: Path, summary: dict) -> None:
+    """A job that did not finish: its summary.json (rank 0's alone) and, for the other ranks,
+    the leader's state."""
+    if not is_leader():
+        return
+    write_json_atomic(Path(run_dir) / "summary.json", summary)
+    ranks.announce(run_dir, "failed", error=summary.get("error") or summary.get("status"))
 
 
 def _check_config(cfg: DictConfig) -> None:

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +203,36 @@ def time_table(jobs: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+# Jobs of the multirun that just ended that did not finish (read by run.py for its exit code).
+SWEEP_FAILURES: list[dict] = []
+
+
+def sweep_failures(sweep_dir: Path, since: float = 0.0) -> list[dict]:
+    """The jobs under `sweep_dir` started at or after `since` (their `.hydra/` folder) whose
+    summary.json is missing or says anything but ok: what the jobs themselves recorded, so it
+    holds whichever process or machine ran them (joblib workers, SLURM tasks)."""
+    failed = []
+    for hydra_dir in sorted(Path(sweep_dir).glob("*/.hydra")):
+        job = hydra_dir.parent
+        if hydra_dir.stat().st_mtime < since:
+            continue
+        try:
+            summary = json.loads((job / "summary.json").read_text())
+        except (OSError, ValueError):
+            failed.append({"dir": str(job), "error": "no readable summary.json (the job died)"})
+            continue
+        if summary.get("status") != "ok":
+            error = summary.get("error") or summary.get("status") or "no status"
+            failed.append({"dir": str(job), "error": str(error)})
+    return failed
+
+
 class CompareCallback(Callback):
-    """At the end of a multirun: the comparison table and report in the sweep directory."""
+    """At the end of a multirun: the comparison table and report in the sweep directory, and
+    the list of the jobs that failed (run.py exits 1 when there is one)."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._started = time.time() - 1.0  # file times may be coarser than the clock
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -211,6 +240,7 @@ class CompareCallback(Callback):
             compare([sweep_dir])
         except SystemExit as e:
             log.warning("compare: %s", e)
+        SWEEP_FAILURES[:] = sweep_failures(sweep_dir, getattr(self, "_started", 0.0))
 
 
 def main() -> None:

@@ -14,14 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.dist import is_leader
 from core.records import Record
 
 log = logging.getLogger(__name__)
-
-
-def _is_rank_zero() -> bool:
-    """Multi-GPU training re-launches run.py per device; only the first process tracks."""
-    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 class Tracker:
@@ -32,7 +28,7 @@ class Tracker:
     ):
         self.run = None
         self.cfg = cfg.get("logger") or {"name": "none"}
-        if self.cfg.get("name") != "wandb" or not _is_rank_zero():
+        if self.cfg.get("name") != "wandb" or not is_leader():
             return
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")

@@ -174,3 +174,58 @@ def test_tensor_parallel_on_a_machine_without_gpus(tmp_path, bundled_model_dir):
         "needs 2 GPUs and this machine has none",
         "model.tensor_parallel_size=1",
     )
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local"])
+def test_a_sweep_with_a_failed_job_exits_1_under_every_launcher(tmp_path, launcher):
+    """The jobs' own summary.json files decide the exit code: under joblib (hydra/launcher=local)
+    or SLURM the jobs run in other processes, where a list kept in memory never reaches run.py.
+    The comparison still covers every job."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            "-m",
+            "data=tiny,file",  # data=file without data.path fails before any model loads
+            "stages=[]",
+            "logger=none",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+            *([] if launcher == "basic" else ["hydra/launcher=local"]),
+        ]
+    )
+    out = _fails_cleanly(proc, "1 job(s) failed", "missing value for data.path")
+    assert out.count("missing value for data.path (e.g.") == 2, out  # logged once, listed once
+    table = (sweep / "comparison.md").read_text()
+    assert "| 0 | tiny | ok |" in table and "| 1 | file | failed |" in table
+
+
+def test_an_unexpected_error_is_a_recorded_failed_job(tmp_path, monkeypatch):
+    """A bug or a library's failure (not a user-facing error) ends the job, not the sweep: the
+    traceback goes to the log, summary.json says failed with the error, run.py exits 1."""
+    from pipeline import runner
+
+    def boom(self):
+        self.stage = "score"
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner.Run, "run", boom)
+    monkeypatch.setattr(runner, "FAILED_JOBS", [])
+    cfg = compose_cfg(["stages=[]", "logger=none", f"cache_dir={tmp_path}"])
+    assert runner.run_job(cfg, tmp_path / "r") is None
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary == {"status": "failed", "error": "RuntimeError: boom", "stage": "score"}
+    assert runner.FAILED_JOBS == [{"dir": str(tmp_path / "r"), "error": "RuntimeError: boom"}]
+
+
+def test_slurm_launchers_start_one_task_per_gpu():
+    """Lightning on SLURM needs tasks per node = devices (it reads the world size from SLURM);
+    one task per job made multi-GPU training fail there."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    files = sorted((ROOT / "conf" / "hydra" / "launcher").glob("slurm_*gpu.yaml"))
+    assert len(files) == 4
+    for f in files:
+        cfg = yaml.safe_load(f.read_text())
+        assert cfg["tasks_per_node"] == cfg["gpus_per_node"], f.name

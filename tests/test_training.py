@@ -490,3 +490,57 @@ def test_export_is_collective_and_written_by_rank_zero_only(tmp_path):
     export_hf(Trainer(), object(), object(), tmp_path / "hf", stage=3)
     assert calls == [("save", "final_zero"), ("barrier", "export_hf")]
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_through_the_train_stage(tmp_path, bundled_model_dir):
+    """`train.devices=2` on the CPU: Lightning re-runs run.py as rank 1 (gloo). Rank 1 waits for
+    rank 0's records, trains with it and stops; rank 0 alone exports, evaluates, reports and
+    writes summary.json (before, rank 1 re-ran every stage, evaluated and overwrote it)."""
+    from tests.conftest import run_cli
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"instruction": f"Say {i} in words.", "output": f"It is {i}, in words."})
+            + "\n"
+            for i in range(8)
+        )
+    )
+    run = tmp_path / "run"
+    proc = run_cli(
+        [
+            "stages=[train,evaluate,report]",
+            "data=file",
+            f"data.path={data}",
+            "train=cpu_tiny",
+            "train.strategy=ddp",
+            "train.devices=2",
+            "train.max_steps=2",
+            "train.micro_batch_size=2",
+            "train.effective_batch_size=4",
+            "train.cutoff_len=128",
+            "eval.tasks=[ifeval]",
+            "eval.limit=1",
+            "eval.max_gen_toks=8",
+            "eval.pairwise.enabled=false",
+            "engine=hf",
+            "logger=none",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"models_dir={MODELS_DIR}",
+            f"hydra.run.dir={run}",
+        ]
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["train/steps"] == 2
+    assert summary["train/strategy"] == "ddp" and "ifeval/prompt_strict" in summary
+    logs = {p.name: p.read_text() for p in run.glob("*.log")}
+    rank1 = logs.pop("train_ddp_process_1.log")  # Lightning names the child's Hydra job
+    assert "rank 1: waiting for rank 0" in rank1 and "GLOBAL_RANK: 1, MEMBER: 2/2" in rank1
+    assert "evaluate:" not in rank1 and "exported" not in rank1
+    leader = logs["run.log"]
+    assert leader.count("train: exported") == 1 and leader.count("] - evaluate: eval/") == 1
+    assert json.loads((run / ".ranks" / "leader.json").read_text())["state"] == "done"
+    assert (run / "train" / "hf" / "config.json").is_file() and (run / "report.md").is_file()
