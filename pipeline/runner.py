@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.cache import StepCache, stable_hash
+from core.cache import StepCache, file_lock, stable_hash
 from core.config import typed_section, validate
 from core.context import StageContext
 from core.data import load_seeds
@@ -327,22 +327,30 @@ class Run:
             }
         )[:20]
         out = Path(self.cfg.cache_dir).expanduser() / "train" / key
-        summary = read_summary(out)
-        if summary and (out / "hf" / "config.json").is_file():
-            log.info("train: cache hit (%s)", out)
-        elif self.cache.read_only:
-            raise NotCached(f"train: no trained model in the cache ({out})")
-        else:
-            self.pool.release()  # free the generation engine before training
-            summary = train_sft(
-                cfg,
-                student,
-                records,
-                out,
-                self.cfg.models_dir,
-                int(self.cfg.seed),
-                loggers=[lg] if (lg := self.tracker.lightning_logger()) else [],
-            )
+        # Another job training the same model: wait for it and reuse its export. Only rank 0
+        # locks: the other ranks of this job train together with it (pipeline/ranks.py).
+        lock = (
+            file_lock(out.with_name(f".{key}.lock"), what=f"train ({key})")
+            if is_leader()
+            else contextlib.nullcontext()
+        )
+        with lock:
+            summary = read_summary(out)
+            if summary and (out / "hf" / "config.json").is_file():
+                log.info("train: cache hit (%s)", out)
+            elif self.cache.read_only:
+                raise NotCached(f"train: no trained model in the cache ({out})")
+            else:
+                self.pool.release()  # free the generation engine before training
+                summary = train_sft(
+                    cfg,
+                    student,
+                    records,
+                    out,
+                    self.cfg.models_dir,
+                    int(self.cfg.seed),
+                    loggers=[lg] if (lg := self.tracker.lightning_logger()) else [],
+                )
         self.train_dir = out
         link = self.dir / "train"
         if link.is_symlink() or link.exists():

@@ -101,3 +101,78 @@ def test_a_switched_served_model_is_not_a_cache_hit(tmp_path, monkeypatch):
         )
         EnginePool(cfg, StepCache(tmp_path), str(tmp_path)).generate("s", model, items)
     assert fake.loads == 2  # the third call is model-a's cached result
+
+
+CONCURRENT = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[3])
+from core.cache import StepCache
+
+calls = sys.argv[2]
+
+def compute(ids):
+    with open(calls, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "ids": ids}) + "\\n")
+    time.sleep(0.5)
+    return [{"value": "out-" + i} for i in ids]
+
+ids = ["i%d" % k for k in range(6)]
+res = StepCache(sys.argv[1]).run("gen", {"model": "m"}, ids, compute, chunk_size=2)
+print("RESULT " + json.dumps(res, sort_keys=True))
+"""
+
+
+def test_two_processes_compute_a_shared_step_once(tmp_path):
+    """Two jobs of a sweep start the same step at once (real processes): one computes it, the
+    other waits on the step's lock and reads the result; nothing is computed twice and
+    done.jsonl holds every id once (before, both computed it and their renames raced)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = tmp_path / "job.py"
+    script.write_text(CONCURRENT)
+    calls = tmp_path / "calls.jsonl"
+    cmd = [sys.executable, str(script), str(tmp_path / "cache"), str(calls), str(ROOT)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    results = [line for out in outs for line in out.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == 2 and results[0] == results[1]
+    computed = [i for line in calls.read_text().splitlines() for i in json.loads(line)["ids"]]
+    assert sorted(computed) == [f"i{k}" for k in range(6)]  # each id once, by one process
+    assert len({json.loads(line)["pid"] for line in calls.read_text().splitlines()}) == 1
+    (done,) = (tmp_path / "cache" / "steps" / "gen").glob("*/done.jsonl")
+    assert sorted(json.loads(x)["id"] for x in done.read_text().splitlines()) == sorted(computed)
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_computes_its_shared_steps_once(tmp_path, bundled_model_dir):
+    """Two jobs of a joblib sweep (two processes, the bundled model) evolve the same seeds at
+    once: one computes each round, the other waits and reads it."""
+    from tests.conftest import MODELS_DIR, run_cli
+
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            "-m",
+            "filter=random,length",  # two jobs, identical up to the filter
+            "stages=[evolve]",
+            "rounds=2",
+            "engine=hf",
+            "data.limit=2",
+            "generation.evolve.max_tokens=32",
+            "logger=none",
+            "hydra/launcher=local",
+            f"hydra.sweep.dir={sweep}",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"models_dir={MODELS_DIR}",
+        ]
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summaries = [json.loads((sweep / f"{k}" / "summary.json").read_text()) for k in (0, 1)]
+    assert sum(s["cache/items_computed"] for s in summaries) == 4  # 2 seeds x 2 rounds, once
+    assert sum(s["cache/hits"] for s in summaries) == 2  # the other job's two rounds
+    # (Whether the second job waited on a lock or came after depends on timing; the lock itself
+    # is tested deterministically above.)

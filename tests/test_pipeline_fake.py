@@ -136,3 +136,41 @@ def test_score_stage_loads_each_model_once_and_judges_generate_little(tmp_path, 
     assert "hardware/train_precision" not in s  # no train stage in this job
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Where the time goes" in report and "| score (s) |" in report
+
+
+def test_two_jobs_training_the_same_model_train_it_once(tmp_path, monkeypatch):
+    """Jobs of a sweep that reach the same train step at once: the training folder is locked
+    per key, so the second waits and reuses the first's export instead of training into the
+    same folder (the lock is a file lock, so two threads contend as two processes do)."""
+    import threading
+    import time
+
+    import training.run as tr
+    from core.records import write_json_atomic
+
+    calls = []
+
+    def fake_train(cfg, student, records, out, models_dir, seed, loggers=None):
+        calls.append(out)
+        time.sleep(0.5)
+        write_json_atomic(out / "hf" / "config.json", {})
+        summary = {"train/steps": 1}
+        write_json_atomic(out / "summary.json", summary)
+        return summary
+
+    monkeypatch.setattr(tr, "train_sft", fake_train)
+    records = [{"id": "a", "instruction": "x", "input": "", "output": "y"}]
+    runs = [Run(_cfg(tmp_path, "logger=none"), tmp_path / f"run{k}") for k in range(2)]
+    for r in runs:
+        r.dir.mkdir()
+    got = {}
+    threads = [
+        threading.Thread(target=lambda k=k: got.__setitem__(k, runs[k].train(records)))
+        for k in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(calls) == 1 and got[0] == got[1] == {"train/steps": 1}
+    assert runs[0].train_dir == runs[1].train_dir == calls[0]
