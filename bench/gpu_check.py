@@ -196,15 +196,18 @@ def _device() -> str:
 
 def prompt_logprobs_match(model: str) -> dict:
     """IFD's losses from the vLLM engine's prompt log-probabilities against transformers'."""
-    from metrics.ifd import IFDScorer, VLLMLossScorer
+    from engines.vllm_engine import VLLMEngine
+    from metrics.ifd import EngineIFDScorer, IFDScorer
 
     recs = records()
     ref = IFDScorer(model, dtype="float32", max_length=512).score(recs)
+    engine = VLLMEngine(model, dtype="float32", max_model_len=1024)
     t0 = time.perf_counter()
-    eng = VLLMLossScorer(model, dtype="float32", max_length=512).score(recs)
+    got = EngineIFDScorer(model, engine, max_length=512).score(recs)
     dt = time.perf_counter() - t0
+    engine.close()
     keys = ("loss_a_given_q", "loss_q", "loss_a", "ifd")
-    rel = _rel([e[k] for e in eng for k in keys], [r[k] for r in ref for k in keys])
+    rel = _rel([g[k] for g in got for k in keys], [r[k] for r in ref for k in keys])
     return {"ok": rel < 1e-3, "max_rel_vs_transformers": rel, "vllm_s": round(dt, 1)}
 
 

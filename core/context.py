@@ -33,6 +33,9 @@ class StageContext:
     generate: Callable[..., dict[str, Any]]
     release_engine: Callable[[], None]  # free the generation engine before a forward-pass model
     sink: Callable[[str, str, dict], None]  # (set name, stage, counts) -> metrics.json
+    # model_cfg -> the generation engine for it (loaded once, shared with generation): for
+    # forward passes an engine serves itself (IFD from vLLM's prompt log-probabilities).
+    engine_for: Callable[[Any], Any] | None = None
     load_seconds: float = 0.0  # forward-pass models started through `model`
     _models: dict[str, Any] = field(default_factory=dict)
 

@@ -120,6 +120,10 @@ class VLLMEngine:
             self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         except Exception:
             self.vocab_size = 0
+        try:  # for prompt log-probabilities (metrics.ifd.EngineIFDScorer)
+            self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        except Exception:
+            self.max_model_len = int(max_model_len or 0)
         log.info("vllm engine: started %s in %.1fs", path, time.perf_counter() - t0)
 
     def _params(self, p: Sampling):
@@ -159,6 +163,25 @@ class VLLMEngine:
             for i, o in zip(plain, outs):
                 results[i] = _to_generation(o, plist[i], self.vocab_size)
         return results  # type: ignore[return-value]
+
+    def prompt_logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
+        """For each token sequence, the log-probability of each token after the first given
+        the ones before it (vLLM's prompt log-probabilities, from the engine already loaded and
+        sharded): what a causal LM's per-token loss is the negative of (metrics.ifd)."""
+        from vllm.inputs import TokensPrompt
+
+        params = self._sampling_cls(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        todo = [i for i, s in enumerate(seqs) if len(s) >= 2]
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(seqs[i])) for i in todo], params, use_tqdm=False
+        )
+        result: list[list[float]] = [[] for _ in seqs]
+        for i, o in zip(todo, outs):
+            seq, per_pos = seqs[i], o.prompt_logprobs
+            # per_pos[0] is None (nothing predicts the first token); per_pos[k] maps token ids
+            # (the actual one always among them) to their Logprob at position k.
+            result[i] = [float(per_pos[k][seq[k]].logprob) for k in range(1, len(seq))]
+        return result
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.records import Record, query_text
 from metrics.base import METRICS, Field, Metric, MetricConfig, Stat, mean
 
@@ -283,6 +283,38 @@ class IFDScorer:
         del self.model
 
 
+class EngineIFDScorer(IFDScorer):
+    """The same scores from a generation engine's prompt log-probabilities (vLLM): a model too
+    large for one device is scored by the engine already loaded and sharded for generation, and
+    no second copy of it is loaded. The tokenisation and the formulas are IFDScorer's."""
+
+    def __init__(
+        self, path: str, engine: Any, max_length: int = 2048, form: str = "loss", **_: Any
+    ):
+        from transformers import AutoTokenizer
+
+        if not hasattr(engine, "prompt_logprobs"):
+            raise ConfigError(
+                f"metrics.ifd.backend=engine needs an engine that returns prompt "
+                f"log-probabilities (engine=vllm); the {engine.name} engine does not: use "
+                "metrics.ifd.backend=transformers"
+            )
+        self.engine = engine
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # A prompt must leave the engine room for the one token it generates.
+        self.max_length = min(max_length, int(getattr(engine, "max_model_len", 0) or 1e9) - 1)
+        self.form = form
+        self.tokens_scored = 0
+
+    def _batched(self, seqs: list[list[int]]) -> list[torch.Tensor]:
+        logprobs = self.engine.prompt_logprobs(seqs)
+        self.tokens_scored += sum(len(s) for s in seqs)
+        return [-torch.tensor(lp, dtype=torch.float32) for lp in logprobs]
+
+    def close(self) -> None:  # the engine belongs to the pool
+        self.engine = None
+
+
 def _nulls() -> dict:
     return {"loss_a_given_q": None, "loss_q": None, "loss_a": None, "ifd": None, "ic_ifd": None}
 
@@ -294,6 +326,7 @@ class IFDConfig(MetricConfig):
     attn_implementation: str = "auto"  # auto (eager for bf16 on CPU) | sdpa | eager | ...
     compile_loss: bool = True  # fuse the fp32 loss with torch.compile; false = eager
     device_map: Any = None  # null: one device; auto: split over every visible GPU (accelerate)
+    backend: str = "transformers"  # transformers | engine (the vLLM engine's prompt logprobs)
     max_length: int = 2048  # cutoff of X = Q + "\n" + A and of A alone
     token_budget: int = 1024  # tokens per forward batch, padding included
     form: str = "loss"  # loss | ppl (exp of each loss)
@@ -304,6 +337,7 @@ class IFDConfig(MetricConfig):
         from core.schemas import one_of
 
         one_of(self.form, "form", ("loss", "ppl"))
+        one_of(self.backend, "backend", ("transformers", "engine"))
         one_of(self.missing_output, "missing_output", ("error", "skip"))
 
 
@@ -383,8 +417,19 @@ class IFDMetric(Metric):
         by_id = {r["id"]: r for r in with_output}
 
         def compute(ids: list[str]) -> list[dict]:
+            if cfg.backend == "engine":  # the pool's engine for this model, loaded once
+                engine = self.ctx.engine_for(model_cfg)
+                scorer = EngineIFDScorer(
+                    resolve_model_path(model_cfg, self.ctx.models_dir),
+                    engine,
+                    max_length=int(cfg.max_length),
+                    form=cfg.form,
+                )
+                return scorer.score([by_id[i] for i in ids])
             return self.ctx.model("ifd", load).score([by_id[i] for i in ids])
 
+        if cfg.backend == "engine":  # the engine computes in the model's own dtype
+            dtype = resolve_dtype(model_cfg.get("dtype"), what=f"{model_cfg.name}.dtype")
         payload = {
             **self.cache_key(),
             "model": model_identity(model_cfg),

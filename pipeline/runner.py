@@ -124,6 +124,7 @@ class Run:
             generate=self.pool.generate,
             release_engine=self.pool.release,
             sink=self.add_metrics,
+            engine_for=self.pool.engine_for,
         )
 
     @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """IFD / IC-IFD: the batched two-pass scorer against a one-record-at-a-time computation with plain
 transformers calls (HF's own loss), on the real bundled model."""
 
+import json
 import logging
 import math
 
@@ -195,3 +196,47 @@ def test_bf16_scorer_on_cpu(scorer, bundled_model_dir):
             # A ratio of two losses: relative errors add.
             rel = tol / e["loss_a_given_q"] + tol / e["loss_a"]
             assert f["ifd"] == pytest.approx(e["ifd"], rel=rel)
+
+
+@pytest.mark.slow
+def test_ifd_from_the_vllm_engine_equals_the_transformers_scorer(tmp_path):
+    """metrics.ifd.backend=engine: the losses come from the vLLM engine's prompt
+    log-probabilities (the engine a large scorer is already sharded in) through the score
+    stage; on the bundled model in fp32 every loss and score equals the transformers scorer's
+    within 1e-3 relative."""
+    from pipeline.runner import Run
+    from tests.conftest import MODELS_DIR, compose_cfg
+
+    f = tmp_path / "data.jsonl"
+    f.write_text(
+        "".join(
+            json.dumps({"instruction": q, "output": a}) + "\n"
+            for q, a in [
+                ("Add 2 and 2.", "2 plus 2 equals 4."),
+                ("Name a colour of the sky.", "The sky is usually blue on a clear day."),
+                ("Give a synonym for happy.", "Joyful."),
+            ]
+        )
+    )
+    base = [
+        f"cache_dir={tmp_path / 'cache'}",
+        f"models_dir={MODELS_DIR}",
+        "data=file",
+        f"data.path={f}",
+        "metrics=[ifd]",
+        "stages=[score]",
+        "model.dtype=float32",
+        "metrics.ifd.dtype=float32",
+        "logger=none",
+    ]
+    rows = {}
+    for backend, engine in (("transformers", "hf"), ("engine", "vllm")):
+        run = tmp_path / backend
+        Run(compose_cfg([*base, f"engine={engine}", f"metrics.ifd.backend={backend}"]), run).run()
+        rows[backend] = [
+            json.loads(x) for x in (run / "input" / "scores.jsonl").read_text().splitlines()
+        ]
+    assert len(rows["engine"]) == 3
+    for ref, got in zip(rows["transformers"], rows["engine"]):
+        for k in ("loss_a_given_q", "loss_q", "loss_a", "ifd", "ic_ifd"):
+            assert got[k] == pytest.approx(ref[k], rel=1e-3), k
