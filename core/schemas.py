@@ -63,7 +63,7 @@ class ModelConfig:
 class EngineConfig:
     kind: str = "auto"
     dtype: str | None = None
-    chunk_size: int = 64
+    chunk_size: Any = "auto"  # auto (engines.pool.chunk_size_for) | prompts per engine call
     batch_size: int = 16
     cpu_kv_cache_gib: float | None = 1
     cpu_memory_utilization: float = 0.3
@@ -79,7 +79,12 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         one_of(self.kind, "kind", ("auto", "vllm", "hf", "openai"))
-        check(self.chunk_size >= 1, "chunk_size", "must be >= 1")
+        check(
+            self.chunk_size == "auto"
+            or (isinstance(self.chunk_size, int) and self.chunk_size >= 1),
+            "chunk_size",
+            "auto or a number >= 1",
+        )
 
 
 @dataclass

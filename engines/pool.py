@@ -29,6 +29,26 @@ def model_identity(model_cfg: Any) -> dict:
     }
 
 
+# Prompts per engine call under engine.chunk_size=auto. Each call's results are saved before the
+# next (a killed run loses at most one call), and a call ends with its slowest sequence. On GPUs
+# vLLM runs hundreds of sequences at once and refills the batch as they finish, so a call of a
+# few thousand prompts keeps it full and the wait for the last ones is a small share; on a CPU a
+# call of 64 already keeps the cores busy and loses little when killed.
+GPU_CHUNK = 2048
+CPU_CHUNK = 64
+
+
+def chunk_size_for(value: Any, kind: str, gpus: int, engine_cfg: Any = None) -> int:
+    """engine.chunk_size resolved: a number as given; auto from the engine and the device."""
+    if value != "auto":
+        return int(value)
+    if kind == "vllm":
+        return GPU_CHUNK if gpus else CPU_CHUNK
+    if kind == "openai":  # a server: enough requests in flight for every connection
+        return max(CPU_CHUNK, 8 * int((engine_cfg or {}).get("max_concurrency") or 8))
+    return max(CPU_CHUNK, 4 * int((engine_cfg or {}).get("batch_size") or 16))  # hf
+
+
 class EnginePool:
     def __init__(self, engine_cfg: Any, cache: StepCache, models_dir: str):
         self.engine_cfg = engine_cfg
@@ -116,6 +136,13 @@ class EnginePool:
             self.stats.by_stage[step] = self.stats.by_stage.get(step, 0) + len(ids)
             return [dataclasses.asdict(g) for g in gens]
 
-        chunk = int(self.engine_cfg.chunk_size)
+        from engines.vllm_engine import cuda_device_count
+
+        chunk = chunk_size_for(
+            self.engine_cfg.get("chunk_size", "auto"),
+            self.kind,
+            cuda_device_count(),
+            self.engine_cfg,
+        )
         raw = self.cache.run(step, payload, list(by_id), compute, chunk, desc=desc)
         return {i: Generation(**r) for i, r in raw.items()}

@@ -176,3 +176,21 @@ def test_a_parallel_sweep_computes_its_shared_steps_once(tmp_path, bundled_model
     assert sum(s["cache/hits"] for s in summaries) == 2  # the other job's two rounds
     # (Whether the second job waited on a lock or came after depends on timing; the lock itself
     # is tested deterministically above.)
+
+
+def test_generation_chunks_are_sized_for_the_device():
+    """engine.chunk_size=auto: a vLLM engine on GPUs gets thousands of prompts per call (a call
+    of 64 capped vLLM at 64 sequences and waited for the slowest of every 64); on the CPU the
+    calls stay small; a number is kept as given."""
+    from core.schemas import EngineConfig
+    from engines.pool import chunk_size_for
+    from tests.conftest import compose_cfg
+
+    assert compose_cfg().engine.chunk_size == "auto"
+    assert chunk_size_for("auto", "vllm", gpus=8) == 2048
+    assert chunk_size_for("auto", "vllm", gpus=0) == 64
+    assert chunk_size_for("auto", "openai", 0, {"max_concurrency": 32}) == 256
+    assert chunk_size_for("auto", "hf", 1, {"batch_size": 16}) == 64
+    assert chunk_size_for(8, "vllm", gpus=8) == 8
+    with pytest.raises(Exception, match="chunk_size"):
+        EngineConfig(chunk_size=0)
