@@ -64,6 +64,7 @@ class EngineConfig:
     kind: str = "auto"
     dtype: str | None = None
     chunk_size: Any = "auto"  # auto (engines.pool.chunk_size_for) | prompts per engine call
+    replicas: Any = "auto"  # vllm: data-parallel replicas; auto = every visible GPU (1 on CPU)
     batch_size: int = 16
     cpu_kv_cache_gib: float | None = 1
     cpu_memory_utilization: float = 0.3
@@ -83,6 +84,11 @@ class EngineConfig:
             self.chunk_size == "auto"
             or (isinstance(self.chunk_size, int) and self.chunk_size >= 1),
             "chunk_size",
+            "auto or a number >= 1",
+        )
+        check(
+            self.replicas == "auto" or (isinstance(self.replicas, int) and self.replicas >= 1),
+            "replicas",
             "auto or a number >= 1",
         )
 

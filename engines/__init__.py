@@ -62,8 +62,25 @@ def build_engine(engine_cfg: Any, model_cfg: Any, models_dir: str | Path) -> Eng
     path = resolve_model_path(model_cfg, models_dir)
     dtype = resolve_dtype(e.dtype or m.dtype)
     if kind == "vllm":
-        from engines.vllm_engine import VLLMEngine
+        from engines.vllm_engine import VLLMEngine, cuda_device_count
+        from engines.vllm_server import VLLMServerEngine, resolve_replicas
 
+        per_replica = m.tensor_parallel_size * m.pipeline_parallel_size
+        replicas = resolve_replicas(e.replicas, per_replica, cuda_device_count())
+        if replicas > 1:  # vLLM's data-parallel server (engines/vllm_server.py)
+            return VLLMServerEngine(
+                path,
+                replicas=replicas,
+                dtype=dtype,
+                max_model_len=m.max_model_len,
+                tensor_parallel_size=m.tensor_parallel_size,
+                pipeline_parallel_size=m.pipeline_parallel_size,
+                gpu_memory_utilization=m.gpu_memory_utilization,
+                cpu_kv_cache_gib=e.cpu_kv_cache_gib,
+                enforce_eager=e.enforce_eager,
+                seed=e.seed,
+                chat_template=m.chat_template,
+            )
         return VLLMEngine(
             path,
             dtype=dtype,

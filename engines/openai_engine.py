@@ -16,6 +16,7 @@ from engines.base import Chat, Generation, Sampling, per_prompt
 
 class OpenAIEngine:
     name = "openai"
+    send_seeds = True  # per-request seeds (engines.vllm_server turns them off on CPU)
 
     def __init__(
         self,
@@ -47,7 +48,7 @@ class OpenAIEngine:
             "top_p": 1.0 if p.greedy else p.top_p,
             "max_tokens": p.max_tokens,
         }
-        if p.seed is not None:
+        if p.seed is not None and self.send_seeds:
             body["seed"] = p.seed
         if p.stop:
             body["stop"] = list(p.stop)

@@ -165,3 +165,48 @@ def test_openai_engine_unreachable_server_is_a_clear_error():
     engine = OpenAIEngine("http://127.0.0.1:9/v1", model="m", retries=0, timeout_s=2)
     with pytest.raises(UserFacingError, match="no answer from .* start the server"):
         engine.generate([CHAT], GREEDY)
+
+
+@pytest.mark.slow
+def test_data_parallel_replicas_generate_what_one_engine_does(tmp_path):
+    """engine.replicas=2: vLLM's own data-parallel server with two replicas of the bundled model
+    (on the CPU here). Greedy generations equal the single offline engine's, and the cache keys
+    are the same: the single-engine path finds the replicas' results and computes nothing."""
+    from core.cache import StepCache
+    from engines.pool import EnginePool
+    from engines.vllm_server import VLLMServerEngine
+    from tests.conftest import MODELS_DIR, compose_cfg
+
+    questions = [
+        "Name three primary colours.",
+        "What is 12 times 12?",
+        "Write one sentence about the sea.",
+        "Give a synonym for quick.",
+        "What is the capital of Italy?",
+        "List two uses of a paperclip.",
+    ]
+    items = [
+        (f"q{i}", [{"role": "user", "content": q}], Sampling(max_tokens=24))
+        for i, q in enumerate(questions)
+    ]
+
+    def pool(replicas, cache):
+        cfg = compose_cfg(["engine=vllm", f"engine.replicas={replicas}", "model.dtype=float32"])
+        return EnginePool(cfg.engine, StepCache(cache), MODELS_DIR), cfg.model
+
+    dp, model = pool(2, tmp_path / "a")
+    got = dp.generate("evolve", model, items)
+    server = dp._loaded[1]
+    assert isinstance(server, VLLMServerEngine) and server.replicas == 2
+    dp.release()
+    assert server.proc.poll() is not None  # the server and its replicas are stopped
+
+    one, model = pool(1, tmp_path / "b")
+    single = one.generate("evolve", model, items)
+    one.release()
+    assert {i: g.text for i, g in got.items()} == {i: g.text for i, g in single.items()}
+    assert all(g.num_tokens > 0 for g in got.values())
+
+    again, model = pool(1, tmp_path / "a")
+    assert again.generate("evolve", model, items) == got
+    assert again.cache.reports[-1].computed == 0 and again._loaded is None
