@@ -2,6 +2,7 @@
 #   make demo                 the CPU demo (bundled 135M model); ARGS="..." adds Hydra overrides
 #   make test                 every test (fast ones and the real-model ones); ARGS="-m 'not slow'"
 #   make venv EXTRA=gpu       a GPU environment (CUDA torch + vllm) instead of the CPU one
+#   make gpu-check            on a GPU machine: every GPU-only path, PASS/FAIL with numbers
 PYTHON ?= python3.11
 EXTRA ?= cpu
 VENV := .venv
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: venv demo test test-fast lint format bench bench-demo clean-venv
+.PHONY: venv demo test test-fast lint format bench bench-demo gpu-check clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -48,6 +49,10 @@ bench: $(STAMP)
 # The demo timed per stage, defaults vs bf16 forced, then warm; ISA=AVX2 as on a CPU without bf16.
 bench-demo: $(STAMP)
 	$(PY) bench/demo_time.py $(if $(ISA),--isa $(ISA))
+
+# Every GPU-only path, PASS/FAIL with numbers (README › The GPU check); ARGS go to the script.
+gpu-check: $(STAMP)
+	PYTHON=$(PY) bench/gpu_check.sh $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
