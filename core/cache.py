@@ -98,10 +98,13 @@ class StepCache:
         compute: Callable[[list[str]], list[dict]],
         chunk_size: int,
         desc: str | None = None,
+        keep: Callable[[dict], bool] | None = None,
     ) -> dict[str, dict]:
         """Results for every id: from the cache where present, else `compute(chunk_of_ids)`.
 
-        `compute` returns one JSON-able dict per id, in order. Results are keyed by id.
+        `compute` returns one JSON-able dict per id, in order. Results are keyed by id. A result
+        that `keep` rejects (a failed request) is returned but not saved: the step still ends,
+        and a rerun computes only those ids again.
         """
         if len(set(ids)) != len(ids):
             raise ValueError(f"step {step}: ids are not unique")
@@ -117,7 +120,7 @@ class StepCache:
             if hit is not None:
                 self._report(step, key, len(ids), len(ids), 0, t0)
                 return hit
-            return self._compute(step, key, folder, ids, compute, chunk_size, desc, t0)
+            return self._compute(step, key, folder, ids, compute, chunk_size, desc, t0, keep)
 
     @staticmethod
     def _done(folder: Path, ids: Sequence[str]) -> dict[str, dict] | None:
@@ -139,6 +142,7 @@ class StepCache:
         chunk_size: int,
         desc: str | None,
         t0: float,
+        keep: Callable[[dict], bool] | None = None,
     ) -> dict[str, dict]:
         done_path = folder / "done.jsonl"
         if done_path.is_file() and not (folder / "partial.jsonl").exists():
@@ -161,7 +165,9 @@ class StepCache:
                 out = compute(chunk)
                 if len(out) != len(chunk):
                     raise RuntimeError(f"step {step}: {len(out)} results for {len(chunk)} ids")
-                partial.append([{"id": i, "result": r} for i, r in zip(chunk, out)])
+                partial.append(
+                    [{"id": i, "result": r} for i, r in zip(chunk, out) if keep is None or keep(r)]
+                )
                 results.update(zip(chunk, out))
                 bar.update(len(chunk))
         partial.path.touch()

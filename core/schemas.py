@@ -77,6 +77,11 @@ class EngineConfig:
     api_key_env: str | None = None
     max_concurrency: int = 8
     timeout_s: float = 600
+    retries: int = 6  # per request, on 429 / 5xx / timeouts / malformed answers
+    backoff_s: float = 1.0  # the first wait, doubled per retry (the server's Retry-After first)
+    max_backoff_s: float = 60.0
+    requests_per_minute: float | None = None  # null: no cap
+    tokens_per_minute: float | None = None  # prompt (about 4 characters a token) + max_tokens
 
     def __post_init__(self) -> None:
         one_of(self.kind, "kind", ("auto", "vllm", "hf", "openai"))

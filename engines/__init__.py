@@ -58,6 +58,11 @@ def build_engine(engine_cfg: Any, model_cfg: Any, models_dir: str | Path) -> Eng
             api_key_env=e.api_key_env,
             max_concurrency=e.max_concurrency,
             timeout_s=e.timeout_s,
+            retries=e.retries,
+            backoff_s=e.backoff_s,
+            max_backoff_s=e.max_backoff_s,
+            requests_per_minute=e.requests_per_minute,
+            tokens_per_minute=e.tokens_per_minute,
         )
     path = resolve_model_path(model_cfg, models_dir)
     dtype = resolve_dtype(e.dtype or m.dtype)

@@ -37,6 +37,7 @@ class Generation:
     prompt_tokens: int = 0
     top_logprobs: list[list[float]] | None = None  # per position, largest first
     vocab_size: int = 0  # the model's vocabulary (set with top_logprobs; 0: not known)
+    error: str | None = None  # finish_reason "error": why the request failed (not cached)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
@@ -88,3 +89,4 @@ class EngineStats:
     seconds: float = 0.0
     load_seconds: float = 0.0  # starting engines (weights read, vLLM workers up)
     by_stage: dict[str, int] = field(default_factory=dict)
+    failed: int = 0  # requests that failed for good (finish_reason "error"), not cached

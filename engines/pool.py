@@ -49,6 +49,11 @@ def chunk_size_for(value: Any, kind: str, gpus: int, engine_cfg: Any = None) -> 
     return max(CPU_CHUNK, 4 * int((engine_cfg or {}).get("batch_size") or 16))  # hf
 
 
+def _not_failed(result: dict) -> bool:
+    """A failed request (engines.openai_engine) is not cached: a rerun asks again."""
+    return result.get("finish_reason") != "error"
+
+
 class EnginePool:
     def __init__(self, engine_cfg: Any, cache: StepCache, models_dir: str):
         self.engine_cfg = engine_cfg
@@ -134,6 +139,7 @@ class EnginePool:
             self.stats.generated_tokens += sum(g.num_tokens for g in gens)
             self.stats.seconds += time.perf_counter() - t0
             self.stats.by_stage[step] = self.stats.by_stage.get(step, 0) + len(ids)
+            self.stats.failed += sum(g.finish_reason == "error" for g in gens)
             return [dataclasses.asdict(g) for g in gens]
 
         from engines.vllm_engine import cuda_device_count
@@ -144,5 +150,7 @@ class EnginePool:
             cuda_device_count(),
             self.engine_cfg,
         )
-        raw = self.cache.run(step, payload, list(by_id), compute, chunk, desc=desc)
+        raw = self.cache.run(
+            step, payload, list(by_id), compute, chunk, desc=desc, keep=_not_failed
+        )
         return {i: Generation(**r) for i, r in raw.items()}

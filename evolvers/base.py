@@ -172,7 +172,11 @@ def child_record(
     failure: str | None = None,
     **extra,
 ) -> Record:
-    """An evolved record with its lineage; empty or unchanged instructions are failures."""
+    """An evolved record with its lineage; empty or unchanged instructions are failures, and a
+    request that failed for good (engines.openai_engine) is an `engine_error`."""
+    if gen.finish_reason == "error":
+        failure, instruction = "engine_error", ""
+        extra = {**extra, "engine_error": gen.error}
     if failure is None and not instruction:
         failure = "empty"
     elif failure is None and _norm(instruction) == _norm(parent["instruction"]):

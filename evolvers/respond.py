@@ -27,7 +27,9 @@ def responded_record(record: Record, gen: Generation, responder: str) -> Record:
         response_finish_reason=gen.finish_reason,
         response_tokens=gen.num_tokens,
     )
-    if not out["output"]:
+    if gen.finish_reason == "error":  # the request failed for good; a rerun asks again
+        out["meta"].update(response_failure="engine_error", engine_error=gen.error)
+    elif not out["output"]:
         out["meta"]["response_failure"] = "empty"
     return out
 
@@ -39,6 +41,7 @@ def respond_counts(records: list[Record]) -> dict[str, Any]:
         "attempted": len(records),
         "responded": len(ok),
         "empty": len(records) - len(ok),
+        "engine_errors": sum(r["meta"].get("response_failure") == "engine_error" for r in records),
         "truncated": sum(r["meta"].get("response_finish_reason") == "length" for r in records),
         "response_words_mean": sum(words) / len(words) if words else None,
         "response_tokens_mean": (

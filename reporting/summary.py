@@ -115,6 +115,7 @@ def build_summary(
     s.update(
         {
             "engine/prompts": st.prompts,
+            "engine/failed_requests": st.failed,
             "engine/generated_tokens": st.generated_tokens,
             "engine/seconds": round(st.seconds, 2),
             "engine/tokens_per_s": round(st.generated_tokens / st.seconds, 2)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.dist import is_leader
 from core.records import Record
+from core.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ class Tracker:
 
         from reporting.summary import hardware_facts
 
-        config = OmegaConf.to_container(cfg, resolve=True)
+        # URLs redacted: a key in engine.base_url must not reach W&B.
+        config = redact(OmegaConf.to_container(cfg, resolve=True))
         # The formats `auto` resolved to on this machine: runs on different hardware differ here.
         config["hardware"] = {k.split("/", 1)[1]: v for k, v in hardware_facts(cfg).items()}
         self.run = wandb.init(
