@@ -1,32 +1,55 @@
 """A sandbox for model-written Python (AutoIF verifiers, HumanEval/MBPP solutions).
 
-A long-lived worker process runs each task in a forked child. Guarantees, as root (CI, most
-cluster jobs start the worker as root and it drops privileges itself):
-  - a clean environment and no inherited file descriptors (the worker is started with both);
-  - no network: a new network namespace (no interfaces up), and `socket` refused in Python;
-  - a private mount namespace with a fresh, size-limited tmpfs on /tmp and /dev/shm: the working
-    directory lives there, and nothing written there is visible outside;
-  - an unprivileged, unique user id: it cannot write outside the sandbox's tmpfs (every other path
-    belongs to other users), and process-count limits bind (they do not bind root);
-  - per task: address-space, CPU-time, file-size, open-file and process-count limits, stdout/stderr
-    to /dev/null, a wall-clock timeout after which the task's whole process group is killed, and
-    every process left by the sandbox user is killed after each task.
-Not as root, the namespaces and the user switch are unavailable: the limits, the clean environment,
-the Python-level socket refusal and the timeout still hold (`Sandbox.isolation` says which).
+A worker process serves the caller over a pipe; each program ("item") runs in its own forked
+process, which can reach nothing but its own result pipe. The strongest isolation the machine
+allows is used, and `Sandbox.isolation` (recorded in metrics.json) says which:
+
+  full     root with CAP_SYS_ADMIN: new mount, network, PID and IPC namespaces; the filesystem
+           read-only except a size-limited tmpfs on /tmp and /dev/shm; a fresh /proc that shows
+           only the sandbox's processes; items run as a unique unprivileged uid.
+  userns   no CAP_SYS_ADMIN (a Docker/Kubernetes root, or an ordinary user) but user namespaces
+           allowed: the same namespaces and read-only filesystem inside a user namespace, and
+           items drop every capability (they stay the caller's uid outside, but see no process
+           and reach no file of the caller's outside the tmpfs).
+  uid      root without namespaces: items run as a unique unprivileged uid (they cannot write
+           the caller's files, read its /proc/<pid>/environ or signal it); no network through
+           a seccomp filter.
+  process  neither: limits, a clean environment, a seccomp filter against network sockets and
+           a non-dumpable worker (its /proc/<pid>/fd and environ are closed to items); items can
+           still read files of the caller's user. The weakest level; said in metrics.json.
+
+In every mode: per-program limits (address space, CPU time, file size, open files, processes),
+stdout/stderr to /dev/null, a timeout per test case and per program, every process a program
+left killed after it, results through the program's own pipe, bounded in size and
+shape-checked (a malformed result is that program's failure), and a deadline the caller itself
+enforces: if the worker stops answering (a program froze or killed it), the caller kills the
+worker and everything it started, records a timeout, and starts a new one.
+
+What no in-process harness can prevent: a program decides its own result (a HumanEval solution
+that calls os._exit(0) before the tests ends without an exception). It cannot write another
+program's result or the worker's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+# The caller's grace beyond the programs' own time budgets before it declares the worker stuck.
+GRACE_S = 10.0
+
 WORKER = r"""
-import ctypes, importlib, json, os, resource, select, signal, socket, sys, time
+import ctypes, importlib, json, os, platform, pwd, resource, select, signal, socket, struct, sys
+import time
 
 # Loaded before the privilege drop: the unprivileged user may be unable to read the interpreter's
 # library folder (a Python installed under /root), and model-written code imports these.
@@ -42,86 +65,234 @@ for name in PRELOAD:
     except ImportError:
         pass
 
-CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
+NEWNS, NEWNET, NEWPID, NEWIPC, NEWUSER = 0x20000, 0x40000000, 0x20000000, 0x8000000, 0x10000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 16384, 1 << 18
 cfg = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
-isolation = "partial"
-uid = 200000 + os.getpid() % 100000
-if os.geteuid() == 0:
+X86_64 = platform.machine() == "x86_64"
+
+def check(rc, what):
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+
+def prctl(*args):
+    return libc.prctl(*[ctypes.c_ulong(a) for a in args])
+
+def free_uid():
+    # Far above the ranges of real users (sssd allocates from 200000 to 2000200000): a uid no
+    # account has and no process runs as.
+    used = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                used.add(os.stat("/proc/" + p).st_uid)
+            except OSError:
+                pass
+    for k in range(1000):
+        uid = 4100000000 + (os.getpid() * 7919 + k) % 100000000
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            if uid not in used:
+                return uid
+    raise OSError(0, "no free uid")
+
+def write(path, text):
+    fd = os.open(path, os.O_WRONLY)
     try:
-        if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "unshare")
-        if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-            raise OSError(ctypes.get_errno(), "mount private")
-        opts = ("size=%dm,mode=1777" % cfg["tmpfs_mb"]).encode()
-        for target in (b"/tmp", b"/dev/shm"):
-            if not os.path.isdir(target):
-                continue
-            if libc.mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
-                raise OSError(ctypes.get_errno(), "mount tmpfs")
-        os.makedirs("/tmp/work", exist_ok=True)
-        os.chown("/tmp/work", uid, uid)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+def read_only_root():
+    # mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, {attr_set=MOUNT_ATTR_RDONLY}): every mount
+    # read-only (mounts made after it, the tmpfs below, stay writable).
+    if not X86_64:
+        raise OSError(0, "read-only remount needs mount_setattr (x86_64 here)")
+    attr = struct.pack("QQQQ", 1, 0, 0, 0)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    check(libc.syscall(442, -100, b"/", 0x8000, buf, len(attr)), "mount_setattr read-only")
+
+def namespaces(user):
+    if user:
+        uid, gid = os.getuid(), os.getgid()
+        check(libc.unshare(NEWUSER | NEWNS | NEWNET | NEWPID | NEWIPC), "unshare(user)")
+        write("/proc/self/setgroups", "deny")
+        write("/proc/self/uid_map", "0 %d 1" % uid)
+        write("/proc/self/gid_map", "0 %d 1" % gid)
+    else:
+        check(libc.unshare(NEWNS | NEWNET | NEWPID | NEWIPC), "unshare")
+    check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
+    read_only_root()
+    opts = ("size=%dm,mode=1777" % cfg["tmpfs_mb"]).encode()
+    for target in (b"/tmp", b"/dev/shm"):
+        if os.path.isdir(target):
+            check(libc.mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, opts), "tmpfs")
+
+def mount_proc():
+    # In the new PID namespace (PID 1): a /proc of its own processes only; if procfs cannot be
+    # mounted here, an empty tmpfs hides the outer one.
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if libc.mount(b"proc", b"/proc", b"proc", flags, None) != 0:
+        check(libc.mount(b"tmpfs", b"/proc", b"tmpfs", flags | MS_RDONLY, b"size=1k"), "hide /proc")
+
+# --- choose the isolation level ---------------------------------------------------------------
+isolation, errors, uid = None, [], None
+for level in cfg["levels"]:
+    try:
+        if level == "full":
+            if os.geteuid() != 0:
+                raise OSError(0, "not root")
+            uid = free_uid()
+            namespaces(user=False)
+        elif level == "userns":
+            namespaces(user=True)
+        elif level == "uid":
+            if os.geteuid() != 0:
+                raise OSError(0, "not root")
+            uid = free_uid()
+        isolation = level
+        break
+    except OSError as e:
+        errors.append("%s: %s" % (level, e))
+        uid = None
+if isolation is None:
+    print(json.dumps({"ready": False, "error": "; ".join(errors)}), flush=True)
+    sys.exit(1)
+in_ns = isolation in ("full", "userns")
+
+if in_ns:
+    # The worker stays outside the new PID namespace; its child is that namespace's PID 1 and
+    # serves the caller (stdin/stdout are inherited). Killing it kills every process inside.
+    go_r, go_w = os.pipe()
+    init = os.fork()
+    if init:
+        print(json.dumps({"hello": "worker", "init_pid": init}), flush=True)
+        os.write(go_w, b"1")  # init speaks only after this line
+        os.close(0)
+        os.close(1)
+        os.waitpid(init, 0)
+        os._exit(0)
+    os.read(go_r, 1)
+    os.close(go_r)
+    os.close(go_w)
+    mount_proc()
+    workdir = "/tmp/work"
+    os.makedirs(workdir, exist_ok=True)
+else:
+    import tempfile
+    workdir = tempfile.mkdtemp(prefix="sandbox-")
+if uid is not None:
+    os.chown(workdir, uid, uid)
+    os.chmod(workdir, 0o700)
+prctl(4, 0)  # PR_SET_DUMPABLE 0: no item can open /proc/<this>/fd or environ, or ptrace it
+prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans (daemonised leftovers) come back here
+os.chdir(workdir)
+
+def drop_privileges():
+    prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    prctl(28, 0x2F)  # PR_SET_SECUREBITS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS off, all locked
+    for cap in range(64):
+        prctl(24, cap)  # PR_CAPBSET_DROP: no exec can bring a capability back
+    if uid is not None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-        isolation = "full"
-    except OSError as e:
-        print(json.dumps({"ready": False, "error": str(e)}), flush=True)
-        sys.exit(1)
-    os.chdir("/tmp/work")
-else:
-    import tempfile
-    os.chdir(tempfile.mkdtemp(prefix="sandbox-"))
+    hdr = struct.pack("Ii", 0x20080522, 0)
+    data = b"\0" * 24
+    libc.capset(ctypes.create_string_buffer(hdr, 8), ctypes.create_string_buffer(data, 24))
+    prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    if X86_64:  # seccomp: socket() for anything but AF_UNIX fails with EACCES
+        prog = [
+            (0x20, 0, 0, 4), (0x15, 0, 5, 0xC000003E), (0x20, 0, 0, 0), (0x15, 0, 3, 41),
+            (0x20, 0, 0, 16), (0x15, 1, 0, 1), (0x06, 0, 0, 0x00050000 | 13),
+            (0x06, 0, 0, 0x7FFF0000),
+        ]
+        filt = b"".join(struct.pack("HBBI", *ins) for ins in prog)
+        fbuf = ctypes.create_string_buffer(filt, len(filt))
+        fprog = struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(fbuf))
+        pbuf = ctypes.create_string_buffer(fprog, len(fprog))
+        prctl(22, 2, ctypes.addressof(pbuf))  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
 
 def refuse(*a, **k):
     raise PermissionError("network access is disabled in the sandbox")
 
-def run_task(task, w):
+class CaseTimeout(BaseException):
+    pass
+
+def on_alarm(*a):
+    raise CaseTimeout()
+
+def describe(e):
+    if isinstance(e, CaseTimeout):
+        return "timeout after %ss" % cfg["case_timeout"]
+    return "%s: %s" % (type(e).__name__, str(e)[:200])
+
+def timed(fn):
+    signal.setitimer(signal.ITIMER_REAL, cfg["case_timeout"])
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+def run_item(item, w):
     os.setpgid(0, 0)
-    soft = cfg["memory_mb"] * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (soft, soft))
-    cpu = int(task["timeout"]) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["file_mb"] << 20, cfg["file_mb"] << 20))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-    resource.setrlimit(resource.RLIMIT_NPROC, (cfg["max_procs"], cfg["max_procs"]))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.dup2(w, 3)
+    os.closerange(4, 1 << 16)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
+    os.close(null)
+    budget = item_budget(item)
+    soft = cfg["memory_mb"] * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (soft, soft))
+    resource.setrlimit(resource.RLIMIT_CPU, (int(budget) + 1, int(budget) + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["file_mb"] << 20, cfg["file_mb"] << 20))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    drop_privileges()
+    resource.setrlimit(resource.RLIMIT_NPROC, (cfg["max_procs"], cfg["max_procs"]))
     socket.socket = refuse
     socket.create_connection = refuse
-    outs = [run_one(item) for item in task["items"]]
-    blob = json.dumps({"batch": outs}).encode()[: cfg["max_result_bytes"]]
-    os.write(w, blob)
-    os._exit(0)
-
-def describe(e):
-    return "%s: %s" % (type(e).__name__, str(e)[:200])
-
-def run_one(item):
+    signal.signal(signal.SIGALRM, on_alarm)
+    out = {"ok": False, "results": []}
     ns = {"__name__": "__sandbox__"}
-    out = {"results": []}
     try:
-        exec(compile(item["code"], "<sandbox>", "exec"), ns)
+        timed(lambda: exec(compile(item["code"], "<sandbox>", "exec"), ns))
         fn = ns.get(item["func"]) if item.get("func") else None
         if item.get("func") and not callable(fn):
             raise NameError("no function named %r" % item["func"])
         for args in item.get("inputs") or []:
             try:
-                value = fn(*args)
+                value = timed(lambda: fn(*args))
                 json.dumps(value)
                 out["results"].append({"ok": True, "value": value})
             except BaseException as e:
                 out["results"].append({"ok": False, "error": describe(e)})
         out["ok"] = True
     except BaseException as e:
-        out.update(ok=False, error=describe(e))
-    return out
+        out["error"] = describe(e)
+    blob = json.dumps(out).encode()
+    if len(blob) > cfg["max_result_bytes"]:
+        too_big = "result larger than %d bytes" % cfg["max_result_bytes"]
+        blob = json.dumps({"ok": False, "error": too_big}).encode()
+    os.write(3, blob)
+    os._exit(0)
 
-PR_SET_CHILD_SUBREAPER = 36
-libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us to be reaped
+def item_budget(item):
+    # A timeout per test case (and one for the program's own top level), not one for them all.
+    return cfg["case_timeout"] * (1 + len(item.get("inputs") or [])) + 1.0
+
+def valid(res):
+    if not isinstance(res, dict) or not isinstance(res.get("ok"), bool):
+        return False
+    rows = res.get("results", [])
+    if not isinstance(rows, list):
+        return False
+    if not all(isinstance(r, dict) and isinstance(r.get("ok"), bool) for r in rows):
+        return False
+    return res.get("error") is None or isinstance(res.get("error"), str)
 
 def reap():
     while True:
@@ -133,51 +304,79 @@ def reap():
             return
 
 def leftovers():
+    # In a namespace: every process but this one. With a sandbox uid: that uid's processes.
+    # Otherwise: this process's children (orphans come back to it as subreaper).
     me, found = os.getpid(), []
     for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != me:
-            try:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if in_ns:
+                found.append(int(name))
+            elif uid is not None:
                 if os.stat("/proc/" + name).st_uid == uid:
                     found.append(int(name))
-            except OSError:
-                pass
+            else:
+                with open("/proc/%s/stat" % name, "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
+                        found.append(int(name))
+        except (OSError, ValueError, IndexError):
+            pass
     return found
 
-print(json.dumps({"ready": True, "isolation": isolation}), flush=True)
-for line in sys.stdin:
-    task = json.loads(line)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        run_task(task, w)
-    os.close(w)
-    chunks, deadline_hit = [], False
-    end = time.monotonic() + float(task["timeout"])
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            deadline_hit = True
-            break
-        ready, _, _ = select.select([r], [], [], left)
-        if not ready:
+def remove(path):
+    import shutil
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+
+def files_left():
+    # What the item wrote: in a namespace its tmpfs (emptied); with a sandbox uid, whatever
+    # that uid owns in the world-writable folders, and its System V IPC objects.
+    if in_ns:
+        for d in (workdir, "/dev/shm"):
+            for e in os.listdir(d):
+                remove(os.path.join(d, e))
+        return
+    if uid is None:
+        return
+    for d in SHARED_DIRS:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
             continue
-        data = os.read(r, 65536)
-        if not data:
-            break
-        chunks.append(data)
-    os.close(r)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    reap()
-    for _ in range(100):  # anything the task left behind (this uid only), until nothing is left
-        left = leftovers() if isolation == "full" else []
+        for e in entries:
+            try:
+                if e.stat(follow_symlinks=False).st_uid == uid:
+                    remove(e.path)
+            except OSError:
+                pass
+    for kind, rm in (("shm", libc.shmctl), ("msg", libc.msgctl), ("sem", libc.semctl)):
+        try:
+            rows = open("/proc/sysvipc/" + kind).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            owner = int(cols[4] if kind == "sem" else cols[7])
+            if owner == uid:
+                rm(int(cols[1]), 0, None)  # IPC_RMID
+
+def clean(pid):
+    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            target()
+        except (ProcessLookupError, PermissionError):
+            pass
+    for _ in range(200):  # until nothing the item started is left
+        reap()
+        left = leftovers()
         if not left:
             break
         for p in left:
@@ -186,16 +385,53 @@ for line in sys.stdin:
             except (ProcessLookupError, PermissionError):
                 pass
         time.sleep(0.001)
-        reap()
-    if deadline_hit:
-        res = {"error": "timeout after %ss" % task["timeout"]}
-    else:
+    files_left()
+
+def run_one(item):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
         try:
-            died = {"error": "the task died (memory or CPU limit)"}
-            res = json.loads(b"".join(chunks) or b"null") or died
-        except ValueError:
-            res = {"error": "result too large or cut short"}
-    print(json.dumps(res), flush=True)
+            run_item(item, w)
+        finally:
+            os._exit(1)
+    os.close(w)
+    cap = cfg["max_result_bytes"] + 1
+    chunks, size, timed_out = [], 0, False
+    end = time.monotonic() + item_budget(item)
+    while size < cap:
+        left = end - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        ready, _, _ = select.select([r], [], [], left)
+        if not ready:
+            continue
+        data = os.read(r, min(65536, cap - size))
+        if not data:
+            break
+        chunks.append(data)
+        size += len(data)
+    os.close(r)
+    clean(pid)
+    if timed_out:
+        return {"ok": False, "error": "timeout after %.0fs" % item_budget(item)}
+    if size >= cap:
+        return {"ok": False, "error": "result larger than %d bytes" % cfg["max_result_bytes"]}
+    if not chunks:
+        return {"ok": False, "error": "the program died (memory or CPU limit, or it exited)"}
+    try:
+        res = json.loads(b"".join(chunks))
+    except ValueError:
+        return {"ok": False, "error": "a malformed result"}
+    return res if valid(res) else {"ok": False, "error": "a malformed result"}
+
+print(json.dumps({"ready": True, "isolation": isolation, "uid": uid, "workdir": workdir,
+                  "skipped": errors}), flush=True)
+for line in sys.stdin:
+    task = json.loads(line)
+    print(json.dumps({"batch": [run_one(item) for item in task["items"]]}), flush=True)
 """
 
 
@@ -207,7 +443,13 @@ class TaskResult:
 
 
 class Sandbox:
-    """`run(code, func, inputs)` executes `code`, then `func(*args)` for each args in `inputs`."""
+    """`run(code, func, inputs)` executes `code`, then `func(*args)` for each args in `inputs`.
+
+    `timeout` is per test case (and for the program's own top level). `levels` are the isolation
+    levels to try, strongest first; `wrapper` is a command the worker is started under (tests
+    start it without CAP_SYS_ADMIN or as another user with `setpriv`)."""
+
+    LEVELS = ("full", "userns", "uid", "process")
 
     def __init__(
         self,
@@ -215,36 +457,103 @@ class Sandbox:
         memory_mb: int = 1024,
         file_mb: int = 16,
         tmpfs_mb: int = 64,
-        max_procs: int = 16,
+        max_procs: int = 8,
         max_result_bytes: int = 1 << 20,
+        levels: tuple[str, ...] | None = None,
+        wrapper: list[str] | None = None,
+        grace_s: float = GRACE_S,
     ):
         self.timeout = timeout
+        self.grace_s = grace_s
+        self.levels = tuple(levels or self.LEVELS)
+        self.wrapper = list(wrapper or [])
         self.cfg = {
             "memory_mb": memory_mb,
             "file_mb": file_mb,
             "tmpfs_mb": tmpfs_mb,
             "max_procs": max_procs,
             "max_result_bytes": max_result_bytes,
+            "case_timeout": timeout,
+            "levels": list(self.levels),
         }
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
+        self._buf = b""
         self.isolation = "none"
+        self.init_pid: int | None = None
+        self.uid: int | None = None
+        self.workdir: str | None = None
+        self.restarts = 0  # workers killed for not answering in time
+
+    # -- the worker's life ------------------------------------------------------------------
 
     def _start(self) -> None:
+        self._buf, self.init_pid = b"", None
         self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", WORKER, json.dumps(self.cfg)],
+            [*self.wrapper, sys.executable, "-I", "-S", "-c", WORKER, json.dumps(self.cfg)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             close_fds=True,
             start_new_session=True,
-            text=True,
         )
-        hello = json.loads(self._proc.stdout.readline() or '{"ready": false}')
+        deadline = time.monotonic() + 60
+        while True:
+            line = self._readline(deadline, 1 << 16)
+            hello = json.loads(line) if line else {"ready": False, "error": "no answer"}
+            if "init_pid" in hello:
+                self.init_pid = int(hello["init_pid"])
+                continue
+            break
         if not hello.get("ready"):
+            self._kill()
             raise RuntimeError(f"sandbox worker failed to start: {hello.get('error')}")
         self.isolation = hello["isolation"]
+        self.uid = hello.get("uid")
+        if hello.get("workdir") and self.isolation not in ("full", "userns"):
+            self.workdir = hello["workdir"]  # outside any tmpfs: removed on close
+
+    def _readline(self, deadline: float, limit: int) -> bytes | None:
+        """One line from the worker, waiting no later than `deadline` and reading no more than
+        `limit` bytes; None when it does not come."""
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or len(self._buf) > limit:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            data = os.read(fd, 1 << 16)
+            if not data:
+                return None
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line if len(line) <= limit else None
+
+    def _kill(self) -> None:
+        """The worker and everything it started: the PID namespace (its PID 1 takes every
+        process inside with it), the worker's session, and the sandbox uid's processes."""
+        proc, self._proc = self._proc, None
+        if self.init_pid:
+            _signal(lambda: os.kill(self.init_pid, signal.SIGKILL))
+        if proc is not None:
+            _signal(lambda: os.killpg(proc.pid, signal.SIGKILL))
+            _signal(lambda: os.kill(proc.pid, signal.SIGKILL))
+            proc.wait()
+        if self.uid is not None and os.geteuid() == 0:
+            for _ in range(50):
+                left = _processes_of(self.uid)
+                if not left:
+                    break
+                for pid in left:
+                    _signal(lambda pid=pid: os.kill(pid, signal.SIGKILL))
+                time.sleep(0.01)
+        self.init_pid = None
+
+    # -- running programs -------------------------------------------------------------------
 
     def run(
         self,
@@ -259,55 +568,92 @@ class Sandbox:
     def run_batch(
         self, items: list[tuple[str, str | None, list[list[Any]]]], timeout: float | None = None
     ) -> list[TaskResult]:
-        """Many programs in one forked process (each in a fresh namespace): the fast path for
-        cross-validating thousands of (function, case) pairs. If the batch as a whole fails (a
-        timeout, a crash), each program is rerun alone, so one bad function cannot sink the
-        others and its own failure is recorded."""
+        """Many programs, each in its own forked process, one request to the worker."""
         if not items:
             return []
-        limit = timeout or self.timeout
-        res = self._send(
-            {
-                "items": [{"code": c, "func": f, "inputs": i} for c, f, i in items],
-                "timeout": limit if len(items) == 1 else 4 * limit,
-            }
-        )
-        if len(res.get("batch") or []) == len(items):
-            return [
-                TaskResult(o.get("ok", False), o.get("results", []), o.get("error"))
-                for o in res["batch"]
-            ]
-        if len(items) == 1:
-            return [TaskResult(False, [], res.get("error") or "the task failed")]
-        return [r for item in items for r in self.run_batch([item], timeout)]
+        if timeout is not None and timeout != self.timeout:
+            self.close()  # a worker with the new per-case timeout
+            self.timeout = self.cfg["case_timeout"] = timeout
+        task = {"items": [{"code": c, "func": f, "inputs": i} for c, f, i in items]}
+        res = self._send(task)
+        batch = res.get("batch")
+        if not isinstance(batch, list) or len(batch) != len(items):
+            error = res.get("error") or "the sandbox returned a malformed answer"
+            return [TaskResult(False, [], error) for _ in items]
+        return [_task_result(o) for o in batch]
+
+    def _budget(self, task: dict) -> float:
+        """What the worker may take for `task`: its programs' own budgets and a grace."""
+        per_case = float(self.cfg["case_timeout"])
+        return self.grace_s + sum(per_case * (1 + len(i["inputs"])) + 1.0 for i in task["items"])
 
     def _send(self, task: dict) -> dict:
+        limit = len(task["items"]) * (int(self.cfg["max_result_bytes"]) + 4096) + 4096
         with self._lock:
             for _ in range(2):
                 if self._proc is None or self._proc.poll() is not None:
                     self._start()
+                assert self._proc is not None and self._proc.stdin is not None
+                deadline = time.monotonic() + self._budget(task)
                 try:
-                    self._proc.stdin.write(json.dumps(task) + "\n")
+                    self._proc.stdin.write((json.dumps(task) + "\n").encode())
                     self._proc.stdin.flush()
-                    line = self._proc.stdout.readline()
+                    line = self._readline(deadline, limit)
                 except (BrokenPipeError, OSError):
-                    line = ""
-                if line:
-                    return json.loads(line)
-                self.close()  # the worker itself died: restart once
+                    line = None
+                if line is not None:
+                    try:
+                        answer = json.loads(line)
+                        if isinstance(answer, dict):
+                            return answer
+                    except ValueError:
+                        pass
+                    self._kill()
+                    return {"error": "the sandbox returned a malformed answer"}
+                timed_out = time.monotonic() >= deadline
+                self._kill()  # frozen, killed or flooded: nothing it started survives
+                if timed_out:
+                    self.restarts += 1
+                    return {"error": f"timeout: no answer within {self._budget(task):.0f}s"}
             return {"error": "sandbox worker died"}
 
     def close(self) -> None:
-        if self._proc is not None:
-            try:
-                os.killpg(self._proc.pid, 9)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self._proc.wait()
-            self._proc = None
+        self._kill()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     def __enter__(self) -> Sandbox:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _task_result(o: Any) -> TaskResult:
+    if not isinstance(o, dict) or not isinstance(o.get("ok"), bool):
+        return TaskResult(False, [], "a malformed result")
+    rows = o.get("results") or []
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return TaskResult(False, [], "a malformed result")
+    error = o.get("error")
+    return TaskResult(o["ok"], rows, error if isinstance(error, str) or error is None else None)
+
+
+def _signal(send: Any) -> None:
+    try:
+        send()
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _processes_of(uid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    out.append(int(name))
+            except OSError:
+                pass
+    return out

@@ -370,7 +370,9 @@ class AutoIF(Scenario):
             for x in todo
             for f in x["functions"]
         ]
-        results = iter(run_programs(items, self.cfg.sandbox, "autoif cross-check"))
+        results = iter(
+            run_programs(items, self.cfg.sandbox, "autoif cross-check", self.step_cache, counts)
+        )
         min_acc = float(self.cfg.min_accuracy)
         min_funcs = self.cfg.min_functions or 1
         min_cases = self.cfg.min_cases or 1
@@ -486,7 +488,10 @@ class AutoIF(Scenario):
             )
             for r in checkable:
                 texts[r["id"]] += [gens[f"{r['id']}-s{k}"].text.strip() for k in range(n_samples)]
-        accepted = run_verifiers(checkable, texts, self.cfg.sandbox)
+        sandbox_counts: dict[str, Any] = {}
+        accepted = run_verifiers(
+            checkable, texts, self.cfg.sandbox, self.step_cache, sandbox_counts
+        )
         threshold = float(self.cfg.pass_rate)
         rows, kept, pairs = [], [], []
         for r in checkable:
@@ -519,6 +524,7 @@ class AutoIF(Scenario):
             "pass_rate_threshold": threshold,
             "pass_rule": self.cfg.pass_rule,
             "pass_rate_mean": sum(rates0) / len(rates0) if rates0 else None,
+            **sandbox_counts,
         }
         if n_samples:
             files["dpo.jsonl"] = pairs

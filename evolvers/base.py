@@ -65,6 +65,10 @@ class Scenario:
     # At most this many rounds (AutoIF is one pass); None: as many as `rounds` asks.
     max_rounds: ClassVar[int | None] = None
 
+    # The run's step cache (core.cache.StepCache), set by the runner: scenarios that run
+    # programs in the sandbox cache their results there, so a resumed run replays them.
+    step_cache: Any = None
+
     def __init__(self, cfg: Any):
         self.cfg = cfg  # an instance of `Config`
 

@@ -160,11 +160,41 @@ def select_verifiers(
 
 
 def run_programs(
-    items: list[tuple[str, str, list[list[Any]]]], sandbox_cfg: Any, desc: str
+    items: list[tuple[str, str, list[list[Any]]]],
+    sandbox_cfg: Any,
+    desc: str,
+    cache: Any = None,
+    counts: dict | None = None,
 ) -> list[TaskResult]:
-    """Run (code, "evaluate", inputs) programs in the sandbox, `batch_size` per forked batch."""
+    """Run (code, "evaluate", inputs) programs in the sandbox, `batch_size` per request. With a
+    `cache` (core.cache.StepCache) the results are cached by program, inputs and sandbox
+    settings: a resumed run replays the same verdicts (a timeout included) instead of running
+    the programs again. `counts` gets the isolation level the sandbox ran at."""
     if not items:
         return []
+    from core.cache import stable_hash
+
+    keys = [stable_hash(list(item))[:24] for item in items]
+    unique = dict(zip(keys, items))
+    settings = {"timeout": float(sandbox_cfg.timeout), "memory_mb": int(sandbox_cfg.memory_mb)}
+    seen: set[str] = set()
+
+    def compute(ids: list[str]) -> list[dict]:
+        res = _run_in_sandbox([unique[i] for i in ids], sandbox_cfg, desc, seen)
+        return [{"ok": r.ok, "results": r.results, "error": r.error} for r in res]
+
+    if cache is None:
+        rows = dict(zip(unique, compute(list(unique))))
+    else:
+        rows = cache.run("sandbox", settings, list(unique), compute, 4096, desc=desc)
+    if counts is not None and seen:
+        counts["sandbox_isolation"] = ",".join(sorted(seen))
+    return [TaskResult(rows[k]["ok"], rows[k]["results"], rows[k]["error"]) for k in keys]
+
+
+def _run_in_sandbox(
+    items: list[tuple[str, str, list[list[Any]]]], sandbox_cfg: Any, desc: str, seen: set
+) -> list[TaskResult]:
     from tqdm import tqdm
 
     batch = max(1, int(sandbox_cfg.batch_size))
@@ -175,11 +205,16 @@ def run_programs(
     ) as sb:
         for i in tqdm(range(0, len(items), batch), desc=desc, leave=False):
             out.extend(sb.run_batch(items[i : i + batch]))
+        seen.add(sb.isolation)
     return out
 
 
 def run_verifiers(
-    records: list[Record], texts: dict[str, list[str]], sandbox_cfg: Any
+    records: list[Record],
+    texts: dict[str, list[str]],
+    sandbox_cfg: Any,
+    cache: Any = None,
+    counts: dict | None = None,
 ) -> dict[str, list[dict[str, bool]]]:
     """accepted[record id][k][function id]: that function returned True on the record's k-th
     text. One sandbox program per function, over every text of every record it checks."""
@@ -192,7 +227,7 @@ def run_verifiers(
         (func, "evaluate", [[texts[rid][k]] for rid, k in members])
         for (_, func), members in groups.items()
     ]
-    results = run_programs(items, sandbox_cfg, "autoif verify")
+    results = run_programs(items, sandbox_cfg, "autoif verify", cache, counts)
     accepted: dict[str, list[dict[str, bool]]] = {
         r["id"]: [{} for _ in texts[r["id"]]] for r in records
     }

@@ -102,6 +102,7 @@ class Run:
         self.evolve_params = cfg.generation.evolve
         self.tracker = tracker or Tracker(OmegaConf.create({"logger": {"name": "none"}}), self.dir)
         self.cache = StepCache(Path(cfg.cache_dir), read_only=cache_only)
+        self.scenario.step_cache = self.cache  # what sandbox results are cached in
         self.pool = EnginePool(cfg.engine, self.cache, cfg.models_dir)
         self.metrics: dict[str, dict] = {}  # set name -> {stage: counts}
         self.filter_counts: dict | None = None

@@ -4,6 +4,7 @@ sandbox keeps working."""
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -124,3 +125,168 @@ def test_clean_environment_and_output(sb, monkeypatch):
         assert r.results[1]["ok"] is False  # not serialisable: a per-case failure
     finally:
         fresh.close()
+
+
+# ------------------------------------------------------------------ every privilege mode
+# The worker as it starts on: a root with every capability (full), a root without
+# CAP_SYS_ADMIN as in Docker (user namespaces), a root without namespaces at all (uid), an
+# unprivileged user (user namespaces), and one without user namespaces (process).
+NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]
+NO_SYS_ADMIN = ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin", "--"]
+MODES = {
+    "root": ([], None, "full"),
+    "root-no-cap-sys-admin": (NO_SYS_ADMIN, None, "userns"),
+    "root-no-namespaces": ([], ("uid", "process"), "uid"),
+    "user": (NOBODY, None, "userns"),
+    "user-no-namespaces": (NOBODY, ("process",), "process"),
+}
+TIMEOUT, GRACE = 1.0, 2.0
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def mode_sb(request):
+    if os.geteuid() != 0:
+        pytest.skip("the modes are entered from root (setpriv)")
+    wrapper, levels, expected = MODES[request.param]
+    box = Sandbox(timeout=TIMEOUT, memory_mb=512, levels=levels, wrapper=wrapper, grace_s=GRACE)
+    box.run("x = 1")  # start it
+    assert box.isolation == expected, (request.param, box.isolation)
+    yield box
+    box.close()
+
+
+def _budget(sb, n_items=1, n_cases=0):
+    return GRACE + n_items * (TIMEOUT * (1 + n_cases) + 1.0)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # into the worker's process group, then hang: the group kill misses it
+        "import os, time\nos.setpgid(0, os.getpgid(os.getppid()))\ntime.sleep(600)",
+        # freeze the process that waits for it
+        "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nimport time\ntime.sleep(600)",
+        # a daemon in its own session that outlives its parent
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\nos._exit(0)",
+    ],
+)
+def test_no_task_hangs_the_caller_past_its_deadline(mode_sb, code):
+    t0 = time.monotonic()
+    r = mode_sb.run(code, None)
+    took = time.monotonic() - t0
+    assert not r.ok or r.error is None  # the daemon case may end cleanly
+    assert took <= _budget(mode_sb) + 3, took
+    _still_works(mode_sb)
+    assert _sleepers() == []  # nothing it started is left
+
+
+def _sleepers():
+    """Processes still sleeping for the hostile tasks' 600 s."""
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"time.sleep(600)" in cmd or b"sleep\x00600" in cmd:
+            out.append(pid)
+    return out
+
+
+FORGE = """
+import json, os
+lie = json.dumps({"batch": [{"ok": True, "results": [{"ok": True, "value": True}]}] * 3})
+for fd in range(0, 64):
+    try:
+        os.write(fd, (lie + "\\n").encode())
+    except OSError:
+        pass
+for target in ("/proc/%d/fd/1" % os.getppid(), "/proc/1/fd/1"):
+    try:
+        with open(target, "w") as f:
+            f.write(lie + "\\n")
+    except OSError:
+        pass
+def evaluate(x):
+    return True
+"""
+HONEST_NO = "def evaluate(x):\n    return False\n"
+
+
+def test_a_task_cannot_forge_its_neighbours_verdicts_or_desync_the_channel(mode_sb):
+    res = mode_sb.run_batch([(HONEST_NO, "evaluate", [[1]]), (FORGE, "evaluate", [[1]])] * 2)
+    assert [res[0].results, res[2].results] == [[{"ok": True, "value": False}]] * 2
+    for forger in (res[1], res[3]):  # its own pipe, written twice: its own failure at most
+        assert len(forger.results) <= 1, forger
+    _still_works(mode_sb)  # the next answer is the next task's, not a forged line
+
+
+def test_malformed_and_huge_results_are_failures(mode_sb):
+    r = mode_sb.run('import os\nos.write(3, b\'{"ok": 1, "results": 5}\')\nos._exit(0)', None)
+    assert not r.ok and "malformed" in r.error
+    r = mode_sb.run("def f():\n    return [{}] * (8 * 1024 * 1024)", "f", [[]])
+    assert not r.ok and "larger than" in r.error
+    _still_works(mode_sb)
+
+
+def test_the_callers_environment_and_files_are_out_of_reach(mode_sb, tmp_path, monkeypatch):
+    monkeypatch.setenv("SANDBOX_TEST_SECRET", "hunter2")
+    me = os.getpid()
+    read = (
+        "def f(pid):\n"
+        "    try:\n"
+        "        return open('/proc/%d/environ' % pid, 'rb').read().decode(errors='replace')\n"
+        "    except OSError as e:\n"
+        "        return 'refused'\n"
+    )
+    r = mode_sb.run(read, "f", [[me], [os.getppid()]])
+    assert r.ok and all("hunter2" not in x.get("value", "") for x in r.results), r.results
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    os.chmod(tmp_path, 0o777)  # even a world-writable folder
+    r = mode_sb.run(f"import os\nos.remove({str(victim)!r})", None)
+    if mode_sb.isolation != "process":  # process mode: the caller's own user (documented)
+        assert victim.read_text() == "keep me"
+
+
+def test_no_network_and_no_files_left_outside(mode_sb):
+    code = "import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', 9))"
+    r = mode_sb.run(code, None)
+    assert not r.ok and ("Permission" in r.error or "Network" in r.error), r.error
+    marker = f"sandbox-left-{os.getpid()}"
+    for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        mode_sb.run(f"open('{d}/{marker}', 'w').write('x')", None)
+    if mode_sb.isolation != "process":
+        assert not any(os.path.exists(f"{d}/{marker}") for d in ("/tmp", "/var/tmp", "/dev/shm"))
+    for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.exists(f"{d}/{marker}"):
+            os.remove(f"{d}/{marker}")
+
+
+def test_timeouts_are_per_test_case(mode_sb):
+    """A slow but correct verifier over many texts: each case has its own timeout."""
+    code = "import time\ndef evaluate(x):\n    time.sleep(0.3)\n    return True\n"
+    r = mode_sb.run(code, "evaluate", [[k] for k in range(6)])  # 1.8 s in all, 0.3 s a case
+    assert r.ok and all(x["ok"] for x in r.results)
+    code = "def evaluate(x):\n    while x:\n        pass\n    return True\n"
+    r = mode_sb.run(code, "evaluate", [[1], [0]])
+    assert r.results[0]["ok"] is False and "timeout" in r.results[0]["error"]
+    assert r.results[1] == {"ok": True, "value": True}
+
+
+def test_sandbox_results_are_cached_and_replayed(tmp_path):
+    """A resumed AutoIF run replays the verdicts it already has (a timeout included) instead of
+    running the programs again, so it keeps the same verifiers; the isolation level it ran at is
+    recorded."""
+    from core.cache import StepCache
+    from evolvers.autoif import SandboxConfig
+    from evolvers.verifiers import run_programs
+
+    items = [("import random\ndef evaluate(x):\n    return random.random()", "evaluate", [[1]])]
+    counts = {}
+    first = run_programs(items, SandboxConfig(timeout=2), "t", StepCache(tmp_path), counts)
+    again = StepCache(tmp_path)
+    second = run_programs(items, SandboxConfig(timeout=2), "t", again)
+    assert first[0].results == second[0].results and again.reports[-1].computed == 0
+    assert counts["sandbox_isolation"] in Sandbox.LEVELS
