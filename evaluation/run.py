@@ -43,6 +43,9 @@ def evaluate(
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines drown ours
     ensure_punkt(Path(cache_dir).expanduser() / "nltk_data")
     close_sandbox(timeout=float(eval_cfg.code_timeout))
+    import evaluation.tasks
+
+    evaluation.tasks.SANDBOX_ISOLATION = None
     tasks = task_configs(eval_cfg)
     limit = eval_cfg.limit
     out_dir = Path(out_dir)
@@ -78,6 +81,8 @@ def evaluate(
     )
     numbers["eval/limit"] = limit
     numbers["eval/backend"] = backend
+    if evaluation.tasks.SANDBOX_ISOLATION:  # HumanEval / MBPP programs ran at this level
+        numbers["eval/sandbox_isolation"] = evaluation.tasks.SANDBOX_ISOLATION
     write_json_atomic(out_dir / "headline.json", numbers)
     missing = [
         k for t in eval_cfg.tasks for k in BENCHMARKS.get(t).headline_keys() if k not in numbers

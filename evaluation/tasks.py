@@ -155,10 +155,16 @@ def code_sandbox() -> Sandbox:
     return _SANDBOX
 
 
+# The isolation level the last code evaluation ran at (core.sandbox), for headline.json.
+SANDBOX_ISOLATION: str | None = None
+
+
 def close_sandbox(timeout: float | None = None) -> None:
     """Stop the worker (and set the per-program timeout for the next one)."""
-    global _SANDBOX, _SANDBOX_TIMEOUT
+    global _SANDBOX, _SANDBOX_TIMEOUT, SANDBOX_ISOLATION
     if _SANDBOX is not None:
+        if _SANDBOX.isolation != "none":
+            SANDBOX_ISOLATION = _SANDBOX.isolation
         _SANDBOX.close()
         _SANDBOX = None
     if timeout is not None:

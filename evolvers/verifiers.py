@@ -177,6 +177,8 @@ def run_programs(
     keys = [stable_hash(list(item))[:24] for item in items]
     unique = dict(zip(keys, items))
     settings = {"timeout": float(sandbox_cfg.timeout), "memory_mb": int(sandbox_cfg.memory_mb)}
+    if getattr(sandbox_cfg, "share_process", False):
+        settings["share_process"] = True
     seen: set[str] = set()
 
     def compute(ids: list[str]) -> list[dict]:
@@ -202,6 +204,7 @@ def _run_in_sandbox(
     with Sandbox(
         timeout=float(sandbox_cfg.timeout),
         memory_mb=int(sandbox_cfg.memory_mb),
+        share_process=bool(getattr(sandbox_cfg, "share_process", False)),
     ) as sb:
         for i in tqdm(range(0, len(items), batch), desc=desc, leave=False):
             out.extend(sb.run_batch(items[i : i + batch]))

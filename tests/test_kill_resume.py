@@ -18,7 +18,7 @@ from engines.base import Sampling
 from tests.conftest import ROOT
 from tests.fakes import FakeEngine
 
-KILLS = 5
+KILLS = 4
 REQUESTS: list[float] = []  # when the server answered, for kills timed against the work
 OUTPUTS = [
     "seeds.jsonl",
@@ -39,7 +39,7 @@ def _server():
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            time.sleep(0.3)  # slow enough for a kill to land inside a step
+            time.sleep(0.2)  # slow enough for a kill to land inside a step
             REQUESTS.append(time.monotonic())
             prompt = body.get("messages") or body["prompt"]
             g = fake.generate([prompt], Sampling(max_tokens=body["max_tokens"]))[0]

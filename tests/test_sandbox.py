@@ -290,3 +290,15 @@ def test_sandbox_results_are_cached_and_replayed(tmp_path):
     second = run_programs(items, SandboxConfig(timeout=2), "t", again)
     assert first[0].results == second[0].results and again.reports[-1].computed == 0
     assert counts["sandbox_isolation"] in Sandbox.LEVELS
+
+
+def test_a_shared_process_batch_computes_the_same_and_isolates_a_bad_program():
+    """share_process=True (the fast path): the same results; a program that sinks the shared
+    process (a hang) is rerun alone, so the others still get their own results."""
+    items = [(GOOD, "evaluate", [["abc"], ["ABC"]]), ("while True:\n    pass", None, [])]
+    with Sandbox(timeout=1, share_process=True, grace_s=2) as shared:
+        got = shared.run_batch(items * 2)
+    assert [r.results for r in got[::2]] == [
+        [{"ok": True, "value": True}, {"ok": True, "value": False}]
+    ] * 2
+    assert all(not r.ok and "timeout" in r.error for r in got[1::2])

@@ -121,7 +121,7 @@ def test_sigterm_during_training_stops_promptly_and_resumes(tmp_path, bundled_mo
         "stages=[train]",
         "data=file",
         f"data.path={data}",
-        "train.max_steps=6",
+        "train.max_steps=4",
         "train.save_every_n_steps=2",
         "train.cutoff_len=64",
         f"cache_dir={cache}",
@@ -139,7 +139,7 @@ def test_sigterm_during_training_stops_promptly_and_resumes(tmp_path, bundled_mo
     res = run_cli([*args, f"hydra.run.dir={tmp_path}/resumed"])
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
-    assert summary["train/resumed_from_step"] >= 2 and summary["train/steps"] == 6
+    assert summary["train/resumed_from_step"] >= 2 and summary["train/steps"] == 4
 
 
 def test_a_lost_signal_exception_is_raised_again_at_the_next_chunk(tmp_path, monkeypatch):

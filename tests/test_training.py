@@ -516,10 +516,10 @@ def test_two_process_ddp_through_the_train_stage(tmp_path, bundled_model_dir):
             "train=cpu_tiny",
             "train.strategy=ddp",
             "train.devices=2",
-            "train.max_steps=2",
+            "train.max_steps=1",
             "train.micro_batch_size=2",
             "train.effective_batch_size=4",
-            "train.cutoff_len=128",
+            "train.cutoff_len=64",
             "eval.tasks=[ifeval]",
             "eval.limit=1",
             "eval.max_gen_toks=8",
@@ -534,7 +534,7 @@ def test_two_process_ddp_through_the_train_stage(tmp_path, bundled_model_dir):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["train/steps"] == 2
+    assert summary["status"] == "ok" and summary["train/steps"] == 1
     assert summary["train/strategy"] == "ddp" and "ifeval/prompt_strict" in summary
     logs = {p.name: p.read_text() for p in run.glob("*.log")}
     rank1 = logs.pop("train_ddp_process_1.log")  # Lightning names the child's Hydra job
