@@ -5,6 +5,11 @@ each item's line (counting newlines from the file's start for every item, quadra
 the side-by-side ratios: time(8N) / time(N) is about 8 for a linear reader.
 
     .venv/bin/python bench/read_records.py [--n 3000]   (--n 6500: Alpaca's 52K at 8N)
+    .venv/bin/python bench/read_records.py --plain [--alpaca 52002] [--sharegpt-mb 200]
+
+`--plain`: a generated Alpaca JSON (52K records) and a ShareGPT JSONL of about 200 MB, each read by
+`read_records` (which also checks every record and names file:line on errors) beside a plain
+`json.load` / line loop of the same file; target: read_records at >= 0.5 of the plain speed.
 
 Measured on a 2-core Xeon, --n 6500: read_records 0.03 s / 0.25 s (8N/N 8.5); the quadratic
 numbering 4.1 s / 302 s (8N/N 74); at 52K records, 1223x.
@@ -45,10 +50,53 @@ def timed(fn, path: Path) -> float:
     return time.perf_counter() - t0
 
 
+def plain_json(path: Path) -> int:
+    with path.open(encoding="utf-8") as f:
+        return len(json.load(f))
+
+
+def plain_jsonl(path: Path) -> int:
+    with path.open(encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip() and json.loads(line) is not None)
+
+
+def side_by_side(alpaca: int, sharegpt_mb: int) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        a = Path(d) / "alpaca.json"
+        rows = [
+            {"instruction": f"Question {i}: " + "word " * 20, "input": "", "output": "answer " * 40}
+            for i in range(alpaca)
+        ]
+        a.write_text(json.dumps(rows, indent=2))
+        del rows
+        g = Path(d) / "sharegpt.jsonl"
+        turn = "a sentence of a conversation " * 30
+        with g.open("w", encoding="utf-8") as f:
+            i = 0
+            while f.tell() < sharegpt_mb * 2**20:
+                conv = [{"from": "human", "value": f"{i} {turn}"}, {"from": "gpt", "value": turn}]
+                f.write(json.dumps({"id": str(i), "conversations": conv}) + "\n")
+                i += 1
+        print(f"{'file':<34}{'plain':>10}{'read_records':>14}{'plain / ours':>14}")
+        for path, plain in ((a, plain_json), (g, plain_jsonl)):
+            t_plain = timed(plain, path)
+            t_ours = timed(lambda p: sum(1 for _ in read_records(p)), path)
+            size = path.stat().st_size / 2**20
+            name = f"{path.name} ({size:.0f} MB)"
+            print(f"{name:<34}{t_plain:>9.2f}s{t_ours:>13.2f}s{t_plain / t_ours:>14.2f}")
+        print("target: plain / ours >= 0.5")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000, help="records in the small file (8x in the big)")
+    ap.add_argument("--plain", action="store_true", help="beside json.load / a line loop")
+    ap.add_argument("--alpaca", type=int, default=52002)
+    ap.add_argument("--sharegpt-mb", type=int, default=200)
     args = ap.parse_args()
+    if args.plain:
+        side_by_side(args.alpaca, args.sharegpt_mb)
+        return
     rows = [
         {"instruction": f"Question {i}: " + "word " * 20, "input": "", "output": "answer " * 40}
         for i in range(8 * args.n)

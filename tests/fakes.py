@@ -76,3 +76,41 @@ class FakeEngine:
 
     def close(self) -> None:
         pass
+
+
+def fake_openai_server(fail_when: str | None = None, delay_s: float = 0.0, on_request=None):
+    """A loopback OpenAI-compatible server answering as FakeEngine does, started in a thread:
+    requests whose prompt contains `fail_when` get a 503; each answer waits `delay_s` and calls
+    `on_request()`. Returns the server (`.server_address`, `.shutdown()`)."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    fake = FakeEngine()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body.get("messages") or body["prompt"]
+            time.sleep(delay_s)
+            if on_request:
+                on_request()
+            if fail_when and fail_when in json.dumps(prompt):
+                data, code = b"overloaded", 503
+            else:
+                g = fake.generate([prompt], Sampling(max_tokens=body["max_tokens"]))[0]
+                choice = {"message": {"role": "assistant", "content": g.text}, "text": g.text}
+                data = json.dumps({"choices": [choice | {"finish_reason": "stop"}]}).encode()
+                code = 200
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd

@@ -8,15 +8,12 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from engines.base import Sampling
 from tests.conftest import ROOT
-from tests.fakes import FakeEngine
+from tests.fakes import fake_openai_server
 
 KILLS = 4
 REQUESTS: list[float] = []  # when the server answered, for kills timed against the work
@@ -31,28 +28,8 @@ OUTPUTS = [
 
 
 def _server():
-    fake = FakeEngine()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            time.sleep(0.2)  # slow enough for a kill to land inside a step
-            REQUESTS.append(time.monotonic())
-            prompt = body.get("messages") or body["prompt"]
-            g = fake.generate([prompt], Sampling(max_tokens=body["max_tokens"]))[0]
-            choice = {"message": {"role": "assistant", "content": g.text}, "text": g.text}
-            data = json.dumps({"choices": [choice | {"finish_reason": "stop"}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
+    # slow enough for a kill to land inside a step
+    return fake_openai_server(delay_s=0.2, on_request=lambda: REQUESTS.append(time.monotonic()))
 
 
 def _run(args, kill_after=None):

@@ -211,36 +211,11 @@ def test_a_job_goes_on_when_requests_fail(tmp_path):
     """evolve + respond through the openai engine against a server that always fails for one
     seed: the job ends ok, that lineage is an `engine_error` failure, the summary counts the
     failed requests, and nothing failed is cached."""
-    from http.server import BaseHTTPRequestHandler
-
     from pipeline.runner import Run
     from tests.conftest import compose_cfg
-    from tests.fakes import FakeEngine
+    from tests.fakes import fake_openai_server
 
-    fake = FakeEngine()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            text = json.dumps(body.get("messages") or body.get("prompt"))
-            if "sky appears blue" in text:
-                data, code = b"overloaded", 503
-            else:
-                prompt = body.get("messages") or body["prompt"]
-                g = fake.generate([prompt], Sampling(max_tokens=body["max_tokens"]))[0]
-                choice = {"message": {"role": "assistant", "content": g.text}}
-                data, code = json.dumps({"choices": [choice | {"finish_reason": "stop"}]}), 200
-                data = data.encode()
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = fake_openai_server(fail_when="sky appears blue")
     try:
         cfg = compose_cfg(
             [

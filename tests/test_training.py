@@ -180,24 +180,24 @@ def test_overfit_export_and_resume(tmp_path, tokenizer, bundled_model_dir):
     student = compose_cfg().model
     # The bundled model memorises these 8 records within a few steps (loss ~1.2 -> ~0.04 by step 5).
     cfg = _train_cfg(
-        max_steps=8,
+        max_steps=6,
         micro_batch_size=8,
         effective_batch_size=8,
         lr=1e-4,
-        save_every_n_steps=4,
+        save_every_n_steps=3,
         keep_checkpoints=True,
     )
     out = tmp_path / "train"
     s = train_sft(cfg, student, RECORDS, out, MODELS_DIR, seed=0)
     losses = _losses(out)
-    assert s["train/steps"] == 8 and len(losses) == 8
+    assert s["train/steps"] == 6 and len(losses) == 6
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"]  # one copy only
     assert losses[-1] <= 0.5 * losses[0], losses
     assert _mean_loss(out / "hf", tokenizer, RECORDS) < _mean_loss(
         bundled_model_dir, tokenizer, RECORDS
     )
     cfg_json = json.loads((out / "config.json").read_text())
-    assert cfg_json["data_sha256"] == s["train/data_sha256"] and cfg_json["train"]["max_steps"] == 8
+    assert cfg_json["data_sha256"] == s["train/data_sha256"] and cfg_json["train"]["max_steps"] == 6
 
     # The export loads and generates, with its chat template.
     from engines.base import Sampling
@@ -210,9 +210,9 @@ def test_overfit_export_and_resume(tmp_path, tokenizer, bundled_model_dir):
     assert gen.text.strip() and "Paris" in gen.text
 
     # Resume: a later run with more steps continues from checkpoints/last.ckpt.
-    more = train_sft(OmegaConf.merge(cfg, {"max_steps": 10}), student, RECORDS, out, MODELS_DIR, 0)
-    assert more["train/resumed_from_step"] == 8 and more["train/steps"] == 10
-    assert len(_losses(out, version=1)) == 2 and len(_losses(out)) == 8  # earlier logs kept
+    more = train_sft(OmegaConf.merge(cfg, {"max_steps": 7}), student, RECORDS, out, MODELS_DIR, 0)
+    assert more["train/resumed_from_step"] == 6 and more["train/steps"] == 7
+    assert len(_losses(out, version=1)) == 1 and len(_losses(out)) == 6  # earlier logs kept
 
 
 @pytest.mark.slow
@@ -495,8 +495,8 @@ def test_export_is_collective_and_written_by_rank_zero_only(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_through_the_train_stage(tmp_path, bundled_model_dir):
     """`train.devices=2` on the CPU: Lightning re-runs run.py as rank 1 (gloo). Rank 1 waits for
-    rank 0's records, trains with it and stops; rank 0 alone exports, evaluates, reports and
-    writes summary.json (before, rank 1 re-ran every stage, evaluated and overwrote it)."""
+    rank 0's records, trains with it and stops; rank 0 alone exports, reports and writes
+    summary.json (before, rank 1 re-ran every stage, reported and overwrote it)."""
     from tests.conftest import run_cli
 
     data = tmp_path / "sft.jsonl"
@@ -510,7 +510,7 @@ def test_two_process_ddp_through_the_train_stage(tmp_path, bundled_model_dir):
     run = tmp_path / "run"
     proc = run_cli(
         [
-            "stages=[train,evaluate,report]",
+            "stages=[train,report]",
             "data=file",
             f"data.path={data}",
             "train=cpu_tiny",
@@ -520,10 +520,6 @@ def test_two_process_ddp_through_the_train_stage(tmp_path, bundled_model_dir):
             "train.micro_batch_size=2",
             "train.effective_batch_size=4",
             "train.cutoff_len=64",
-            "eval.tasks=[ifeval]",
-            "eval.limit=1",
-            "eval.max_gen_toks=8",
-            "eval.pairwise.enabled=false",
             "engine=hf",
             "logger=none",
             f"cache_dir={tmp_path / 'cache'}",
@@ -535,12 +531,12 @@ def test_two_process_ddp_through_the_train_stage(tmp_path, bundled_model_dir):
     assert proc.returncode == 0, out[-4000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["train/steps"] == 1
-    assert summary["train/strategy"] == "ddp" and "ifeval/prompt_strict" in summary
+    assert summary["train/strategy"] == "ddp" and summary["status"] == "ok"
     logs = {p.name: p.read_text() for p in run.glob("*.log")}
     rank1 = logs.pop("train_ddp_process_1.log")  # Lightning names the child's Hydra job
     assert "rank 1: waiting for rank 0" in rank1 and "GLOBAL_RANK: 1, MEMBER: 2/2" in rank1
-    assert "evaluate:" not in rank1 and "exported" not in rank1
+    assert "exported" not in rank1 and "report" not in rank1
     leader = logs["run.log"]
-    assert leader.count("train: exported") == 1 and leader.count("] - evaluate: eval/") == 1
+    assert leader.count("train: exported") == 1
     assert json.loads((run / ".ranks" / "leader.json").read_text())["state"] == "done"
     assert (run / "train" / "hf" / "config.json").is_file() and (run / "report.md").is_file()
