@@ -132,19 +132,30 @@ def _read_json_array(path: Path) -> Iterator[Record]:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}:1: expected a JSON array of records")
-    # Line numbers for array items: find each item's start by decoding sequentially, counting
-    # newlines only since the previous item (linear in the file's size).
+    # Items come from the one C-speed parse; an item's line is found only for an error message.
+    for i, obj in enumerate(data):
+        try:
+            yield _normalise(obj, "\0", i)
+        except DataError as e:
+            where = f"{path}:{_item_line(text, i)}"
+            raise DataError(str(e).replace("\0", where, 1)) from None
+
+
+def _item_line(text: str, index: int) -> int:
+    """The line item `index` of a JSON array starts on: items decoded in turn, newlines counted
+    only since the previous item (linear in the file's size)."""
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     counted, lineno = 0, 1
-    for i, _ in enumerate(data):
+    for i in range(index + 1):
         while text[pos] in " \t\r\n,":
             pos += 1
-        obj, end = decoder.raw_decode(text, pos)
         lineno += text.count("\n", counted, pos)
         counted = pos
-        pos = end
-        yield _normalise(obj, f"{path}:{lineno}", i)
+        if i == index:
+            break
+        _, pos = decoder.raw_decode(text, pos)
+    return lineno
 
 
 def _read_text(path: Path) -> str:
