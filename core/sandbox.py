@@ -271,7 +271,17 @@ def run_items(items, w):
     socket.create_connection = refuse
     signal.signal(signal.SIGALRM, on_alarm)
     outs = [run_program(item) for item in items]
-    blob = json.dumps(outs).encode()
+    try:
+        blob = json.dumps(outs).encode()
+    except (TypeError, ValueError):  # a value that is not JSON: that case's failure
+        for out in outs:
+            for row in out["results"]:
+                try:
+                    json.dumps(row)
+                except (TypeError, ValueError) as e:
+                    row.clear()
+                    row.update(ok=False, error=describe(e))
+        blob = json.dumps(outs).encode()
     if len(blob) > cfg["max_result_bytes"] * len(items):
         too_big = {"ok": False, "error": "result larger than %d bytes" % cfg["max_result_bytes"]}
         blob = json.dumps([too_big] * len(items)).encode()
@@ -289,7 +299,6 @@ def run_program(item):
         for args in item.get("inputs") or []:
             try:
                 value = timed(lambda: fn(*args))
-                json.dumps(value)
                 out["results"].append({"ok": True, "value": value})
             except BaseException as e:
                 out["results"].append({"ok": False, "error": describe(e)})
