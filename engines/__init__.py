@@ -70,35 +70,26 @@ def build_engine(engine_cfg: Any, model_cfg: Any, models_dir: str | Path) -> Eng
         from engines.vllm_engine import VLLMEngine, cuda_device_count
         from engines.vllm_server import VLLMServerEngine, resolve_replicas
 
-        per_replica = m.tensor_parallel_size * m.pipeline_parallel_size
-        replicas = resolve_replicas(e.replicas, per_replica, cuda_device_count())
-        if replicas > 1:  # vLLM's data-parallel server (engines/vllm_server.py)
-            return VLLMServerEngine(
-                path,
-                replicas=replicas,
-                dtype=dtype,
-                max_model_len=m.max_model_len,
-                tensor_parallel_size=m.tensor_parallel_size,
-                pipeline_parallel_size=m.pipeline_parallel_size,
-                gpu_memory_utilization=m.gpu_memory_utilization,
-                cpu_kv_cache_gib=e.cpu_kv_cache_gib,
-                enforce_eager=e.enforce_eager,
-                seed=e.seed,
-                chat_template=m.chat_template,
-            )
-        return VLLMEngine(
-            path,
+        common = dict(
             dtype=dtype,
             max_model_len=m.max_model_len,
             tensor_parallel_size=m.tensor_parallel_size,
             pipeline_parallel_size=m.pipeline_parallel_size,
             gpu_memory_utilization=m.gpu_memory_utilization,
-            cpu_memory_utilization=e.cpu_memory_utilization,
             cpu_kv_cache_gib=e.cpu_kv_cache_gib,
             enforce_eager=e.enforce_eager,
-            distributed_executor_backend=e.distributed_executor_backend,
             seed=e.seed,
             chat_template=m.chat_template,
+        )
+        per_replica = m.tensor_parallel_size * m.pipeline_parallel_size
+        replicas = resolve_replicas(e.replicas, per_replica, cuda_device_count())
+        if replicas > 1:  # vLLM's data-parallel server (engines/vllm_server.py)
+            return VLLMServerEngine(path, replicas=replicas, **common)
+        return VLLMEngine(
+            path,
+            cpu_memory_utilization=e.cpu_memory_utilization,
+            distributed_executor_backend=e.distributed_executor_backend,
+            **common,
         )
     from engines.hf import HFEngine
 

@@ -56,6 +56,12 @@ def kv_bytes_per_token(path: str, dtype: str) -> int:
         return 0
 
 
+def cpu_kv_cache_bytes(path: str, dtype: str, max_model_len: int | None, gib: float) -> int:
+    """A CPU engine's KV cache: `gib`, and at least two sequences of `max_model_len`."""
+    need = 2 * kv_bytes_per_token(path, dtype) * (max_model_len or 0)
+    return max(int(float(gib) * 2**30), need)
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -109,8 +115,9 @@ class VLLMEngine:
             # touches all of it at start-up (5 GiB took 14 s here, 1 GiB under a second). 1 GiB
             # holds ~45k tokens of the bundled model; a larger model gets at least room for two
             # sequences of max_model_len.
-            need = 2 * kv_bytes_per_token(path, kwargs["dtype"]) * (max_model_len or 0)
-            kwargs["kv_cache_memory_bytes"] = max(int(float(cpu_kv_cache_gib) * 2**30), need)
+            kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(
+                path, kwargs["dtype"], max_model_len, cpu_kv_cache_gib
+            )
         if distributed_executor_backend:
             kwargs["distributed_executor_backend"] = distributed_executor_backend
         t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from core.errors import UserFacingError
 from engines.openai_engine import OpenAIEngine
-from engines.vllm_engine import cuda_device_count, import_vllm, kv_bytes_per_token
+from engines.vllm_engine import cpu_kv_cache_bytes, cuda_device_count, import_vllm
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,9 @@ class VLLMServerEngine(OpenAIEngine):
         env = dict(os.environ)
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         if not gpus and cpu_kv_cache_gib and "VLLM_CPU_KVCACHE_SPACE" not in env:
-            # GiB per replica, as the offline engine sizes it (engines/vllm_engine.py).
-            per_token = kv_bytes_per_token(path, dtype)
-            gib = max(float(cpu_kv_cache_gib), 2 * per_token * (max_model_len or 0) / 2**30)
-            env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(gib)))
+            # GiB per replica, as the offline engine sizes it.
+            size = cpu_kv_cache_bytes(path, dtype, max_model_len, cpu_kv_cache_gib)
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(size / 2**30)))
         self.log_path = Path(tempfile.mkdtemp(prefix="vllm-server-")) / "server.log"
         t0 = time.perf_counter()
         with self.log_path.open("wb") as logf:

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from core.errors import ConfigError
 from core.records import write_json_atomic, write_text_atomic
+from evaluation import tasks as code_tasks
 from evaluation.benchmarks import BENCHMARKS
 from evaluation.tasks import close_sandbox, ensure_punkt, headline, task_configs
 
@@ -43,9 +44,7 @@ def evaluate(
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines drown ours
     ensure_punkt(Path(cache_dir).expanduser() / "nltk_data")
     close_sandbox(timeout=float(eval_cfg.code_timeout))
-    import evaluation.tasks
-
-    evaluation.tasks.SANDBOX_ISOLATION = None
+    code_tasks.SANDBOX_ISOLATION = None
     tasks = task_configs(eval_cfg)
     limit = eval_cfg.limit
     out_dir = Path(out_dir)
@@ -81,8 +80,8 @@ def evaluate(
     )
     numbers["eval/limit"] = limit
     numbers["eval/backend"] = backend
-    if evaluation.tasks.SANDBOX_ISOLATION:  # HumanEval / MBPP programs ran at this level
-        numbers["eval/sandbox_isolation"] = evaluation.tasks.SANDBOX_ISOLATION
+    if code_tasks.SANDBOX_ISOLATION:  # HumanEval / MBPP programs ran at this level
+        numbers["eval/sandbox_isolation"] = code_tasks.SANDBOX_ISOLATION
     write_json_atomic(out_dir / "headline.json", numbers)
     missing = [
         k for t in eval_cfg.tasks for k in BENCHMARKS.get(t).headline_keys() if k not in numbers

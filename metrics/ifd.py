@@ -416,17 +416,21 @@ class IFDMetric(Metric):
 
         by_id = {r["id"]: r for r in with_output}
 
+        engine_scorer: list[EngineIFDScorer] = []  # built at the first chunk that misses
+
         def compute(ids: list[str]) -> list[dict]:
-            if cfg.backend == "engine":  # the pool's engine for this model, loaded once
-                engine = self.ctx.engine_for(model_cfg)
-                scorer = EngineIFDScorer(
-                    resolve_model_path(model_cfg, self.ctx.models_dir),
-                    engine,
-                    max_length=int(cfg.max_length),
-                    form=cfg.form,
+            if cfg.backend != "engine":
+                return self.ctx.model("ifd", load).score([by_id[i] for i in ids])
+            if not engine_scorer:  # the pool's engine for this model, shared with generation
+                engine_scorer.append(
+                    EngineIFDScorer(
+                        resolve_model_path(model_cfg, self.ctx.models_dir),
+                        self.ctx.engine_for(model_cfg),
+                        max_length=int(cfg.max_length),
+                        form=cfg.form,
+                    )
                 )
-                return scorer.score([by_id[i] for i in ids])
-            return self.ctx.model("ifd", load).score([by_id[i] for i in ids])
+            return engine_scorer[0].score([by_id[i] for i in ids])
 
         if cfg.backend == "engine":  # the engine computes in the model's own dtype
             dtype = resolve_dtype(model_cfg.get("dtype"), what=f"{model_cfg.name}.dtype")
