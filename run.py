@@ -22,10 +22,11 @@ def main(cfg: DictConfig) -> dict | None:
 
     from pipeline.arms import job_overrides_from_hydra
     from pipeline.runner import run_job
+    from reporting.tracking import sweep_group
 
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:  # a sweep: its jobs share one W&B group
-        group = "sweep-" + hc.sweep.dir.strip("/").replace("/", "-")
+        group = sweep_group(hc.sweep.dir)
     else:
         group = hc.runtime.choices.get("experiment") or "run"
     name = hc.job.override_dirname or hc.job.name
@@ -34,8 +35,10 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
+    from core.config import expand_seeds
     from core.signals import Interrupted, check_interrupt, stop_on_signals
 
+    sys.argv[1:] = expand_seeds(sys.argv[1:])  # `seeds=3`: the sweep seed=0,1,2
     stop_on_signals()
     try:
         main()

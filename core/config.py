@@ -46,6 +46,26 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         return compose("config", overrides=overrides or [])
 
 
+def expand_seeds(argv: list[str]) -> list[str]:
+    """`seeds=N` on the command line: the multirun `seed=range(N)` (each job reruns what depends
+    on the seed; shared prefixes come from the cache). Other arguments pass unchanged."""
+    out, found = [], False
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key == "seeds":
+            if not value.isdigit() or int(value) < 1:
+                raise SystemExit(f"error: seeds={value}: a number of seeds >= 1 (seeds=3)")
+            if any(a.partition("=")[0] == "seed" for a in argv):
+                raise SystemExit("error: give either seeds=N or seed=..., not both")
+            out.append(f"seed=range({int(value)})")
+            found = True
+        else:
+            out.append(arg)
+    if found and not {"-m", "--multirun"} & set(out):
+        out.insert(0, "-m")
+    return out
+
+
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 

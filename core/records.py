@@ -294,6 +294,22 @@ class AppendLog:
         self.records.extend(batch)
 
 
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The objects of a JSON Lines file the framework wrote (a run's outputs); a line that is
+    not a JSON object is a `DataError` naming `file:line`."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            yield obj
+
+
 def hash_records(records: Iterable[Record]) -> str:
     h = hashlib.sha256()
     for rec in records:

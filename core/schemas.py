@@ -294,6 +294,30 @@ class ArmsConfig:
         one_of(self.missing, "missing", ("run", "fail"))
 
 
+@dataclass
+class CompareConfig:
+    """The end of a multirun (reporting.compare): with `pair`, two arms (each `key=value ...`
+    naming its jobs), the verdict of A vs B."""
+
+    pair: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        check(
+            self.pair is None or len(self.pair) == 2,
+            "pair",
+            'two arms, e.g. compare.pair=\'["model=a","model=b"]\'',
+        )
+
+
+@dataclass
+class ExportConfig:
+    """The run's sets as a Hugging Face dataset folder (pipeline.export)."""
+
+    dataset: bool = True  # <run>/dataset/ at the end of every run that made a set
+    push: str | None = None  # a Hub repo (org/name) to push it to; needs a token
+    private: bool = True  # a new Hub repo is private
+
+
 # Top-level section -> schema. `scenario` and `metrics.*` are checked against their registries.
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
@@ -306,6 +330,8 @@ SECTIONS: dict[str, type] = {
     "logger": LoggerConfig,
     "calibration": CalibrationConfig,
     "arms": ArmsConfig,
+    "compare": CompareConfig,
+    "export": ExportConfig,
 }
 TOP_LEVEL = (
     *SECTIONS,

@@ -14,6 +14,7 @@ metric. To add one: a module with a `Metric` subclass registered by `@METRICS.re
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,6 +56,11 @@ class Stat:
     per_round: bool = False  # a line over rounds in the report
     scaling: bool = False  # a panel of the evolver-size figure
     labels: tuple[str, ...] = ()  # a label distribution (`<key>/percent/<label>`): bars
+    # The per-record field (scores.jsonl) whose mean over the set this stat is, and the number a
+    # record's value counts as (`value`; default: the value itself, None skipped): its bootstrap
+    # CI in summary.json and the two-arm tests of the verdict (reporting.items).
+    of: str | None = None
+    value: Callable[[Any], float | None] | None = None
 
 
 class Metric:
@@ -172,6 +178,11 @@ def stat_for(key: str) -> Stat | None:
     stats = METRICS.get(name).stats
     exact = next((s for s in stats if rest == s.key), None)
     return exact or next((s for s in stats if s.labels and rest.startswith(f"{s.key}/")), None)
+
+
+def mean_stats() -> list[tuple[str, Stat]]:
+    """(metric name, stat) of every registered stat that is a mean over per-record values."""
+    return [(m.name, s) for m in METRICS for s in m.stats if s.of]
 
 
 def sample_fields() -> list[str]:

@@ -63,7 +63,12 @@ class ConfidenceMetric(Metric):
     )
     stats = (
         Stat(
-            "mean", higher_is_better=False, headline=True, label="top-1 probability", scaling=True
+            "mean",
+            higher_is_better=False,
+            headline=True,
+            label="top-1 probability",
+            scaling=True,
+            of="top1_mean",
         ),
         Stat("scored"),
         Stat("failed", higher_is_better=False),

@@ -144,8 +144,9 @@ class DiversityMetric(Metric):
             headline=True,
             label="diversity (NN distance)",
             scaling=True,
+            of="nn_l2sq",
         ),
-        Stat("nn_cosine_mean", higher_is_better=True),
+        Stat("nn_cosine_mean", higher_is_better=True, of="nn_cosine"),
         Stat("near_dup_records", higher_is_better=False),
     )
     key_excludes = ("batch_size", "near_dup_threshold", "faiss_above")

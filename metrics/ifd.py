@@ -359,11 +359,16 @@ class IFDMetric(Metric):
         Field("instruction_tokens", filter="length", descending=False, sample=False),
     )
     stats = (
-        Stat("ifd_mean", higher_is_better=True, headline=True),
+        Stat("ifd_mean", higher_is_better=True, headline=True, of="ifd"),
         Stat(
-            "ic_ifd_mean", higher_is_better=True, headline=True, label="mean IC-IFD", per_round=True
+            "ic_ifd_mean",
+            higher_is_better=True,
+            headline=True,
+            label="mean IC-IFD",
+            per_round=True,
+            of="ic_ifd",
         ),
-        Stat("loss_q_mean"),
+        Stat("loss_q_mean", of="loss_q"),
         Stat("q_tokens_mean"),
         Stat("instruction_tokens_mean"),
         Stat("ifd_null", higher_is_better=False),

@@ -57,6 +57,11 @@ def load_judge_templates(templates: dict[str, str | None]) -> dict[str, str]:
     }
 
 
+def difficulty_level(label: str | None) -> int | None:
+    """1 (very easy) ... 5 (very hard); None for a label that could not be read."""
+    return LABELS.index(label) + 1 if label in LABELS else None
+
+
 def label_counts(labels: list[str | None]) -> dict[str, Any]:
     c = Counter(labels)
     parsed = sum(v for k, v in c.items() if k is not None)
@@ -102,9 +107,18 @@ class JudgeMetric(Metric):
             label="complexity (0-100)",
             per_round=True,
             scaling=True,
+            of="complexity",
         ),
         Stat("complexity_failed", higher_is_better=False),
         Stat("difficulty", label="difficulty", labels=LABELS),
+        # The labels as levels 1 (very easy) to 5 (very hard): a mean with a CI, testable.
+        Stat(
+            "difficulty_level_mean",
+            higher_is_better=True,
+            label="difficulty level (1-5)",
+            of="difficulty",
+            value=difficulty_level,
+        ),
         Stat("difficulty/failed", higher_is_better=False),
     )
 
@@ -138,5 +152,7 @@ class JudgeMetric(Metric):
             out["complexity_mean"] = mean(values)
             out["complexity_failed"] = sum(v is None for v in values)
         if self.cfg.difficulty:
-            out["difficulty"] = label_counts([row.get("difficulty") for row in rows.values()])
+            labels = [row.get("difficulty") for row in rows.values()]
+            out["difficulty"] = label_counts(labels)
+            out["difficulty_level_mean"] = mean([difficulty_level(x) for x in labels])
         return out

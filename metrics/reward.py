@@ -114,7 +114,7 @@ class RewardMetric(Metric):
     order = 31
     fields = (Field("reward", higher_is_better=True),)
     stats = (
-        Stat("mean", higher_is_better=True, headline=True),
+        Stat("mean", higher_is_better=True, headline=True, of="reward"),
         Stat("lc_mean", higher_is_better=True),
         Stat("scored"),
     )

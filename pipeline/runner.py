@@ -502,8 +502,13 @@ class Run:
             summary.update(self.train_summary)
         if self.eval_summary:
             summary.update(self.eval_summary)
+        # 95% CIs beside every number that has per-item data (eval samples, scores.jsonl).
+        from reporting.items import intervals
+
+        summary.update(intervals(self.dir, summary))
         summary.update(self.time_summary())
         write_json_atomic(self.dir / "summary.json", summary)
+        self.export(summary)
         if "report" in stages:
             from reporting.compare import compare
 
@@ -513,6 +518,26 @@ class Run:
             write_json_atomic(self.dir / "summary.json", summary)
             print_summary(summary, self.dir)
         return summary
+
+    def export(self, summary: dict) -> None:
+        """The run's sets as a Hugging Face dataset folder, pushed when `export.push` names a
+        repo (pipeline.export); a failed push is logged and recorded, the run stays a success."""
+        exp = self.cfg.export
+        if not exp.dataset:
+            return
+        from pipeline.export import export_dataset, push
+
+        folder = export_dataset(self.dir, summary)
+        if folder is None:
+            return
+        summary["export/dataset"] = folder.name
+        if exp.push:
+            try:
+                summary["export/pushed"] = push(folder, str(exp.push), bool(exp.private))
+            except UserFacingError as e:
+                log.error("export: %s", e)
+                summary["export/push_error"] = str(e)
+        write_json_atomic(self.dir / "summary.json", summary)
 
     def follow(self) -> dict:
         """A rank other than 0 (pipeline.ranks): wait for rank 0's records, train with it, stop."""

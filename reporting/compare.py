@@ -1,9 +1,12 @@
 """Compare jobs side by side: `python -m reporting.compare <multirun dir | run dirs ...>`.
 
 Writes `comparison.md` and `comparison.csv` (a row per job: the swept keys first, then the numbers
-of summary.json — the headline ones in Markdown with the best value per column marked, all of them
-in CSV) and `report.md` with the study's plots under `plots/`. run.py calls it at the end of
-every multirun (see CompareCallback).
+of summary.json — the headline ones in Markdown, all of them in CSV) and `report.md` with the
+study's plots under `plots/`. Jobs that differ only by `seed` are also shown as one row, mean ± sd
+over the seeds. A value is bold only when it is significantly best in its column (tested on the
+per-item data, reporting.verdict.significant_best); a column without per-item data is never bold.
+With `pair=(A, B)` it also writes the verdict of arm A vs arm B (reporting.verdict). run.py calls
+it at the end of every multirun (see CompareCallback; `compare.pair` in the config).
 """
 
 from __future__ import annotations
@@ -17,12 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from hydra.experimental.callback import Callback
 
+from core.errors import ConfigError, UserFacingError
 from core.records import write_text_atomic
 from reporting import plots
-from reporting.summary import direction, is_headline
+from reporting.summary import is_headline
+from reporting.verdict import (
+    SEED_KEY,
+    context_of,
+    significant_best,
+    verdict_rows,
+    write_verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +95,27 @@ def swept_keys(jobs: list[dict]) -> list[str]:
     return varying or keys
 
 
-def best(values: list[Any], key: str) -> Any:
-    """The best value of a column (its direction from the registries); None for facts."""
-    higher = direction(key)
-    if higher is None:
-        return None
-    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if len(nums) < 2 or len(set(nums)) < 2:
-        return None
-    return max(nums) if higher else min(nums)
+def seed_groups(jobs: list[dict]) -> list[list[dict]]:
+    """Jobs that differ only by `seed`, together, in first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for job in jobs:
+        groups.setdefault(context_of(job, {SEED_KEY}), []).append(job)
+    return list(groups.values())
+
+
+def group_value(group: list[dict], key: str) -> tuple[float | None, float | None]:
+    """Mean and sample sd over the group's jobs (sd None for one job)."""
+    vals = [
+        float(j["summary"][key])
+        for j in group
+        if isinstance(j["summary"].get(key), int | float)
+        and not isinstance(j["summary"].get(key), bool)
+    ]
+    if not vals:
+        return None, None
+    if len(vals) == 1:
+        return vals[0], None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1))
 
 
 def _fmt(v: Any) -> str:
@@ -100,8 +124,40 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def headline_table(rows: list[list[dict]], labels: list[list[str]], head: list[str]) -> str:
+    """A Markdown table: one row per group of jobs (their mean, ± sd over seeds), each headline
+    column's value bold when it is significantly best (reporting.verdict.significant_best)."""
+    cols = headline_keys([j for g in rows for j in g])
+    lines = [
+        "| " + " | ".join([*head, *cols]) + " |",
+        "|" + "---|" * (len(head) + len(cols)),
+    ]
+    values = {c: [group_value(g, c) for g in rows] for c in cols}
+    bold = {c: significant_best(rows, c, [m for m, _ in values[c]]) for c in cols}
+    for i, group in enumerate(rows):
+        cells = list(labels[i])
+        for c in cols:
+            mean, sd = values[c][i]
+            text = _fmt(mean) if mean is not None else _fmt(group[0]["summary"].get(c))
+            if sd is not None:
+                text += f" ± {sd:.2g}"
+            cells.append(f"**{text}**" if text and bold[c] == i else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+BOLD_NOTE = (
+    "Bold: significantly best in its column (p < 0.05 against every other row, Holm-corrected; "
+    "paired on benchmark items, unpaired on data metrics' records). Columns without per-item "
+    "data are never bold."
+)
+
+
 def compare(
-    paths: list[str | Path], out_dir: str | Path | None = None, quiet: bool = False
+    paths: list[str | Path],
+    out_dir: str | Path | None = None,
+    quiet: bool = False,
+    pair: tuple[str, str] | None = None,
 ) -> Path:
     job_dirs = find_jobs(paths)
     if not job_dirs:
@@ -132,25 +188,40 @@ def compare(
         )
     write_text_atomic(out / "comparison.csv", buf.getvalue())
 
-    cols = headline_keys(jobs)
-    marks = {c: best([job["summary"].get(c) for job in jobs], c) for c in cols}
-    lines = [
-        "| job | " + " | ".join([*swept, "status", *cols]) + " |",
-        "|" + "---|" * (len(swept) + len(cols) + 2),
-    ]
-    for job in jobs:
-        s = job["summary"]
-        cells = [
-            Path(job["dir"]).name,
-            *(job["overrides"].get(k, "") for k in swept),
-            s.get("status", ""),
+    table = headline_table(
+        [[job] for job in jobs],
+        [
+            [
+                Path(job["dir"]).name,
+                *(job["overrides"].get(k, "") for k in swept),
+                job["summary"].get("status", ""),
+            ]
+            for job in jobs
+        ],
+        ["job", *swept, "status"],
+    )
+    groups = seed_groups([j for j in jobs if j["summary"].get("status") == "ok"])
+    if any(len(g) > 1 for g in groups):
+        keys = [k for k in swept if k != SEED_KEY]
+        over_seeds = headline_table(
+            groups,
+            [[*(g[0]["overrides"].get(k, "") for k in keys), str(len(g))] for g in groups],
+            [*keys, "seeds"],
+        )
+        table = f"## Over seeds (mean ± sd)\n\n{over_seeds}\n\n## Per job\n\n{table}"
+    write_text_atomic(out / "comparison.md", f"{table}\n\n{BOLD_NOTE}\n")
+    verdict_lines: list[str] = []
+    if pair:
+        rows = verdict_rows([j for j in jobs if j["summary"].get("status") == "ok"], *pair)
+        files = write_verdict(rows, pair[0], pair[1], out)
+        verdict_lines = [
+            "## Verdict",
+            "",
+            f"A = `{pair[0]}`, B = `{pair[1]}`: [verdict.md](verdict.md) (all rows: verdict.csv).",
+            "",
         ]
-        for c in cols:
-            v = s.get(c)
-            cells.append(f"**{_fmt(v)}**" if v is not None and v == marks[c] else _fmt(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    write_text_atomic(out / "comparison.md", table + "\n\nBold: the best value of its column.\n")
+        if files["plot"] is not None:
+            verdict_lines += [f"![differences](plots/{files['plot'].name})", ""]
 
     figs = plots.figures(jobs, out / "plots")
     report = [
@@ -160,9 +231,10 @@ def compare(
         "",
         table,
         "",
-        "Bold: the best value of its column. All numbers: comparison.csv.",
+        BOLD_NOTE + " All numbers: comparison.csv.",
         "",
     ]
+    report += verdict_lines
     report += time_table(jobs)
     for title, path in figs.items():
         if path is not None:
@@ -236,19 +308,57 @@ class CompareCallback(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        SWEEP_FAILURES[:] = sweep_failures(sweep_dir, getattr(self, "_started", 0.0))
+        pair = config_pair(config)
         try:
-            compare([sweep_dir])
+            compare([sweep_dir], pair=pair)
         except SystemExit as e:
             log.warning("compare: %s", e)
-        SWEEP_FAILURES[:] = sweep_failures(sweep_dir, getattr(self, "_started", 0.0))
+        except UserFacingError as e:  # e.g. an arm of compare.pair that matches no job
+            log.error("compare: %s", e)
+            SWEEP_FAILURES.append({"dir": str(sweep_dir), "error": f"compare: {e}"})
+            return
+        if pair:
+            log.info("verdict: %s", sweep_dir / "verdict.md")
+            from reporting.tracking import log_verdict
+
+            log_verdict(config, sweep_dir)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Compare jobs: a table and a report with plots.")
+def config_pair(config: Any) -> tuple[str, str] | None:
+    """`compare.pair` of a config: two arms (each `key=value ...`), or None."""
+    pair = (config.get("compare") or {}).get("pair")
+    if not pair:
+        return None
+    pair = list(pair)
+    if len(pair) != 2:
+        raise ConfigError(f"compare.pair: two arms, e.g. ['model=a','model=b'], not {pair}")
+    return str(pair[0]), str(pair[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline.compare",
+        description="Compare jobs: a table and a report with plots; with --pair, the verdict of "
+        "arm A vs arm B (verdict.md, verdict.csv, a forest plot).",
+    )
     ap.add_argument("paths", nargs="+", help="a multirun directory, or run directories")
     ap.add_argument("--out", help="where to write (default: the multirun directory)")
-    args = ap.parse_args()
-    compare(args.paths, args.out)
+    ap.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("A", "B"),
+        help="two arms, each the override(s) naming its jobs: --pair model=a model=b "
+        "(several overrides in one quoted argument: 'model=a filter=ifd')",
+    )
+    args = ap.parse_args(argv)
+    try:
+        report = compare(args.paths, args.out, pair=tuple(args.pair) if args.pair else None)
+    except UserFacingError as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.pair:
+        print(f"\n{(report.parent / 'verdict.md').read_text()}")
+        print(f"verdict: {report.parent / 'verdict.md'}")
 
 
 if __name__ == "__main__":

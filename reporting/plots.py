@@ -334,3 +334,54 @@ def figures(jobs: list[dict], out: Path) -> dict[str, Path | None]:
     )
     figs["Pairwise judge"] = win_tie_lose(jobs, out / "win_tie_lose.png")
     return figs
+
+
+def forest(rows: list[Any], arm_a: str, arm_b: str, out: Path) -> Path | None:
+    """The verdict's differences (A − B) with their 95% CIs, one line per metric: benchmarks
+    and win rates in points (their scale is shared), data metrics relative to B's value (their
+    scales are not). Significant rows (Holm) are filled, the rest hollow."""
+    if not rows:
+        return None
+    paired = [r for r in rows if BENCHMARKS.for_headline(r.metric) or r.metric.startswith("judge/")]
+    relative = [r for r in rows if r not in paired and r.b.value]
+    panels = [
+        (p, title, scale)
+        for p, title, scale in (
+            (paired, "benchmarks: A − B (points)", lambda r: 100.0),
+            (relative, "data metrics: (A − B) / |B| (%)", lambda r: 100.0 / abs(r.b.value)),
+        )
+        if p
+    ]
+    if not panels:
+        return None
+    heights = [len(p) for p, _, _ in panels]
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(8, 0.32 * sum(heights) + 1.4 * len(panels)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for ax, (part, title, scale) in zip(axes[:, 0], panels):
+        labels = [f"{r.context} · {r.metric}" if r.context else r.metric for r in part]
+        y = np.arange(len(part))[::-1]
+        for yi, r in zip(y, part):
+            k = scale(r)
+            significant = r.p_holm < 0.05
+            ax.errorbar(
+                r.diff.value * k,
+                yi,
+                xerr=[
+                    [max(0.0, (r.diff.value - r.diff.low) * k)],
+                    [max(0.0, (r.diff.high - r.diff.value) * k)],
+                ],
+                fmt="o",
+                color="tab:blue" if significant else "tab:gray",
+                mfc="tab:blue" if significant else "white",
+                capsize=3,
+            )
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"A = {arm_a}  vs  B = {arm_b}", fontsize=10)
+    return _save(fig, out)

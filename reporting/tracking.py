@@ -109,3 +109,43 @@ class Tracker:
             self.run.summary.update(summary)
         self.run.finish(exit_code=1 if failed else 0)
         self.run = None
+
+
+def sweep_group(sweep_dir: str) -> str:
+    """The W&B group of a multirun's jobs (and of its verdict)."""
+    return "sweep-" + str(sweep_dir).strip("/").replace("/", "-")
+
+
+def log_verdict(config: Any, out_dir: Path) -> None:
+    """The verdict (verdict.csv) as a W&B table, with its forest plot, in a run of its own
+    (job type `verdict`) in the sweep's group; nothing unless logger=wandb."""
+    lg = config.get("logger") or {}
+    if lg.get("name") != "wandb" or not is_leader():
+        return
+    import csv
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    out_dir = Path(out_dir)
+    with (out_dir / "verdict.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    run = wandb.init(
+        project=lg.get("project"),
+        entity=lg.get("entity"),
+        group=lg.get("group") or sweep_group(config.hydra.sweep.dir),
+        name="verdict",
+        job_type="verdict",
+        config={"compare": {"pair": list(config.compare.pair)}},
+        dir=str(out_dir),
+        reinit="finish_previous",
+    )
+    try:
+        payload: dict[str, Any] = {"verdict": wandb.Table(columns=rows[0], data=rows[1:])}
+        plot = out_dir / "plots" / "forest_verdict.png"
+        if plot.is_file():
+            payload["verdict_forest"] = wandb.Image(str(plot))
+        run.log(payload)
+    finally:
+        run.finish()

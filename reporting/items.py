@@ -1,0 +1,146 @@
+"""Per-item values behind a job's headline numbers, read back from its run directory.
+
+- Benchmarks: `eval/samples_<task>.jsonl` (lm-eval's logged samples), the rows of each headline's
+  filter, keyed `<task>:<doc_id>` — a list-valued metric (IFEval's instruction level) counts as
+  (followed, instructions) so the pooled ratio is lm-eval's own number.
+- Data metrics: `<set>/scores.jsonl`, the field of every registered stat that is a mean over
+  records (`Stat.of`), keyed by record id.
+- The pairwise judge: `eval/pairwise.jsonl`, a win as 1 and a tie or loss as 0 over the items the
+  judge's verdicts could be read for (the win rate's own denominator).
+
+`job_items` gives {summary key: {item: (num, den)}}; `intervals` the `<key>_ci_low` /
+`<key>_ci_high` pairs that summary.json carries beside each number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from core.records import read_jsonl
+from evaluation.benchmarks import BENCHMARKS
+from metrics.base import mean_stats
+from reporting import stats
+
+log = logging.getLogger(__name__)
+
+Items = dict[str, tuple[float, float]]  # item key -> (num, den)
+
+# A key's kind: benchmark items are the same across jobs (paired tests), a set's records are not.
+PAIRED, UNPAIRED = "paired", "unpaired"
+
+
+def benchmark_items(job_dir: Path) -> dict[str, Items]:
+    out: dict[str, Items] = {}
+    eval_dir = Path(job_dir) / "eval"
+    files = sorted(eval_dir.glob("samples_*.jsonl")) if eval_dir.is_dir() else []
+    for path in files:
+        task = path.stem.removeprefix("samples_")
+        bench = next(
+            (b for b in BENCHMARKS if task == b.name or task.startswith(f"{b.name}_")), None
+        )
+        if bench is None:
+            continue
+        rows = list(read_jsonl(path))
+        for key, spec in bench.headlines.items():
+            metric, _, filt = spec.partition(",")
+            items = out.setdefault(f"{bench.name}/{key}", {})
+            for row in rows:
+                if (filt and row.get("filter") != filt) or metric not in row:
+                    continue
+                value = _num_den(row[metric])
+                if value is not None:
+                    items[f"{task}:{row.get('doc_id')}"] = value
+    return {k: v for k, v in out.items() if v}
+
+
+def _num_den(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, bool | int | float):
+        return float(value), 1.0
+    if isinstance(value, list) and value and all(isinstance(v, bool | int | float) for v in value):
+        return float(sum(value)), float(len(value))
+    return None
+
+
+def data_items(job_dir: Path) -> dict[str, Items]:
+    out: dict[str, Items] = {}
+    for path in sorted(Path(job_dir).glob("*/scores.jsonl")):
+        rows = list(read_jsonl(path))
+        for metric, stat in mean_stats():
+            items: Items = {}
+            for row in rows:
+                raw = row.get(stat.of)
+                value = stat.value(raw) if stat.value else raw
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    items[str(row["id"])] = (float(value), 1.0)
+            if items:
+                out[f"{path.parent.name}/score/{metric}/{stat.key}"] = items
+    return out
+
+
+def judge_items(job_dir: Path) -> dict[str, Items]:
+    path = Path(job_dir) / "eval" / "pairwise.jsonl"
+    if not path.is_file():
+        return {}
+    items = {
+        str(row["id"]): (1.0 if row["outcome"] == "win" else 0.0, 1.0)
+        for row in read_jsonl(path)
+        if row.get("outcome") in ("win", "tie", "lose")
+    }
+    return {"judge/win_rate": items} if items else {}
+
+
+def job_items(job_dir: Path) -> dict[str, tuple[str, Items]]:
+    """{summary key: (PAIRED | UNPAIRED, items)} of one job."""
+    out: dict[str, tuple[str, Items]] = {}
+    for key, items in {**benchmark_items(job_dir), **judge_items(job_dir)}.items():
+        out[key] = (PAIRED, items)
+    for key, items in data_items(job_dir).items():
+        out[key] = (UNPAIRED, items)
+    return out
+
+
+def sample_of(items: Items) -> stats.Sample:
+    keys = sorted(items)
+    return stats.Sample.of([items[k][0] for k in keys], [items[k][1] for k in keys])
+
+
+def intervals(job_dir: Path, summary: dict | None = None, seed: int = 0) -> dict[str, Any]:
+    """`<key>_ci_low` / `<key>_ci_high` (95%) for every number with per-item data: a bootstrap
+    over items, the Wilson interval for the judge's win rate. A number whose items do not give
+    the summary's value back (files from another run) gets no interval, with a warning; with a
+    summary, only its keys get one."""
+    out: dict[str, Any] = {}
+    for key, (_, items) in job_items(job_dir).items():
+        if summary is not None and key not in summary:
+            continue  # a file left by an earlier run of other stages
+        sample = sample_of(items)
+        if key == "judge/win_rate":
+            ci = stats.wilson(int(sample.num.sum()), sample.items)
+        else:
+            ci = stats.interval(sample, seed=seed)
+        if summary is not None and isinstance(summary.get(key), int | float):
+            if abs(float(summary[key]) - ci.value) > 1e-3 * max(1.0, abs(ci.value)):
+                log.warning(
+                    "%s: %s in summary.json but %s from its per-item files; no interval",
+                    key,
+                    summary[key],
+                    ci.value,
+                )
+                continue
+        out[f"{key}_ci_low"] = round(ci.low, 6)
+        out[f"{key}_ci_high"] = round(ci.high, 6)
+    return out
+
+
+def write_intervals(job_dir: Path) -> dict[str, Any]:
+    """Add the intervals to a finished job's summary.json (for runs made before they existed)."""
+    from core.records import write_json_atomic
+
+    path = Path(job_dir) / "summary.json"
+    summary = json.loads(path.read_text())
+    summary.update(intervals(job_dir, summary))
+    write_json_atomic(path, summary)
+    return summary

@@ -1,0 +1,322 @@
+"""Per-item data -> CIs in summary.json, the verdict of two arms, significance-only bolding, seeds
+as a sweep axis, and the dataset export (reporting.items, reporting.verdict, pipeline.export)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import ConfigError
+from tests.conftest import ROOT
+
+
+def _job(
+    sweep: Path, num: int, overrides: list[str], gsm: list[int], ifd: list[float], inst=None
+) -> Path:
+    """A finished job as the runner leaves it: summary.json, lm-eval samples, scores.jsonl."""
+    d = sweep / str(num)
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (d / "eval").mkdir()
+    rows = []
+    for i, v in enumerate(gsm):
+        for filt in ("strict-match", "flexible-extract"):
+            rows.append({"doc_id": i, "filter": filt, "exact_match": float(v), "resps": [["x"]]})
+    (d / "eval" / "samples_gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {
+        "status": "ok",
+        "model": "m",
+        "scenario": "evol_instruct",
+        "rounds": 1,
+        "gsm8k/strict": float(np.mean(gsm)),
+        "gsm8k/flexible": float(np.mean(gsm)),
+        "round_1/score/ifd/ifd_mean": float(np.mean(ifd)),
+        "filter/kept": 3,
+    }
+    if inst is not None:  # IFEval: prompt-level booleans, instruction-level lists
+        rows = [
+            {
+                "doc_id": i,
+                "filter": "none",
+                "prompt_level_strict_acc": all(x),
+                "inst_level_strict_acc": x,
+            }
+            for i, x in enumerate(inst)
+        ]
+        (d / "eval" / "samples_ifeval.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+        summary["ifeval/prompt_strict"] = float(np.mean([all(x) for x in inst]))
+        summary["ifeval/inst_strict"] = sum(map(sum, inst)) / sum(map(len, inst))
+    (d / "round_1").mkdir()
+    (d / "round_1" / "scores.jsonl").write_text(
+        "".join(json.dumps({"id": f"s{i}-r1", "ifd": v}) + "\n" for i, v in enumerate(ifd))
+    )
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def _arms_sweep(tmp_path: Path, seeds=(0, 1)) -> Path:
+    """Arm a solves 80% of 60 GSM8K items, arm b 20%; both score the same IFD spread."""
+    rng = np.random.default_rng(0)
+    sweep = tmp_path / "sweep"
+    n = 0
+    for model, p in (("a", 0.8), ("b", 0.2)):
+        for seed in seeds:
+            gsm = (rng.random(60) < p).astype(int).tolist()
+            ifd = rng.normal(0.6, 0.2, 40).tolist()
+            _job(sweep, n, [f"model={model}", f"seed={seed}"], gsm, ifd)
+            n += 1
+    return sweep
+
+
+def test_intervals_sit_beside_each_number_and_reproduce_it(tmp_path):
+    from reporting.items import intervals
+
+    inst = [[True, False], [True], [False, False, True], [True, True]]
+    d = _job(tmp_path, 0, ["model=a"], [1, 0, 1, 1], [0.2, 0.4, 0.9], inst=inst)
+    summary = json.loads((d / "summary.json").read_text())
+    ci = intervals(d, summary)
+    for key in (
+        "gsm8k/strict",
+        "gsm8k/flexible",
+        "ifeval/prompt_strict",
+        "ifeval/inst_strict",
+        "round_1/score/ifd/ifd_mean",
+    ):
+        assert ci[f"{key}_ci_low"] <= summary[key] <= ci[f"{key}_ci_high"], key
+        assert ci[f"{key}_ci_low"] < ci[f"{key}_ci_high"], key
+    assert "filter/kept_ci_low" not in ci  # no per-item data, no interval
+    # A summary whose number the files do not give back (another run's files): no interval.
+    summary["gsm8k/strict"] = 0.1
+    assert "gsm8k/strict_ci_low" not in intervals(d, summary)
+
+
+def test_the_judges_win_rate_gets_a_wilson_interval(tmp_path):
+    from reporting.items import intervals
+    from reporting.stats import wilson
+
+    d = _job(tmp_path, 0, ["model=a"], [1, 0], [0.5, 0.5])
+    outcomes = ["win"] * 6 + ["lose"] * 2 + ["tie"] * 2 + ["unparseable"] * 3
+    (d / "eval" / "pairwise.jsonl").write_text(
+        "".join(json.dumps({"id": f"p{i}", "outcome": o}) + "\n" for i, o in enumerate(outcomes))
+    )
+    ci = intervals(d, {"judge/win_rate": 0.6})
+    expected = wilson(6, 10)  # unparseable items are not trials
+    assert (ci["judge/win_rate_ci_low"], ci["judge/win_rate_ci_high"]) == pytest.approx(
+        (expected.low, expected.high), abs=1e-6
+    )
+
+
+def test_verdict_names_the_better_arm_only_where_the_data_can_tell(tmp_path):
+    sweep = _arms_sweep(tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.compare", str(sweep), "--pair", "model=a", "model=b"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| gsm8k/strict |" in res.stdout  # the verdict is printed
+    rows = {r["metric"]: r for r in csv.DictReader((sweep / "verdict.csv").open())}
+    assert set(rows) == {"gsm8k/strict", "gsm8k/flexible", "round_1/score/ifd/ifd_mean"}
+    gsm = rows["gsm8k/strict"]
+    assert gsm["verdict"] == "A better" and float(gsm["p_holm"]) < 0.001
+    assert gsm["test"] == "paired permutation"  # two seeds per arm: not McNemar
+    assert (gsm["seeds_a"], gsm["seeds_b"], gsm["items"]) == ("2", "2", "60")
+    assert float(gsm["diff_ci_low"]) > 0.3 and float(gsm["diff"]) < float(gsm["diff_ci_high"])
+    ifd = rows["round_1/score/ifd/ifd_mean"]
+    assert ifd["verdict"] == "no detectable difference at 95%" and ifd["test"] == "permutation"
+    assert float(ifd["diff_ci_low"]) < 0 < float(ifd["diff_ci_high"])
+    md = (sweep / "verdict.md").read_text()
+    assert "A: `model=a` · B: `model=b`" in md and "A − B [95% CI]" in md
+    assert (sweep / "plots" / "forest_verdict.png").stat().st_size > 1000
+    # comparison.md: the seeds as one row per arm (mean ± sd), bold only where significant.
+    table = (sweep / "comparison.md").read_text()
+    over = table.split("## Per job")[0]
+    a_row = next(line for line in over.splitlines() if line.startswith("| a | 2 |"))
+    b_row = next(line for line in over.splitlines() if line.startswith("| b | 2 |"))
+    assert a_row.count("**") == 4 and "±" in a_row  # both GSM8K columns, not IFD
+    assert "**" not in b_row
+    assert "forest_verdict.png" in (sweep / "report.md").read_text()
+
+
+def test_no_bold_without_a_significant_difference(tmp_path):
+    from reporting.compare import compare
+
+    sweep = tmp_path / "sweep"
+    _job(sweep, 0, ["model=a"], [1, 1, 0, 1], [0.5, 0.6, 0.7])
+    _job(sweep, 1, ["model=b"], [1, 0, 0, 1], [0.5, 0.6, 0.8])
+    compare([sweep], quiet=True)
+    table = (sweep / "comparison.md").read_text()
+    assert "**" not in table.split("\n\n")[0]  # 0.75 vs 0.5 on 4 items: noise
+    assert "significantly best" in table
+
+
+def test_contexts_are_compared_apart(tmp_path):
+    """A model × filter sweep: --pair model=a model=b gives one verdict per filter."""
+    from reporting.verdict import verdict
+
+    sweep, n, rng = tmp_path / "sweep", 0, np.random.default_rng(1)
+    for filt in ("ifd", "ic_ifd"):
+        for model, p in (("a", 0.7), ("b", 0.3)):
+            gsm = (rng.random(40) < p).astype(int).tolist()
+            _job(sweep, n, [f"model={model}", f"filter={filt}"], gsm, rng.random(20).tolist())
+            n += 1
+    rows = verdict([sweep], "model=a", "model=b")
+    assert {r.context for r in rows} == {"filter=ifd", "filter=ic_ifd"}
+    assert all(r.seeds_a == r.seeds_b == 1 for r in rows)
+    assert {r.test for r in rows if r.metric.startswith("gsm8k")} == {"McNemar exact"}
+    assert "## filter=ic_ifd" in (sweep / "verdict.md").read_text()
+
+
+def test_an_arm_that_matches_no_job_lists_what_there_is(tmp_path):
+    from reporting.verdict import verdict
+
+    sweep = _arms_sweep(tmp_path, seeds=(0,))
+    with pytest.raises(ConfigError, match=r"arm B \(model=c\) matches no job.*model=a, model=b"):
+        verdict([sweep], "model=a", "model=c")
+    with pytest.raises(ConfigError, match="key=value"):
+        verdict([sweep], "model=a", "b")
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.compare", str(sweep), "--pair", "model=a", "model=zz"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode != 0 and "matches no job" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_seeds_n_is_a_seed_sweep():
+    from core.config import expand_seeds
+    from pipeline.arms import parse_overrides
+
+    argv = expand_seeds(["model=a,b", "seeds=3"])
+    assert argv == ["-m", "model=a,b", "seed=range(3)"]
+    assert parse_overrides(argv[1:])["seed"] == ["0", "1", "2"]
+    assert expand_seeds(["-m", "seeds=2"]) == ["-m", "seed=range(2)"]
+    assert expand_seeds(["rounds=2"]) == ["rounds=2"]
+    with pytest.raises(SystemExit, match="seeds=N or seed"):
+        expand_seeds(["seeds=2", "seed=1"])
+    with pytest.raises(SystemExit, match="number of seeds"):
+        expand_seeds(["seeds=x"])
+
+
+def test_compare_pair_setting_is_checked():
+    from core.config import typed_section
+    from core.schemas import CompareConfig
+
+    assert typed_section(CompareConfig, {"pair": ["model=a", "model=b"]}, "compare").pair
+    with pytest.raises(ConfigError, match="compare.pair"):
+        typed_section(CompareConfig, {"pair": ["model=a"]}, "compare")
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "run"
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "config.yaml").write_text(
+        "model: {name: smollm2_135m}\nscenario: {name: evol_instruct}\nrounds: 1\nseed: 0\n"
+        "filter: {name: ic_ifd, keep_ratio: 0.5}\ncache_dir: /somewhere\n"
+    )
+    recs = [
+        {
+            "id": f"s{i}-r1",
+            "instruction": f"Do task {i}",
+            "input": "",
+            "output": f"Answer {i}",
+            "meta": {"round": 1, "method": "deepen", "source_id": f"s{i}", "model": "m", "x": [i]},
+        }
+        for i in range(4)
+    ]
+    (d / "round_1").mkdir()
+    (d / "round_1" / "responded.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (d / "selected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:2]))
+    scores = [{"id": r["id"], "ifd": 0.5 + i / 10, "difficulty": None} for i, r in enumerate(recs)]
+    scores[1]["difficulty"] = "hard"
+    (d / "round_1" / "scores.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
+    summary = {"model": "smollm2_135m", "scenario": "evol_instruct", "rounds": 1}
+    summary["round_1/score/ifd/ifd_mean"] = 0.65
+    summary |= {
+        "round_1/score/ifd/ifd_mean_ci_low": 0.55,
+        "round_1/score/ifd/ifd_mean_ci_high": 0.75,
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def test_export_loads_with_datasets_and_llama_factory(tmp_path):
+    import datasets
+
+    from pipeline.export import main
+
+    d = _run_dir(tmp_path)
+    main([str(d)])
+    folder = d / "dataset"
+    ds = datasets.load_from_disk(str(folder))
+    assert set(ds) == {"selected", "round_1"}
+    assert ds["selected"].num_rows == 2 and ds["round_1"].num_rows == 4
+    row = ds["round_1"][1]
+    assert row["instruction"] == "Do task 1" and row["score_ifd"] == pytest.approx(0.6)
+    assert row["score_difficulty"] == "hard" and json.loads(row["meta"])["x"] == [1]
+    # The Parquet files the Hub serves, as the card's configs name them.
+    parquet = datasets.load_dataset(
+        "parquet", data_files={"selected": str(folder / "data/selected-00000-of-00001.parquet")}
+    )
+    assert parquet["selected"]["id"] == ["s0-r1", "s1-r1"]
+    card = (folder / "README.md").read_text()
+    for text in ("smollm2_135m", "evol_instruct", "ic_ifd", "config hash", "[0.55, 0.75]"):
+        assert text in card
+    assert "/somewhere" not in card
+    # LLaMA-Factory's dataset_info.json: an alpaca entry per split over a file that exists.
+    info = json.loads((folder / "dataset_info.json").read_text())
+    entry = info["smollm2_135m_evol_instruct_selected"]
+    assert entry["formatting"] == "alpaca"
+    assert entry["columns"] == {"prompt": "instruction", "query": "input", "response": "output"}
+    assert (folder / entry["file_name"]).is_file()
+
+
+def test_push_without_a_token_says_what_to_do(tmp_path, monkeypatch):
+    from pipeline.export import export_dataset, push
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no saved login
+    folder = export_dataset(_run_dir(tmp_path))
+    with pytest.raises(ConfigError, match="no Hugging Face token.*HF_TOKEN.*huggingface-cli login"):
+        push(folder, "org/name")
+
+
+def test_push_uploads_the_card_and_parquet_only(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from pipeline.export import export_dataset, push
+
+    calls = []
+
+    class FakeApi:  # the Hub is not reachable from tests; the calls are what matters
+        def __init__(self, token):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create", repo_id, kw))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload", kw))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    folder = export_dataset(_run_dir(tmp_path))
+    url = push(folder, "org/name", private=True, token="hf_x")
+    assert url.endswith("datasets/org/name")
+    assert calls[1] == (
+        "create",
+        "org/name",
+        {"repo_type": "dataset", "private": True, "exist_ok": True},
+    )
+    upload = calls[2][1]
+    assert upload["allow_patterns"] == ["README.md", "data/*.parquet"]
+    assert Path(upload["folder_path"]) == folder
