@@ -320,3 +320,71 @@ def test_push_uploads_the_card_and_parquet_only(tmp_path, monkeypatch):
     upload = calls[2][1]
     assert upload["allow_patterns"] == ["README.md", "data/*.parquet"]
     assert Path(upload["folder_path"]) == folder
+
+
+@pytest.mark.slow
+def test_a_real_two_arm_sweep_with_two_seeds_gives_a_verdict_and_datasets(tmp_path):
+    """`python run.py -m filter=ic_ifd,ifd seed=0,1` on the bundled model, with compare.pair:
+    verdict.md names a difference, its CI and a p-value for every benchmark and data metric;
+    summary.json carries CIs; each job's dataset folder loads; W&B gets the verdict table."""
+    import datasets
+
+    from tests.conftest import MODELS_DIR, inspect_wandb, run_cli
+
+    sweep = tmp_path / "sweep"
+    res = run_cli(
+        [
+            "-m",
+            "filter=ic_ifd,ifd",
+            "seed=0,1",
+            'compare.pair=["filter=ic_ifd","filter=ifd"]',
+            "engine=hf",
+            "data.limit=4",
+            "rounds=1",
+            "filter.keep_ratio=0.5",
+            "train.max_steps=1",
+            "eval.limit=2",
+            "eval.max_gen_toks=24",
+            "eval.pairwise.enabled=false",
+            "generation.evolve.max_tokens=32",
+            "generation.greedy.max_tokens=32",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"models_dir={MODELS_DIR}",
+            "logger=wandb",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        env={"WANDB_MODE": "offline"},
+        timeout=1200,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    rows = list(csv.DictReader((sweep / "verdict.csv").open()))
+    metrics = {r["metric"] for r in rows}
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    from evaluation.benchmarks import BENCHMARKS
+    from metrics.base import mean_stats
+
+    benchmarks = {k for k in BENCHMARKS.headline_keys() if k in summary}
+    data = {f"round_1/score/{m}/{s.key}" for m, s in mean_stats()} & set(summary)
+    assert len(benchmarks) >= 9 and len(data) >= 6
+    assert benchmarks | data <= metrics
+    for r in rows:
+        assert r["seeds_a"] == r["seeds_b"] == "2"
+        assert float(r["diff_ci_low"]) <= float(r["diff"]) <= float(r["diff_ci_high"])
+        assert 0 < float(r["p"]) <= 1 and float(r["p"]) <= float(r["p_holm"]) <= 1
+        assert r["verdict"] in ("A better", "B better", "no detectable difference at 95%")
+    md = (sweep / "verdict.md").read_text()
+    assert "A: `filter=ic_ifd` · B: `filter=ifd`" in md and "p (Holm)" in md
+    for key in benchmarks | data:  # every number with per-item data has its interval
+        assert summary[f"{key}_ci_low"] <= summary[key] <= summary[f"{key}_ci_high"], key
+    # Seed 0 and seed 1 evolved apart; the two filters of one seed shared that work.
+    evolved = [(sweep / n / "round_1" / "evolved.jsonl").read_text() for n in "0123"]
+    assert evolved[0] == evolved[1] and evolved[0] != evolved[2]
+    # Each job's sets as a dataset folder: datasets and LLaMA-Factory read it.
+    folder = sweep / "0" / "dataset"
+    ds = datasets.load_from_disk(str(folder))
+    assert ds["selected"].num_rows == summary["filter/kept"]
+    info = json.loads((folder / "dataset_info.json").read_text())
+    assert all((folder / e["file_name"]).is_file() for e in info.values())
+    # W&B: the verdict as a table in its own run of the sweep's group.
+    logged = inspect_wandb(sweep)
+    assert "verdict" in logged["history"] or "verdict" in json.dumps(logged["summary"])
