@@ -503,8 +503,10 @@ class Run:
         if self.eval_summary:
             summary.update(self.eval_summary)
         # 95% CIs beside every number that has per-item data (eval samples, scores.jsonl).
-        from reporting.items import intervals
+        from reporting.items import intervals, selected_means
 
+        if self.filter_counts:  # the data metrics of what the filter kept
+            summary.update(selected_means(self.dir))
         summary.update(intervals(self.dir, summary))
         summary.update(self.time_summary())
         write_json_atomic(self.dir / "summary.json", summary)

@@ -65,19 +65,42 @@ def _num_den(value: Any) -> tuple[float, float] | None:
 
 
 def data_items(job_dir: Path) -> dict[str, Items]:
+    """`<set>/score/<metric>/<stat>` for every scored set, and `selected/score/...` over the
+    records the filter kept (their scores from the set they came from)."""
     out: dict[str, Items] = {}
+    by_id: dict[str, dict] = {}
     for path in sorted(Path(job_dir).glob("*/scores.jsonl")):
         rows = list(read_jsonl(path))
-        for metric, stat in mean_stats():
-            items: Items = {}
-            for row in rows:
-                raw = row.get(stat.of)
-                value = stat.value(raw) if stat.value else raw
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    items[str(row["id"])] = (float(value), 1.0)
-            if items:
-                out[f"{path.parent.name}/score/{metric}/{stat.key}"] = items
+        by_id.update((str(r["id"]), r) for r in rows)
+        out.update(_stat_items(path.parent.name, rows))
+    selected = Path(job_dir) / "selected.jsonl"
+    if selected.is_file() and by_id:
+        rows = [by_id[i] for r in read_jsonl(selected) if (i := str(r.get("id"))) in by_id]
+        out.update(_stat_items("selected", rows))
     return out
+
+
+def _stat_items(set_name: str, rows: list[dict]) -> dict[str, Items]:
+    out: dict[str, Items] = {}
+    for metric, stat in mean_stats():
+        items: Items = {}
+        for row in rows:
+            raw = row.get(stat.of)
+            value = stat.value(raw) if stat.value else raw
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                items[str(row["id"])] = (float(value), 1.0)
+        if items:
+            out[f"{set_name}/score/{metric}/{stat.key}"] = items
+    return out
+
+
+def selected_means(job_dir: Path) -> dict[str, float]:
+    """summary.json's `selected/score/<metric>/<stat>`: the data metrics of what was kept."""
+    return {
+        key: round(sample_of(items).value, 4)
+        for key, items in data_items(job_dir).items()
+        if key.startswith("selected/")
+    }
 
 
 def judge_items(job_dir: Path) -> dict[str, Items]:

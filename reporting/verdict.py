@@ -155,6 +155,9 @@ def verdict_rows(jobs: list[dict], arm_a: str, arm_b: str) -> list[Row]:
         return found
 
     in_a, in_b = members(a_spec, "A"), members(b_spec, "B")
+    # Overrides every job shares (data.limit=4 on the whole sweep) are no context.
+    everything = {k for j in jobs for k in j["overrides"]}
+    skip |= {k for k in everything if len({j["overrides"].get(k) for j in in_a + in_b}) == 1}
     shared = [j for j in in_a if j in in_b]
     if shared:
         raise ConfigError(f"arms A and B both match {shared[0]['dir']}: name arms that differ")
@@ -273,18 +276,17 @@ def verdict_markdown(rows: list[Row], arm_a: str, arm_b: str, figure: Path | Non
         part = [r for r in rows if r.context == ctx]
         if len(contexts) > 1 or ctx:
             lines += [f"## {ctx or '(all jobs)'}", ""]
-        seeds = f"seeds: A {part[0].seeds_a}, B {part[0].seeds_b}"
         lines += [
-            f"{seeds}. p: {part[0].test if len({r.test for r in part}) == 1 else 'see CSV'}; "
-            f"Holm-corrected over the {len(part)} metrics below.",
+            f"Seeds: A {part[0].seeds_a}, B {part[0].seeds_b}. p (Holm): corrected over the "
+            f"{len(part)} metrics below.",
             "",
-            "| metric | A [95% CI] | B [95% CI] | A − B [95% CI] | p | p (Holm) | verdict |",
-            "|---|---|---|---|---|---|---|",
+            "| metric | A [95% CI] | B [95% CI] | A − B [95% CI] | p | p (Holm) | test | verdict |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in part:
             lines.append(
                 f"| {r.metric} | {_ci(r.a)} | {_ci(r.b)} | {_ci(r.diff)} | {_p(r.p)} | "
-                f"{_p(r.p_holm)} | {r.verdict} |"
+                f"{_p(r.p_holm)} | {r.test} | {r.verdict} |"
             )
         lines.append("")
     lines += [

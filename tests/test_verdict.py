@@ -377,8 +377,13 @@ def test_a_real_two_arm_sweep_with_two_seeds_gives_a_verdict_and_datasets(tmp_pa
     for key in benchmarks | data:  # every number with per-item data has its interval
         assert summary[f"{key}_ci_low"] <= summary[key] <= summary[f"{key}_ci_high"], key
     # Seed 0 and seed 1 evolved apart; the two filters of one seed shared that work.
-    evolved = [(sweep / n / "round_1" / "evolved.jsonl").read_text() for n in "0123"]
-    assert evolved[0] == evolved[1] and evolved[0] != evolved[2]
+    evolved = {}
+    for n in "0123":
+        overrides = (sweep / n / ".hydra" / "overrides.yaml").read_text()
+        seed = "seed=1" in overrides
+        evolved.setdefault(seed, []).append((sweep / n / "round_1" / "evolved.jsonl").read_text())
+    assert evolved[False][0] == evolved[False][1] and evolved[True][0] == evolved[True][1]
+    assert evolved[False][0] != evolved[True][0]
     # Each job's sets as a dataset folder: datasets and LLaMA-Factory read it.
     folder = sweep / "0" / "dataset"
     ds = datasets.load_from_disk(str(folder))
