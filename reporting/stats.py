@@ -154,7 +154,6 @@ def paired(
     rng = _rng(seed)
     idx = rng.integers(0, a.items, (iters, a.items))
     boot_a, boot_b = _boot(a, iters, rng, idx), _boot(b, iters, rng, idx)
-    diff = a.value - b.value
     if a.seeds == b.seeds == 1 and a.binary and b.binary:
         p, test = mcnemar(a.num[:, 0], b.num[:, 0]), "McNemar exact"
     else:
@@ -164,13 +163,17 @@ def paired(
         den = (a.den.sum() / a.seeds + b.den.sum() / b.seeds) / 2
         p = sign_flip(da - db, den, permutations, rng)
         test = "paired permutation"
+    return _difference(a, b, boot_a, boot_b, level, p, test, a.items)
+
+
+def _difference(a, b, boot_a, boot_b, level, p, test, items) -> Difference:
     return Difference(
         a=_percentile(boot_a, a.value, level),
         b=_percentile(boot_b, b.value, level),
-        diff=_percentile(boot_a - boot_b, diff, level),
+        diff=_percentile(boot_a - boot_b, a.value - b.value, level),
         p=p,
         test=test,
-        items=a.items,
+        items=items,
     )
 
 
@@ -190,14 +193,8 @@ def unpaired(
     # Large sets (paper-size data metrics): fewer relabellings, p still resolved to 1/2001.
     permutations = min(permutations, max(2000, 200_000_000 // (a.items + b.items)))
     boot_a, boot_b = _boot(a, iters, rng), _boot(b, iters, rng)
-    return Difference(
-        a=_percentile(boot_a, a.value, level),
-        b=_percentile(boot_b, b.value, level),
-        diff=_percentile(boot_a - boot_b, a.value - b.value, level),
-        p=label_permutation(a, b, permutations, rng),
-        test="permutation",
-        items=a.items + b.items,
-    )
+    p = label_permutation(a, b, permutations, rng)
+    return _difference(a, b, boot_a, boot_b, level, p, "permutation", a.items + b.items)
 
 
 def _flat(s: Sample) -> Sample:

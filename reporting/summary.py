@@ -32,6 +32,7 @@ JOB_COLUMNS: dict[str, bool | None] = {
     "train/steps": None,
     "train/final_loss": False,
     "judge/win": True,
+    "judge/win_rate": True,
     "judge/tie": None,
     "judge/lose": False,
     "judge/unparseable": False,
