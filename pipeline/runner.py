@@ -502,12 +502,7 @@ class Run:
             summary.update(self.train_summary)
         if self.eval_summary:
             summary.update(self.eval_summary)
-        # 95% CIs beside every number that has per-item data (eval samples, scores.jsonl).
-        from reporting.items import intervals, selected_means
-
-        if self.filter_counts:  # the data metrics of what the filter kept
-            summary.update(selected_means(self.dir))
-        summary.update(intervals(self.dir, summary))
+        summary.update(self.intervals(summary))
         summary.update(self.time_summary())
         write_json_atomic(self.dir / "summary.json", summary)
         self.export(summary)
@@ -521,6 +516,22 @@ class Run:
             print_summary(summary, self.dir)
         return summary
 
+    def intervals(self, summary: dict) -> dict:
+        """The selected set's data metrics and a 95% CI beside every number with per-item data
+        (reporting.items). Computed from files after the work is done: a failure here is logged
+        and recorded (`intervals_error`), never the end of a finished run."""
+        from reporting.items import intervals, selected_means
+
+        out: dict = {}
+        try:
+            if self.filter_counts:  # the data metrics of what the filter kept
+                out.update(selected_means(self.dir))
+            out.update(intervals(self.dir, {**summary, **out}))
+        except Exception as e:
+            log.exception("intervals: not computed")
+            out["intervals_error"] = f"{type(e).__name__}: {e}"
+        return out
+
     def export(self, summary: dict) -> None:
         """The run's sets as a Hugging Face dataset folder, pushed when `export.push` names a
         repo (pipeline.export); a failed push is logged and recorded, the run stays a success."""
@@ -529,7 +540,13 @@ class Run:
             return
         from pipeline.export import export_dataset, push
 
-        folder = export_dataset(self.dir, summary)
+        try:
+            folder = export_dataset(self.dir, summary)
+        except Exception as e:  # the sets are safe in their JSONL files; the run stays a success
+            log.exception("export: the dataset folder was not written")
+            summary["export/error"] = f"{type(e).__name__}: {e}"
+            write_json_atomic(self.dir / "summary.json", summary)
+            return
         if folder is None:
             return
         summary["export/dataset"] = folder.name

@@ -174,3 +174,38 @@ def test_two_jobs_training_the_same_model_train_it_once(tmp_path, monkeypatch):
         t.join(60)
     assert len(calls) == 1 and got[0] == got[1] == {"train/steps": 1}
     assert runs[0].train_dir == runs[1].train_dir == calls[0]
+
+
+def test_a_failure_after_the_work_is_recorded_and_the_run_stays_a_success(
+    tmp_path, fake, monkeypatch
+):
+    """Intervals and the dataset folder are made from files once the work is done: if either
+    breaks, summary.json says so and the run still succeeds (its sets are in their JSONL)."""
+    import pipeline.export
+    import reporting.items
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk said no")
+
+    monkeypatch.setattr(reporting.items, "intervals", broken)
+    monkeypatch.setattr(pipeline.export, "export_dataset", broken)
+    run_dir = tmp_path / "run"
+    summary = Run(_cfg(tmp_path, "rounds=1"), run_dir).run()
+    assert summary["status"] == "ok"
+    assert summary["intervals_error"] == "RuntimeError: disk said no"
+    assert summary["export/error"] == "RuntimeError: disk said no"
+    assert json.loads((run_dir / "summary.json").read_text())["export/error"]
+    assert (run_dir / "round_1" / "responded.jsonl").is_file()
+
+
+def test_every_run_with_a_set_writes_its_dataset_folder(tmp_path, fake):
+    import datasets
+
+    run_dir = tmp_path / "run"
+    summary = Run(_cfg(tmp_path, "rounds=2"), run_dir).run()
+    assert summary["export/dataset"] == "dataset"
+    ds = datasets.load_from_disk(str(run_dir / "dataset"))
+    assert set(ds) == {"round_1", "round_2"} and ds["round_1"].num_rows == 6
+    run_dir = tmp_path / "off"
+    assert "export/dataset" not in Run(_cfg(tmp_path, "export.dataset=false"), run_dir).run()
+    assert not (run_dir / "dataset").exists()
