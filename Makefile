@@ -1,6 +1,7 @@
 # The few commands people type. `make demo` and `make test` set up .venv on first use.
 #   make demo                 the CPU demo (bundled 135M model); ARGS="..." adds Hydra overrides
-#   make test                 every test (fast ones and the real-model ones); ARGS="-m 'not slow'"
+#   make test                 the tests CI runs (fast and real-model ones); ARGS="-k cache" for a subset
+#   make test-all             also the heavy tier (multi-process, signals, cluster paths)
 #   make venv EXTRA=gpu       a GPU environment (CUDA torch + vllm) instead of the CPU one
 #   make gpu-check            on a GPU machine: every GPU-only path, PASS/FAIL with numbers
 PYTHON ?= python3.11
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: venv demo test test-fast lint format bench bench-demo gpu-check clean-venv
+.PHONY: venv demo test test-all test-fast lint format bench bench-demo gpu-check clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -35,7 +36,11 @@ demo: $(STAMP)
 	$(PY) run.py $(ARGS)
 
 # --durations: the slowest tests are listed at the end of every run (and of CI's log).
+# `test` (CI's command) leaves out the `heavy` tier; `test-all` runs every test.
 test: $(STAMP)
+	$(PY) -m pytest -q --durations=15 -m "not heavy" $(ARGS)
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q --durations=15 $(ARGS)
 
 test-fast: $(STAMP)

@@ -167,6 +167,7 @@ def test_openai_engine_unreachable_server_is_a_clear_error():
         engine.generate([CHAT], GREEDY)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_data_parallel_replicas_generate_what_one_engine_does(tmp_path):
     """engine.replicas=2: vLLM's own data-parallel server with two replicas of the bundled model

@@ -56,6 +56,7 @@ def test_rerun_makes_no_model_call_and_prefixes_are_shared(tmp_path, bundled_mod
     assert two["cache/hits"] == 2
 
 
+@pytest.mark.heavy
 def test_sigkill_mid_generation_then_resume(tmp_path, bundled_model_dir):
     cache = tmp_path / "cache"
     args = [
@@ -126,6 +127,7 @@ def test_sweep_runs_other_jobs_when_one_lacks_weights(tmp_path, bundled_model_di
     assert "1 job(s) failed" in out
 
 
+@pytest.mark.heavy
 def test_default_pipeline_with_the_vllm_engine(tmp_path, bundled_model_dir):
     """`python run.py engine=vllm`: the default stages up to training, judges and top-1 probes
     through vLLM."""

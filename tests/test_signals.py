@@ -93,6 +93,7 @@ def _assert_stopped(rc: float, took: float, run_dir: Path, stage: str, log: Path
     assert "Traceback" not in log.read_text()
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_sigterm_during_vllm_generation_stops_promptly(tmp_path, bundled_model_dir):
     """vLLM runs in engine processes of its own: they are shut down within the deadline too.
@@ -108,6 +109,7 @@ def test_sigterm_during_vllm_generation_stops_promptly(tmp_path, bundled_model_d
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_sigterm_during_training_stops_promptly_and_resumes(tmp_path, bundled_model_dir):
     data = tmp_path / "sft.jsonl"

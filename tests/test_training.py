@@ -442,6 +442,8 @@ def _tiny_llama(path):
     return str(path)
 
 
+@pytest.mark.heavy
+@pytest.mark.slow
 def test_zero3_loads_the_checkpoint_into_partitioned_parameters(tmp_path):
     """Under ZeRO-3 Lightning calls configure_model inside deepspeed.zero.Init: each parameter
     is created empty on its rank. A plain from_pretrained then fails ("index 2 is out of bounds
@@ -492,6 +494,7 @@ def test_export_is_collective_and_written_by_rank_zero_only(tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_two_process_ddp_through_the_train_stage(tmp_path, bundled_model_dir):
     """`train.devices=2` on the CPU: Lightning re-runs run.py as rank 1 (gloo). Rank 1 waits for

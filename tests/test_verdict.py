@@ -326,7 +326,10 @@ def test_push_uploads_the_card_and_parquet_only(tmp_path, monkeypatch):
 def test_a_real_two_arm_sweep_with_two_seeds_gives_a_verdict_and_datasets(tmp_path):
     """`python run.py -m filter=ic_ifd,ifd seed=0,1` on the bundled model, with compare.pair:
     verdict.md names a difference, its CI and a p-value for every benchmark and data metric;
-    summary.json carries CIs; each job's dataset folder loads; W&B gets the verdict table."""
+    summary.json carries CIs; each job's dataset folder loads; each job is a finished offline W&B
+    run of the sweep's group (W&B's default mode), and the verdict table is one more run there."""
+    import os
+
     import datasets
 
     from tests.conftest import MODELS_DIR, inspect_wandb, run_cli
@@ -339,11 +342,11 @@ def test_a_real_two_arm_sweep_with_two_seeds_gives_a_verdict_and_datasets(tmp_pa
             "seed=0,1",
             'compare.pair=["filter=ic_ifd","filter=ifd"]',
             "engine=hf",
-            "data.limit=4",
+            "data.limit=3",
             "rounds=1",
             "filter.keep_ratio=0.5",
             "train.max_steps=1",
-            "eval.limit=2",
+            "eval.limit=1",
             "eval.max_gen_toks=24",
             "eval.pairwise.enabled=false",
             "generation.evolve.max_tokens=32",
@@ -353,7 +356,7 @@ def test_a_real_two_arm_sweep_with_two_seeds_gives_a_verdict_and_datasets(tmp_pa
             "logger=wandb",
             f"hydra.sweep.dir={sweep}",
         ],
-        env={"WANDB_MODE": "offline"},
+        env={k: v for k, v in os.environ.items() if k != "WANDB_MODE"},
         timeout=1200,
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
@@ -363,8 +366,13 @@ def test_a_real_two_arm_sweep_with_two_seeds_gives_a_verdict_and_datasets(tmp_pa
     from evaluation.benchmarks import BENCHMARKS
     from metrics.base import mean_stats
 
-    benchmarks = {k for k in BENCHMARKS.headline_keys() if k in summary}
-    data = {f"round_1/score/{m}/{s.key}" for m, s in mean_stats()} & set(summary)
+    jobs = [json.loads((sweep / n / "summary.json").read_text()) for n in "0123"]
+
+    def everywhere(keys):  # a number in every job (a judge whose every reply failed has none)
+        return {k for k in keys if all(isinstance(j.get(k), int | float) for j in jobs)}
+
+    benchmarks = everywhere(BENCHMARKS.headline_keys())
+    data = everywhere(f"round_1/score/{m}/{s.key}" for m, s in mean_stats())
     assert len(benchmarks) >= 9 and len(data) >= 6
     assert benchmarks | data <= metrics
     for r in rows:
@@ -390,6 +398,36 @@ def test_a_real_two_arm_sweep_with_two_seeds_gives_a_verdict_and_datasets(tmp_pa
     assert ds["selected"].num_rows == summary["filter/kept"]
     info = json.loads((folder / "dataset_info.json").read_text())
     assert all((folder / e["file_name"]).is_file() for e in info.values())
-    # W&B: the verdict as a table in its own run of the sweep's group.
-    logged = inspect_wandb(sweep)
-    assert "verdict" in logged["history"] or "verdict" in json.dumps(logged["summary"])
+    # W&B: a finished offline run per job, named by its overrides (no machine paths), with the
+    # resolved config, what `auto` resolved to, per-round metrics and sample tables, and the
+    # summary with its intervals; the verdict's table in one more run of the same group.
+    from reporting.tracking import sweep_group
+
+    group = sweep_group(str(sweep)).encode()
+
+    def in_group(run_dir: Path) -> bool:  # W&B's reader does not show the group: the run record
+        (record,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+        return group in record.read_bytes()
+
+    for n in "0123":
+        s = inspect_wandb(sweep / n)
+        info, job = s["summary"], json.loads((sweep / n / "summary.json").read_text())
+        assert info["state"] == "finished" and info["exit_code"] == 0
+        assert info["config"]["model"]["name"] == "smollm2_135m" and info["config"]["rounds"] == 1
+        assert "filter=" in info["name"] and "cache_dir" not in info["name"]
+        assert info["config"]["hardware"]["engine_dtype"] == job["hardware/engine_dtype"]
+        assert info["config"]["hardware"]["cpu_bf16"] == job["hardware/cpu_bf16"]
+        for key in ("round_1/evolve/parsed", "engine/prompts", "status", "gsm8k/strict_ci_high"):
+            assert info["summary"][key] == job[key]
+        assert info["summary"]["round"] == 1  # per-round metrics, the round as their step
+        assert '"evolve/attempted"' in s["history"] and "samples/round_1" in s["history"]
+        assert in_group(sweep / n)
+    verdict_run = inspect_wandb(sweep)["summary"]
+    assert verdict_run["name"] == "verdict" and verdict_run["state"] == "finished"
+    assert verdict_run["summary"]["verdict"]["_type"] == "table-file"
+    assert verdict_run["summary"]["verdict"]["nrows"] == len(rows)
+    assert in_group(sweep)  # one sweep, one group
+    # The multirun's comparison (hydra callback): the seeds as one row per arm, then per job.
+    md = (sweep / "comparison.md").read_text()
+    assert md.startswith("## Over seeds") and "| filter | seeds |" in md and "## Per job" in md
+    assert "verdict.md" in (sweep / "report.md").read_text()
