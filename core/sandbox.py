@@ -18,6 +18,12 @@ allows is used, and `Sandbox.isolation` (recorded in metrics.json) says which:
            a non-dumpable worker (its /proc/<pid>/fd and environ are closed to items); items can
            still read files of the caller's user. The weakest level; said in metrics.json.
 
+Memory: each process of a program is capped at `memory_mb` of address space; where the caller may
+create a memory cgroup (root, cgroup v1 or a delegated v2 memory controller), the worker and
+everything it starts also share one cgroup capped at `memory_mb` plus the worker's own room, so
+a program's processes together (and its tmpfs files) cannot exceed it either. `memory_limit` says
+which held: "cgroup" or "per process".
+
 In every mode: per-program limits (address space, CPU time, file size, open files, processes),
 stdout/stderr to /dev/null, a timeout per test case and per program, every process a program
 left killed after it, results through the program's own pipe, bounded in size and
@@ -46,6 +52,9 @@ from typing import Any
 
 # The caller's grace beyond the programs' own time budgets before it declares the worker stuck.
 GRACE_S = 10.0
+# The worker's own memory (interpreter, preloaded modules) on top of a program's in the cgroup.
+WORKER_MB = 96
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 WORKER = r"""
 import ctypes, importlib, json, os, platform, pwd, resource, select, signal, socket, struct, sys
@@ -536,13 +545,21 @@ class Sandbox:
         self.uid: int | None = None
         self.workdir: str | None = None
         self.restarts = 0  # workers killed for not answering in time
+        self.memory_limit = "per process"  # or "cgroup": all of a program's processes together
+        self._cgroup: str | None = None
 
     # -- the worker's life ------------------------------------------------------------------
 
     def _start(self) -> None:
         self._buf, self.init_pid = b"", None
+        cmd = [*self.wrapper, sys.executable, "-I", "-S", "-c", WORKER, json.dumps(self.cfg)]
+        self._cgroup = memory_cgroup((int(self.cfg["memory_mb"]) + WORKER_MB) << 20)
+        if self._cgroup:  # joined before anything runs: every process the worker starts is in
+            join = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+            cmd = ["/bin/sh", "-c", join, self._cgroup, *cmd]
+        self.memory_limit = "cgroup" if self._cgroup else "per process"
         self._proc = subprocess.Popen(
-            [*self.wrapper, sys.executable, "-I", "-S", "-c", WORKER, json.dumps(self.cfg)],
+            cmd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -604,6 +621,9 @@ class Sandbox:
                     _signal(lambda pid=pid: os.kill(pid, signal.SIGKILL))
                 time.sleep(0.01)
         self.init_pid = None
+        if self._cgroup:
+            remove_cgroup(self._cgroup)
+            self._cgroup = None
 
     # -- running programs -------------------------------------------------------------------
 
@@ -699,6 +719,71 @@ def _signal(send: Any) -> None:
         send()
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def memory_cgroup(limit: int) -> str | None:
+    """A new memory cgroup under the caller's own, capped at `limit` bytes; None where the
+    caller may not make one (not root, no memory controller, not delegated)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    name = f"evolvers-sandbox-{os.getpid()}-{time.monotonic_ns()}"
+    for _, controllers, path in lines:  # cgroup v1: the memory hierarchy
+        if "memory" in controllers.split(","):
+            where = os.path.join(CGROUP_ROOT, "memory", path.lstrip("/"), name)
+            if _make_cgroup(where, {"memory.limit_in_bytes": limit}):
+                return where
+    for hier, controllers, path in lines:  # cgroup v2, where memory is delegated to us
+        if hier == "0" and not controllers:
+            for base in (CGROUP_ROOT, os.path.join(CGROUP_ROOT, "unified")):
+                where = os.path.join(base, path.lstrip("/"), name)
+                if _make_cgroup(where, {"memory.max": limit, "memory.swap.max": 0}):
+                    return where
+    return None
+
+
+def _make_cgroup(where: str, limits: dict[str, int]) -> bool:
+    try:
+        os.mkdir(where)
+    except OSError:
+        return False
+    try:
+        first, *rest = limits.items()
+        with open(os.path.join(where, first[0]), "w") as f:
+            f.write(str(first[1]))
+        for key, value in rest:  # optional (swap accounting may be off)
+            try:
+                with open(os.path.join(where, key), "w") as f:
+                    f.write(str(value))
+            except OSError:
+                pass
+        return True
+    except OSError:
+        remove_cgroup(where)
+        return False
+
+
+def remove_cgroup(where: str) -> None:
+    """Kill what is left in the cgroup, then remove it."""
+    for _ in range(50):
+        try:
+            with open(os.path.join(where, "cgroup.procs")) as f:
+                pids = [int(x) for x in f.read().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            _signal(lambda pid=pid: os.kill(pid, signal.SIGKILL))
+        try:
+            os.rmdir(where)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
 
 
 def _processes_of(uid: int) -> list[int]:

@@ -190,7 +190,9 @@ def run_programs(
     else:
         rows = cache.run("sandbox", settings, list(unique), compute, 4096, desc=desc)
     if counts is not None and seen:
-        counts["sandbox_isolation"] = ",".join(sorted(seen))
+        counts["sandbox_isolation"] = ",".join(sorted(s for s in seen if ":" not in s))
+        memory = sorted(s.split(":", 1)[1] for s in seen if s.startswith("memory:"))
+        counts["sandbox_memory_limit"] = ",".join(memory)
     return [TaskResult(rows[k]["ok"], rows[k]["results"], rows[k]["error"]) for k in keys]
 
 
@@ -209,6 +211,7 @@ def _run_in_sandbox(
         for i in tqdm(range(0, len(items), batch), desc=desc, leave=False):
             out.extend(sb.run_batch(items[i : i + batch]))
         seen.add(sb.isolation)
+        seen.add(f"memory:{sb.memory_limit}")
     return out
 
 

@@ -439,6 +439,7 @@ def test_scenario_end_to_end_counts(tmp_path, scripted):
     assert m["respond"]["responded"] == 4
     # The level the machine allowed (core.sandbox), recorded beside the counts.
     assert m["verify"].pop("sandbox_isolation") in ("full", "userns", "uid", "process")
+    assert m["verify"].pop("sandbox_memory_limit") in ("cgroup", "per process")
     assert m["verify"] == {
         "responses": 4,
         "responses_verified": 4,

@@ -290,6 +290,7 @@ def test_sandbox_results_are_cached_and_replayed(tmp_path):
     second = run_programs(items, SandboxConfig(timeout=2), "t", again)
     assert first[0].results == second[0].results and again.reports[-1].computed == 0
     assert counts["sandbox_isolation"] in Sandbox.LEVELS
+    assert counts["sandbox_memory_limit"] in ("cgroup", "per process")
 
 
 def test_a_shared_process_batch_computes_the_same_and_isolates_a_bad_program():
@@ -302,3 +303,63 @@ def test_a_shared_process_batch_computes_the_same_and_isolates_a_bad_program():
         [{"ok": True, "value": True}, {"ok": True, "value": False}]
     ] * 2
     assert all(not r.ok and "timeout" in r.error for r in got[1::2])
+
+
+# A program whose processes each stay under the per-process address-space limit but together
+# hold four times 150 MB of resident memory.
+MANY_PROCESSES = """
+import os
+def evaluate(n):
+    kids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                b = bytearray(150 << 20)
+                for i in range(0, len(b), 4096):
+                    b[i] = 1
+                os._exit(0)
+            except MemoryError:
+                os._exit(3)
+        kids.append(pid)
+    held = 0
+    for pid in kids:
+        _, status = os.waitpid(pid, 0)
+        held += os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return held
+"""
+
+
+def _cgroups_here() -> bool:
+    from core.sandbox import memory_cgroup, remove_cgroup
+
+    where = memory_cgroup(1 << 30)
+    if where:
+        remove_cgroup(where)
+    return where is not None
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_programs_processes_share_one_memory_cap(mode, monkeypatch):
+    """memory_mb caps each process's address space, and (where a memory cgroup can be made)
+    all of a program's processes together: four children of 150 MB under a 256 MB cap."""
+    import glob
+
+    import core.sandbox
+
+    if os.geteuid() != 0 or not _cgroups_here():
+        pytest.skip("no memory cgroup can be made here (needs root and a memory controller)")
+    wrapper, levels, _ = MODES[mode]
+    with Sandbox(timeout=20, memory_mb=256, levels=levels, wrapper=wrapper) as box:
+        r = box.run(MANY_PROCESSES, "evaluate", [[1], [4]])
+        assert box.memory_limit == "cgroup"
+        assert r.ok and r.results[0]["value"] == 1  # one child fits
+        assert r.results[1]["value"] <= 2  # not four: the cgroup holds them all
+        cgroup = box._cgroup
+    assert cgroup and not os.path.exists(cgroup)  # removed with the worker
+    # Without the cgroup (as where none can be made) only the per-process limit holds.
+    monkeypatch.setattr(core.sandbox, "memory_cgroup", lambda limit: None)
+    with Sandbox(timeout=20, memory_mb=256, levels=levels, wrapper=wrapper) as box:
+        r = box.run(MANY_PROCESSES, "evaluate", [[4]])
+        assert box.memory_limit == "per process" and r.results[0]["value"] == 4
+    assert not glob.glob(os.path.join(os.path.dirname(cgroup), "evolvers-sandbox-*"))
