@@ -293,7 +293,8 @@ def verdict_markdown(rows: list[Row], arm_a: str, arm_b: str, figure: Path | Non
         "How to read it: each interval is a 95% bootstrap CI (benchmark items, and seeds when an "
         "arm has several, resampled). Benchmarks and win rates are paired on the same items "
         "(McNemar's exact test for one-seed pass/fail, else a sign-flip permutation test); data "
-        "metrics compare each arm's own records (a permutation test). A row names a better arm "
+        "metrics compare each arm's own records (a permutation test; Welch's t-test above 20,000 "
+        "records). A row names a better arm "
         "only when its Holm-corrected p is below 0.05; otherwise the data cannot tell the arms "
         "apart, whatever the means say.",
         "",

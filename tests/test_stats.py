@@ -124,3 +124,14 @@ def test_bad_input_is_a_clear_error():
         stats.interval(Sample.of([]))
     with pytest.raises(ValueError, match="no trial"):
         stats.wilson(0, 0)
+
+
+def test_large_unpaired_sets_use_welch_and_agree_with_permutation():
+    rng = np.random.default_rng(9)
+    a, b = rng.exponential(1.0, 12000), rng.exponential(1.0, 12000) + 0.02
+    big = stats.unpaired(Sample.of(a), Sample.of(b))
+    assert big.test == "Welch t"
+    rng = np.random.default_rng(9)
+    perm = stats.label_permutation(Sample.of(a), Sample.of(b), 2000, rng)
+    assert big.p == pytest.approx(perm, abs=0.02)
+    assert stats.unpaired(Sample.of(a[:500]), Sample.of(b[:500])).test == "permutation"
