@@ -153,19 +153,28 @@ def _export(run_dir: Path, found: dict[str, Path], summary: dict | None, dataset
     tmp = run_dir / f".{FOLDER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "data").mkdir(parents=True)
+    per_split = {split: rows_of(path, scores) for split, path in found.items()}
+    per_split = {split: rows for split, rows in per_split.items() if rows}
+    if not per_split:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    # One schema for every split (the Hub's loader casts all splits to the first one's): the
+    # columns and their types over all rows; a column with no value anywhere is text.
+    every = _uniform([r for rows in per_split.values() for r in rows])
+    features = datasets.Dataset.from_list(every).features
+    for col, feature in features.items():
+        if getattr(feature, "dtype", None) == "null":
+            features[col] = datasets.Value("string")
     dsets: dict[str, Any] = {}
     sizes: dict[str, int] = {}
-    for split, path in found.items():
-        rows = _uniform(rows_of(path, scores))
-        if not rows:
-            continue
-        ds = datasets.Dataset.from_list(rows)
+    start = 0
+    for split, rows in per_split.items():
+        part = every[start : start + len(rows)]
+        start += len(rows)
+        ds = datasets.Dataset.from_list(part, features=features)
         ds.to_parquet(str(tmp / "data" / f"{split}-00000-of-00001.parquet"))
         dsets[split] = ds
         sizes[split] = len(rows)
-    if not dsets:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return None
     datasets.DatasetDict(dsets).save_to_disk(str(tmp))
     name = _entry_prefix(config, summary)
     write_json_atomic(tmp / "dataset_info.json", llama_factory_info(name, list(dsets)))
@@ -175,7 +184,12 @@ def _export(run_dir: Path, found: dict[str, Path], summary: dict | None, dataset
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         out.rename(old)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old.exists():
+            old.rename(out)  # the previous folder stays in place
+        raise
     shutil.rmtree(old, ignore_errors=True)
     log.info("dataset: %s (%s)", out, ", ".join(f"{k} {v}" for k, v in sizes.items()))
     return out

@@ -96,10 +96,12 @@ def swept_keys(jobs: list[dict]) -> list[str]:
 
 
 def seed_groups(jobs: list[dict]) -> list[list[dict]]:
-    """Jobs that differ only by `seed`, together, in first-seen order."""
+    """Jobs that set `seed` and differ only by it, together, in first-seen order; any other job
+    (no seed override: nothing says it is a seed of another) on its own."""
     groups: dict[tuple, list[dict]] = {}
-    for job in jobs:
-        groups.setdefault(context_of(job, {SEED_KEY}), []).append(job)
+    for n, job in enumerate(jobs):
+        key = context_of(job, {SEED_KEY}) if SEED_KEY in job["overrides"] else ("job", n)
+        groups.setdefault(key, []).append(job)
     return list(groups.values())
 
 
@@ -211,17 +213,23 @@ def compare(
         table = f"## Over seeds (mean ± sd)\n\n{over_seeds}\n\n## Per job\n\n{table}"
     write_text_atomic(out / "comparison.md", f"{table}\n\n{BOLD_NOTE}\n")
     verdict_lines: list[str] = []
+    verdict_error: UserFacingError | None = None
     if pair:
-        rows = verdict_rows([j for j in jobs if j["summary"].get("status") == "ok"], *pair)
-        files = write_verdict(rows, pair[0], pair[1], out)
-        verdict_lines = [
-            "## Verdict",
-            "",
-            f"A = `{pair[0]}`, B = `{pair[1]}`: [verdict.md](verdict.md) (all rows: verdict.csv).",
-            "",
-        ]
-        if files["plot"] is not None:
-            verdict_lines += [f"![differences](plots/{files['plot'].name})", ""]
+        try:
+            rows = verdict_rows([j for j in jobs if j["summary"].get("status") == "ok"], *pair)
+            files = write_verdict(rows, pair[0], pair[1], out)
+            verdict_lines = [
+                "## Verdict",
+                "",
+                f"A = `{pair[0]}`, B = `{pair[1]}`: [verdict.md](verdict.md) (all rows: "
+                "verdict.csv).",
+                "",
+            ]
+            if files["plot"] is not None:
+                verdict_lines += [f"![differences](plots/{files['plot'].name})", ""]
+        except UserFacingError as e:  # the report is still written; the error is raised after
+            verdict_error = e
+            verdict_lines = ["## Verdict", "", f"Not written: {e}", ""]
 
     figs = plots.figures(jobs, out / "plots")
     report = [
@@ -246,6 +254,8 @@ def compare(
     if not quiet:
         print(table)
         print(f"\nreport: {out / 'report.md'}")
+    if verdict_error is not None:
+        raise verdict_error
     return out / "report.md"
 
 
@@ -317,6 +327,10 @@ class CompareCallback(Callback):
         except UserFacingError as e:  # e.g. an arm of compare.pair that matches no job
             log.error("compare: %s", e)
             SWEEP_FAILURES.append({"dir": str(sweep_dir), "error": f"compare: {e}"})
+            return
+        except Exception as e:  # a bug here must not hide the jobs' own results or exit code
+            log.exception("compare: the comparison failed")
+            SWEEP_FAILURES.append({"dir": str(sweep_dir), "error": f"compare: {e!r}"})
             return
         if pair:
             log.info("verdict: %s", sweep_dir / "verdict.md")

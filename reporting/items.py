@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,10 @@ def benchmark_items(job_dir: Path) -> dict[str, Items]:
 
 def _num_den(value: Any) -> tuple[float, float] | None:
     if isinstance(value, bool | int | float):
-        return float(value), 1.0
+        return (float(value), 1.0) if math.isfinite(value) else None
     if isinstance(value, list) and value and all(isinstance(v, bool | int | float) for v in value):
-        return float(sum(value)), float(len(value))
+        total = float(sum(value))
+        return (total, float(len(value))) if math.isfinite(total) else None
     return None
 
 
@@ -87,7 +89,11 @@ def _stat_items(set_name: str, rows: list[dict]) -> dict[str, Items]:
         for row in rows:
             raw = row.get(stat.of)
             value = stat.value(raw) if stat.value else raw
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 items[str(row["id"])] = (float(value), 1.0)
         if items:
             out[f"{set_name}/score/{metric}/{stat.key}"] = items

@@ -10,7 +10,9 @@ prompt). Seeds are the columns of one arm: the same items run by jobs that diffe
   (a two-way bootstrap), so the interval carries both the items' and the seeds' variation.
 - `paired`: two arms on the same items (benchmarks). The difference's CI resamples the items
   together (each arm's seeds on their own); the p-value is McNemar's exact test for one-seed
-  pass/fail data, else a sign-flip permutation test on the items' differences.
+  pass/fail data, a sign-flip permutation test on the items' differences for other one-seed
+  data, and with several seeds the two-way bootstrap's own (twice its smaller tail beyond 0),
+  so the test and the interval carry the same seed-to-seed variation.
 - `unpaired`: two arms on different items (each arm's own evolved records): each resampled on its
   own for the CI, a label permutation test for the p-value (Welch's t-test above 20,000 records,
   where the two agree and relabelling would cost minutes per metric).
@@ -156,14 +158,15 @@ def paired(
     rng = _rng(seed)
     idx = rng.integers(0, a.items, (iters, a.items))
     boot_a, boot_b = _boot(a, iters, rng, idx), _boot(b, iters, rng, idx)
-    if a.seeds == b.seeds == 1 and a.binary and b.binary:
+    if a.seeds > 1 or b.seeds > 1:
+        # Seeds vary the whole run (training): the p-value comes from the same two-way
+        # resampling as the interval, so a seed-to-seed swing is not mistaken for an effect.
+        p, test = bootstrap_p(boot_a - boot_b), "two-way bootstrap"
+    elif a.binary and b.binary:
         p, test = mcnemar(a.num[:, 0], b.num[:, 0]), "McNemar exact"
     else:
-        # Per item: each arm's seed-summed numerator over its seed-summed denominator's share.
-        da = a.num.sum(1) / a.seeds
-        db = b.num.sum(1) / b.seeds
-        den = (a.den.sum() / a.seeds + b.den.sum() / b.seeds) / 2
-        p = sign_flip(da - db, den, permutations, rng)
+        den = (a.den.sum() + b.den.sum()) / 2
+        p = sign_flip(a.num[:, 0] - b.num[:, 0], den, permutations, rng)
         test = "paired permutation"
     return _difference(a, b, boot_a, boot_b, level, p, test, a.items)
 
@@ -210,6 +213,17 @@ def _flat(s: Sample) -> Sample:
     return Sample(s.num.reshape(-1, 1), s.den.reshape(-1, 1)) if s.seeds > 1 else s
 
 
+def bootstrap_p(diffs: np.ndarray) -> float:
+    """Two-sided p-value of "no difference" from bootstrap differences: twice the smaller tail
+    beyond 0, with the +1 correction."""
+    diffs = diffs[np.isfinite(diffs)]
+    if not len(diffs) or np.all(diffs == 0):
+        return 1.0
+    below = (np.sum(diffs <= 0) + 1) / (len(diffs) + 1)
+    above = (np.sum(diffs >= 0) + 1) / (len(diffs) + 1)
+    return float(min(1.0, 2 * min(below, above)))
+
+
 def mcnemar(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided exact McNemar p-value for paired pass/fail outcomes."""
     from scipy.stats import binomtest
@@ -225,7 +239,7 @@ def sign_flip(d: np.ndarray, den: float, permutations: int, rng: np.random.Gener
     """Two-sided p-value of sum(d)/den under random sign flips of the items' differences."""
     d = np.asarray(d, dtype=float)
     observed = abs(d.sum()) / den
-    if observed == 0:
+    if observed == 0 or not np.isfinite(observed):
         return 1.0
     hits = 0
     for size in _chunks(permutations, len(d)):
@@ -240,7 +254,7 @@ def label_permutation(a: Sample, b: Sample, permutations: int, rng: np.random.Ge
     den = np.concatenate([a.den[:, 0], b.den[:, 0]])
     n_a, total = a.items, len(num)
     observed = abs(a.value - b.value)
-    if observed == 0:
+    if observed == 0 or not np.isfinite(observed):
         return 1.0
     hits = 0
     for size in _chunks(permutations, total):

@@ -110,7 +110,7 @@ def significant_best(groups: list[list[dict]], key: str, values: list[Any]) -> i
         if i == best:
             continue
         d = compare_jobs(groups[best], groups[i], key)
-        if d is None:
+        if d is None or (d.diff.value > 0) != higher:  # the items must agree with the means
             return None
         pvalues.append(d.p)
     return best if all(p < ALPHA for p in stats.holm(pvalues)) else None
@@ -292,7 +292,8 @@ def verdict_markdown(rows: list[Row], arm_a: str, arm_b: str, figure: Path | Non
     lines += [
         "How to read it: each interval is a 95% bootstrap CI (benchmark items, and seeds when an "
         "arm has several, resampled). Benchmarks and win rates are paired on the same items "
-        "(McNemar's exact test for one-seed pass/fail, else a sign-flip permutation test); data "
+        "(one seed: McNemar's exact test for pass/fail, else a sign-flip permutation test; several "
+        "seeds: the two-way bootstrap's p-value); data "
         "metrics compare each arm's own records (a permutation test; Welch's t-test above 20,000 "
         "records). A row names a better arm "
         "only when its Holm-corrected p is below 0.05; otherwise the data cannot tell the arms "

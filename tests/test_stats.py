@@ -135,3 +135,26 @@ def test_large_unpaired_sets_use_welch_and_agree_with_permutation():
     perm = stats.label_permutation(Sample.of(a), Sample.of(b), 2000, rng)
     assert big.p == pytest.approx(perm, abs=0.02)
     assert stats.unpaired(Sample.of(a[:500]), Sample.of(b[:500])).test == "permutation"
+
+
+def test_with_seeds_the_p_value_carries_the_seed_swing_as_the_interval_does():
+    """Two seeds of arm A straddle arm B (one 5 points below, one 25 above): the items agree
+    within each seed, but the seeds do not; neither the interval nor the test may call that an
+    effect."""
+    rng = np.random.default_rng(4)
+    base = rng.random((300, 1))
+    noise = rng.normal(0, 0.01, (300, 2))
+    a = np.hstack([base - 0.05, base + 0.25]) + noise
+    b = np.hstack([base, base]) + rng.normal(0, 0.01, (300, 2))
+    d = stats.paired(Sample.of(a), Sample.of(b))
+    assert d.test == "two-way bootstrap"
+    assert d.diff.low < 0 < d.diff.high and d.p > 0.05
+    # Seeds that agree: a real shift is still found.
+    a = np.hstack([base + 0.1, base + 0.1]) + noise
+    assert stats.paired(Sample.of(a), Sample.of(b)).p < 0.01
+
+
+def test_a_non_finite_difference_is_no_evidence():
+    assert stats.sign_flip(np.array([np.nan, 1.0]), 2.0, 99, np.random.default_rng(0)) == 1.0
+    a, b = Sample.of([np.nan, 1.0, 2.0]), Sample.of([0.0, 1.0, 2.0])
+    assert stats.label_permutation(a, b, 99, np.random.default_rng(0)) == 1.0
