@@ -520,13 +520,14 @@ class Run:
         """The selected set's data metrics and a 95% CI beside every number with per-item data
         (reporting.items). Computed from files after the work is done: a failure here is logged
         and recorded (`intervals_error`), never the end of a finished run."""
-        from reporting.items import intervals, selected_means
+        from reporting.items import intervals, job_items, selected_means
 
         out: dict = {}
         try:
+            items = job_items(self.dir)  # the per-item files, read once
             if self.filter_counts:  # the data metrics of what the filter kept
-                out.update(selected_means(self.dir))
-            out.update(intervals(self.dir, {**summary, **out}))
+                out.update(selected_means(items))
+            out.update(intervals(self.dir, {**summary, **out}, items=items))
         except Exception as e:
             log.exception("intervals: not computed")
             out["intervals_error"] = f"{type(e).__name__}: {e}"

@@ -8,13 +8,12 @@
 - The pairwise judge: `eval/pairwise.jsonl`, a win as 1 and a tie or loss as 0 over the items the
   judge's verdicts could be read for (the win rate's own denominator).
 
-`job_items` gives {summary key: {item: (num, den)}}; `intervals` the `<key>_ci_low` /
+`job_items` gives {summary key: (kind, {item: (num, den)})}; `intervals` the `<key>_ci_low` /
 `<key>_ci_high` pairs that summary.json carries beside each number.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -100,11 +99,12 @@ def _stat_items(set_name: str, rows: list[dict]) -> dict[str, Items]:
     return out
 
 
-def selected_means(job_dir: Path) -> dict[str, float]:
-    """summary.json's `selected/score/<metric>/<stat>`: the data metrics of what was kept."""
+def selected_means(items: dict[str, tuple[str, Items]]) -> dict[str, float]:
+    """summary.json's `selected/score/<metric>/<stat>` from a job's items (`job_items`): the
+    data metrics of what the filter kept."""
     return {
-        key: round(sample_of(items).value, 4)
-        for key, items in data_items(job_dir).items()
+        key: round(sample_of(values).value, 4)
+        for key, (_, values) in items.items()
         if key.startswith("selected/")
     }
 
@@ -136,16 +136,21 @@ def sample_of(items: Items) -> stats.Sample:
     return stats.Sample.of([items[k][0] for k in keys], [items[k][1] for k in keys])
 
 
-def intervals(job_dir: Path, summary: dict | None = None, seed: int = 0) -> dict[str, Any]:
+def intervals(
+    job_dir: Path,
+    summary: dict | None = None,
+    seed: int = 0,
+    items: dict[str, tuple[str, Items]] | None = None,
+) -> dict[str, Any]:
     """`<key>_ci_low` / `<key>_ci_high` (95%) for every number with per-item data: a bootstrap
     over items, the Wilson interval for the judge's win rate. A number whose items do not give
     the summary's value back (files from another run) gets no interval, with a warning; with a
     summary, only its keys get one."""
     out: dict[str, Any] = {}
-    for key, (_, items) in job_items(job_dir).items():
+    for key, (_, values) in (items if items is not None else job_items(job_dir)).items():
         if summary is not None and key not in summary:
             continue  # a file left by an earlier run of other stages
-        sample = sample_of(items)
+        sample = sample_of(values)
         if key == "judge/win_rate":
             ci = stats.wilson(int(sample.num.sum()), sample.items)
         else:
@@ -162,14 +167,3 @@ def intervals(job_dir: Path, summary: dict | None = None, seed: int = 0) -> dict
         out[f"{key}_ci_low"] = round(ci.low, 6)
         out[f"{key}_ci_high"] = round(ci.high, 6)
     return out
-
-
-def write_intervals(job_dir: Path) -> dict[str, Any]:
-    """Add the intervals to a finished job's summary.json (for runs made before they existed)."""
-    from core.records import write_json_atomic
-
-    path = Path(job_dir) / "summary.json"
-    summary = json.loads(path.read_text())
-    summary.update(intervals(job_dir, summary))
-    write_json_atomic(path, summary)
-    return summary

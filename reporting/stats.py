@@ -15,7 +15,7 @@ prompt). Seeds are the columns of one arm: the same items run by jobs that diffe
   so the test and the interval carry the same seed-to-seed variation.
 - `unpaired`: two arms on different items (each arm's own evolved records): each resampled on its
   own for the CI, a label permutation test for the p-value (Welch's t-test above 20,000 records,
-  where the two agree and relabelling would cost minutes per metric).
+  where the two agree and relabelling grows with the set: a sweep's comparison runs hundreds).
 - `holm`: adjusted p-values over the metrics of one table (family-wise error at `alpha`).
 - `wilson`: the binomial CI of a rate (the pairwise judge's win rate).
 
