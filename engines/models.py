@@ -70,10 +70,18 @@ def _hub_checkpoint(name: str, hf_id: str, revision: str | None, fix: str) -> st
             return snapshot_download(hf_id, revision=revision, allow_patterns=HF_PATTERNS)
         except Exception as e:  # offline, gated, or no such repo
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    at = f" at revision {revision}" if revision else ""
+    pin = (
+        f"; if that commit is gone from the hub, pin another with {fix.split('.path=')[0]}"
+        ".revision=<commit> (or null for the newest)"
+        if revision
+        else ""
+    )
     raise ModelUnavailableError(
-        f"model {name}: weights for {hf_id} cannot be had ({reason}). Download them where the hub "
-        f"is reachable (`huggingface-cli download {hf_id} --local-dir /some/dir`, after accepting "
-        f"the licence if the repo is gated) and run with {fix}"
+        f"model {name}: weights for {hf_id}{at} cannot be had ({reason}). Download them where "
+        f"the hub is reachable (`huggingface-cli download {hf_id}"
+        f"{f' --revision {revision}' if revision else ''} --local-dir /some/dir`, after accepting "
+        f"the licence if the repo is gated) and run with {fix}{pin}"
     )
 
 

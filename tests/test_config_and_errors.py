@@ -1,6 +1,7 @@
 """Config composition, and one clear error (no traceback wall) for each kind of bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -33,6 +34,8 @@ def test_every_model_config_composes():
         m = compose_cfg([f"model={name}"]).model
         assert m.name == name and m.size_b > 0 and m.dtype == "auto"
         assert m.hf_id.count("/") == 1
+        # Pinned: a rerun gets the weights and tokenizer the results were made with.
+        assert re.fullmatch(r"[0-9a-f]{40}", str(m.revision)), (name, m.revision)
         gpus = m.tensor_parallel_size * m.pipeline_parallel_size
         # Engine hints scale with size: 70B-class models shard over 8 GPUs, <=8B fit one.
         expected = {8} if m.size_b > 60 else {1} if m.size_b < 10 else {2, 4}
@@ -107,6 +110,30 @@ def test_missing_weights_name_the_id_and_model_path(tmp_path):
         "model.path=",
     )
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_the_pinned_revision_is_what_is_downloaded_and_named_when_missing(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from core.errors import ModelUnavailableError
+    from engines.models import resolve_model_path
+
+    m = compose_cfg(["model=qwen2.5_7b"]).model
+    calls = []
+
+    def absent(repo_id, revision=None, **kw):
+        calls.append((repo_id, revision, kw.get("local_files_only", False)))
+        raise huggingface_hub.errors.RevisionNotFoundError("no such revision")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", absent)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ModelUnavailableError) as e:
+        resolve_model_path(m, tmp_path)
+    # The local cache first, then the hub: both at the pinned commit.
+    assert calls == [(m.hf_id, m.revision, True), (m.hf_id, m.revision, False)]
+    assert f"at revision {m.revision}" in str(e.value)
+    assert f"--revision {m.revision}" in str(e.value)
+    assert "model.revision=<commit> (or null for the newest)" in str(e.value)
 
 
 @pytest.fixture
