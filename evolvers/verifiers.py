@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.records import Record
-from core.sandbox import Sandbox, TaskResult
+from core.sandbox import SandboxPool, TaskResult
 
 # Reply failures, in the order a reply is checked (SPEC §3.3).
 NO_JSON, BAD_JSON, MISSING_FUNC, NO_EVALUATE, COMPILE_ERROR = (
@@ -201,13 +201,15 @@ def _run_in_sandbox(
 ) -> list[TaskResult]:
     from tqdm import tqdm
 
-    batch = max(1, int(sandbox_cfg.batch_size))
     out: list[TaskResult] = []
-    with Sandbox(
+    with SandboxPool(
+        workers=int(getattr(sandbox_cfg, "workers", 0) or 0),
         timeout=float(sandbox_cfg.timeout),
         memory_mb=int(sandbox_cfg.memory_mb),
         share_process=bool(getattr(sandbox_cfg, "share_process", False)),
     ) as sb:
+        # A request per `batch_size` programs for each worker.
+        batch = max(1, int(sandbox_cfg.batch_size)) * sb.workers
         for i in tqdm(range(0, len(items), batch), desc=desc, leave=False):
             out.extend(sb.run_batch(items[i : i + batch]))
         seen.add(sb.isolation)

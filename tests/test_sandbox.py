@@ -361,3 +361,63 @@ def test_a_programs_processes_share_one_memory_cap(mode, monkeypatch):
     with Sandbox(timeout=20, memory_mb=256, levels=levels, wrapper=wrapper) as box:
         r = box.run(MANY_PROCESSES, "evaluate", [[4]])
         assert box.memory_limit == "per process" and r.results[0]["value"] == 4
+
+
+def test_a_pool_runs_its_workers_side_by_side_and_keeps_the_batch_order(monkeypatch):
+    """SandboxPool: the shares of one batch run in separate workers at the same time (both
+    reach the barrier; one after the other, the first would wait on it alone and fail), and the
+    results come back in the batch's order, failures included, as one sandbox gives them."""
+    from core.sandbox import SandboxPool
+
+    items = [(GOOD + f"# {k}\n", "evaluate", [["abc"], ["ABC"]]) for k in range(6)]
+    items[2] = ("def evaluate(x):\n    raise ValueError('two')\n", "evaluate", [["a"]])
+    items[4] = ("while True:\n    pass", None, [])
+    items += [(f"def evaluate(x):\n    return x * {k}\n", "evaluate", [[k]]) for k in range(6)]
+    with Sandbox(timeout=1) as one:
+        expected = one.run_batch(items)
+
+    meet = threading.Barrier(2, timeout=60)
+    met, real = set(), Sandbox.run_batch
+
+    def first_share_waits(self, share, timeout=None):
+        if id(self) not in met:
+            met.add(id(self))
+            meet.wait()  # BrokenBarrierError unless the other worker is busy too
+        return real(self, share, timeout)
+
+    monkeypatch.setattr(Sandbox, "run_batch", first_share_waits)
+    with SandboxPool(workers=2, timeout=1) as pool:
+        got = pool.run_batch(items)
+        assert len(met) == 2 and pool.isolation in Sandbox.LEVELS
+    assert [(r.ok, r.results, r.error) for r in got] == [
+        (r.ok, r.results, r.error) for r in expected
+    ]
+    assert got[4].error.startswith("timeout") and got[2].results[0]["ok"] is False
+    assert [r.results[0]["value"] for r in got[6:]] == [k * k for k in range(6)]
+
+
+def test_a_pool_reports_a_worker_that_cannot_start():
+    from core.sandbox import SandboxPool
+
+    with SandboxPool(workers=2, wrapper=["/bin/false"]) as pool:  # exits before the worker
+        with pytest.raises(RuntimeError, match="sandbox worker failed to start"):
+            pool.run_batch([(GOOD, "evaluate", [["a"]])] * 4)
+    with pytest.raises(ValueError, match="unknown sandbox level 'strict'; valid: full, userns"):
+        SandboxPool(workers=2, levels=("strict",))
+
+
+@pytest.mark.parametrize(
+    "cores,free_gib,expected",
+    [(12, 64, 12), (40, 512, 16), (12, 4, 3), (12, 0.5, 1), (1, 64, 1)],
+)
+def test_pool_size_follows_the_cores_and_the_memory_there_is(
+    monkeypatch, cores, free_gib, expected
+):
+    """0 workers: one per core this process may use, at most 16, and no more than available
+    memory holds with each worker's programs at their cap (1 GiB + the worker's 96 MiB)."""
+    import core.sandbox
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(core.sandbox, "_available_bytes", lambda: int(free_gib * (1 << 30)))
+    assert core.sandbox.default_workers(1024) == expected
+    assert core.sandbox.SandboxPool(memory_mb=1024).workers == expected
