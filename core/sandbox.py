@@ -41,6 +41,7 @@ program's result or the worker's.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import select
@@ -50,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,7 @@ GRACE_S = 10.0
 # The worker's own memory (interpreter, preloaded modules) on top of a program's in the cgroup.
 WORKER_MB = 96
 CGROUP_ROOT = "/sys/fs/cgroup"
+_CGROUP_IDS = itertools.count()  # workers start at once from several threads: unique names
 
 WORKER = r"""
 import ctypes, gc, importlib, json, os, platform, pwd, resource, select, signal, socket, struct
@@ -558,6 +561,7 @@ class Sandbox:
         self.restarts = 0  # workers killed for not answering in time
         self.memory_limit = "per process"  # or "cgroup": all of a program's processes together
         self._cgroup: str | None = None
+        self._aborted = False  # set by abort(): no request runs and no worker starts until close()
 
     # -- the worker's life ------------------------------------------------------------------
 
@@ -593,6 +597,23 @@ class Sandbox:
         self.uid = hello.get("uid")
         if hello.get("workdir") and self.isolation not in ("full", "userns"):
             self.workdir = hello["workdir"]  # outside any tmpfs: removed on close
+
+    def start(self) -> None:
+        """Start the worker now (it starts on the first request otherwise), so `isolation`
+        says what the programs will get."""
+        with self._lock:
+            if not self._aborted and (self._proc is None or self._proc.poll() is not None):
+                self._start()
+
+    def abort(self) -> None:
+        """From another thread: kill the worker now. The request in flight ends with an error,
+        and no request runs and no worker starts again until `close()`."""
+        self._aborted = True
+        proc = self._proc
+        if self.init_pid:
+            _signal(lambda: os.kill(self.init_pid, signal.SIGKILL))
+        if proc is not None:
+            _signal(lambda: os.killpg(proc.pid, signal.SIGKILL))
 
     def _readline(self, deadline: float, limit: int) -> bytes | None:
         """One line from the worker, waiting no later than `deadline` and reading no more than
@@ -657,8 +678,9 @@ class Sandbox:
         if not items:
             return []
         if timeout is not None and timeout != self.timeout:
-            self.close()  # a worker with the new per-case timeout
-            self.timeout = self.cfg["case_timeout"] = timeout
+            with self._lock:  # a worker with the new per-case timeout
+                self._kill()
+                self.timeout = self.cfg["case_timeout"] = timeout
         task = {"items": [{"code": c, "func": f, "inputs": i} for c, f, i in items]}
         res = self._send(task)
         batch = res.get("batch")
@@ -676,6 +698,9 @@ class Sandbox:
         limit = len(task["items"]) * (int(self.cfg["max_result_bytes"]) + 4096) + 4096
         with self._lock:
             for _ in range(2):
+                if self._aborted:
+                    self._kill()
+                    return {"error": "the sandbox was stopped"}
                 if self._proc is None or self._proc.poll() is not None:
                     self._start()
                 assert self._proc is not None and self._proc.stdin is not None
@@ -703,10 +728,12 @@ class Sandbox:
             return {"error": "sandbox worker died"}
 
     def close(self) -> None:
-        self._kill()
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+        with self._lock:  # after a request in flight (abort() first to end it now)
+            self._kill()
+            if self.workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
+            self._aborted = False
 
     def __enter__(self) -> Sandbox:
         return self
@@ -720,14 +747,19 @@ MAX_WORKERS = 16
 
 
 def default_workers(memory_mb: int) -> int:
-    """Workers for a pool: one per CPU core this process may run on, at most MAX_WORKERS, and
-    no more than available memory holds with every worker's programs at their cap."""
+    """Workers for a pool: one per CPU this process may use (its affinity and its cgroup's CPU
+    quota), at most MAX_WORKERS, and no more than the memory there is (available on the host
+    and left in its cgroup) holds with every worker's programs at their cap."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        cores: float = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    fit = _available_bytes() // ((int(memory_mb) + WORKER_MB) << 20)
-    return max(1, min(cores, MAX_WORKERS, fit))
+    quota, headroom = cgroup_limits()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))  # whole CPUs: no worker waits on the quota
+    free = _available_bytes() if headroom is None else min(_available_bytes(), headroom)
+    fit = free // ((int(memory_mb) + WORKER_MB) << 20)
+    return int(max(1, min(cores, MAX_WORKERS, fit)))
 
 
 def _available_bytes() -> int:
@@ -742,16 +774,78 @@ def _available_bytes() -> int:
     return 1 << 62
 
 
-class SandboxPool:
-    """Several sandboxes side by side, for throughput on many cores: `run_batch` hands out a
-    batch in small shares to `workers` workers (0: `default_workers`), each its own `Sandbox`
-    (worker process, namespaces, sandbox uid and memory cgroup), and returns the results in the
-    batch's order. Every program still runs in its own forked process, so nothing changes for
-    what a program can reach; workers share nothing but the caller."""
+def cgroup_limits(
+    root: str = CGROUP_ROOT, self_cgroup: str = "/proc/self/cgroup"
+) -> tuple[float | None, int | None]:
+    """(CPUs, bytes of memory left) that the caller's cgroup and its parents allow (a container's
+    or a SLURM job's limits); None for what none of them limits or what cannot be read."""
+    try:
+        with open(self_cgroup) as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+    except OSError:
+        return None, None
+    cpus: list[float] = []
+    left: list[int] = []
+    for hier, controllers, path in lines:
+        names = controllers.split(",") if controllers else []
+        if hier == "0" and not controllers:  # v2: every controller in one tree
+            for d in _up(os.path.join(root, path.lstrip("/")), root):
+                q = _read(d, "cpu.max").split()
+                if len(q) == 2 and q[0] != "max":
+                    cpus.append(int(q[0]) / int(q[1]))
+                limit, used = _read(d, "memory.max"), _read(d, "memory.current")
+                if limit.isdigit() and used.isdigit():
+                    left.append(int(limit) - int(used))
+        elif "cpu" in names:  # v1
+            base = os.path.join(root, controllers)
+            for d in _up(os.path.join(base, path.lstrip("/")), base):
+                q, period = _read(d, "cpu.cfs_quota_us"), _read(d, "cpu.cfs_period_us")
+                if q.isdigit() and period.isdigit() and int(period) > 0:
+                    cpus.append(int(q) / int(period))
+        elif "memory" in names:
+            base = os.path.join(root, controllers)
+            for d in _up(os.path.join(base, path.lstrip("/")), base):
+                limit, used = _read(d, "memory.limit_in_bytes"), _read(d, "memory.usage_in_bytes")
+                if limit.isdigit() and used.isdigit() and int(limit) < 1 << 60:
+                    left.append(int(limit) - int(used))
+    return (min(cpus) if cpus else None), (max(0, min(left)) if left else None)
 
-    def __init__(self, workers: int = 0, **sandbox_kwargs: Any):
+
+def _up(path: str, top: str) -> list[str]:
+    """`path` and its parents up to `top`, both included."""
+    out, path, top = [], os.path.normpath(path), os.path.normpath(top)
+    while path.startswith(top):
+        out.append(path)
+        if path == top:
+            break
+        path = os.path.dirname(path)
+    return out
+
+
+def _read(folder: str, name: str) -> str:
+    try:
+        with open(os.path.join(folder, name)) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class SandboxPool:
+    """Several sandboxes side by side, for throughput on many cores: `run_batch` hands a batch
+    out in shares of `share_size` programs (0: about a quarter of each worker's part) to
+    `workers` workers (0: `default_workers`), each its own `Sandbox` (worker process,
+    namespaces, sandbox uid and memory cgroup), and returns the results in the batch's order.
+    Every program still runs in its own forked process. Programs of different workers run at
+    the same time, so where the isolation level leaves them the caller's uid without
+    namespaces (`process`), one could signal or write to another: there the pool runs one
+    worker."""
+
+    def __init__(self, workers: int = 0, share_size: int = 0, **sandbox_kwargs: Any):
+        if int(workers) < 0 or int(share_size) < 0:
+            raise ValueError("workers and share_size must be >= 0 (0: chosen for you)")
         memory_mb = int(sandbox_kwargs.get("memory_mb", 1024))
         self.workers = int(workers) if int(workers) > 0 else default_workers(memory_mb)
+        self.share_size = int(share_size)
         self.boxes = [Sandbox(**sandbox_kwargs) for _ in range(self.workers)]
 
     @property
@@ -763,33 +857,54 @@ class SandboxPool:
     def memory_limit(self) -> str:
         return _levels(box.memory_limit for box in self._started()) or "per process"
 
-    def _started(self) -> list[Sandbox]:
-        return [box for box in self.boxes if box.isolation != "none"]
-
     @property
     def restarts(self) -> int:
         return sum(box.restarts for box in self.boxes)
 
-    def run(self, code: str, func: str | None = None, inputs: list | None = None) -> TaskResult:
-        return self.run_batch([(code, func, inputs or [])])[0]
+    def _started(self) -> list[Sandbox]:
+        return [box for box in self.boxes if box.isolation != "none"]
+
+    def run(
+        self,
+        code: str,
+        func: str | None = None,
+        inputs: list[list[Any]] | None = None,
+        timeout: float | None = None,
+    ) -> TaskResult:
+        return self.run_batch([(code, func, inputs or [])], timeout)[0]
 
     def run_batch(
-        self, items: list[tuple[str, str | None, list[list[Any]]]], timeout: float | None = None
+        self,
+        items: list[tuple[str, str | None, list[list[Any]]]],
+        timeout: float | None = None,
+        progress: Callable[[int], Any] | None = None,
     ) -> list[TaskResult]:
+        """The results of `items` in their order; `progress(n)` is called as each share of n
+        programs is done. If the caller is interrupted (Ctrl-C, SIGTERM) while the workers run,
+        they are killed, no further share starts, and the exception goes on."""
+        if not items:
+            return []
+        self.boxes[0].start()  # its isolation level decides how many workers may run at once
         busy = min(len(self.boxes), len(items))
-        if busy <= 1:
-            return self.boxes[0].run_batch(items, timeout) if items else []
-        # Shares of about a quarter of a worker's part, taken in turn: a worker that drew slow
-        # programs takes fewer shares.
-        size = max(1, -(-len(items) // (4 * busy)))
+        if self.boxes[0].isolation == "process":
+            busy = 1
+        size = self.share_size or max(1, -(-len(items) // (4 * busy)))
+        if busy == 1:
+            out = []
+            for start in range(0, len(items), size):
+                out.extend(self.boxes[0].run_batch(items[start : start + size], timeout))
+                if progress:
+                    progress(len(out) - start)
+            return out
         starts = iter(range(0, len(items), size))
-        out: list[TaskResult] = []
         shares: dict[int, list[TaskResult]] = {}
         raised: list[BaseException] = []
+        stop = threading.Event()
         take = threading.Lock()
 
         def serve(box: Sandbox) -> None:
-            while not raised:
+            # Shares taken in turn: a worker that drew slow programs takes fewer.
+            while not stop.is_set():
                 with take:
                     start = next(starts, None)
                 if start is None:
@@ -798,17 +913,30 @@ class SandboxPool:
                     shares[start] = box.run_batch(items[start : start + size], timeout)
                 except BaseException as e:  # a worker that cannot start: the caller hears of it
                     raised.append(e)
+                    stop.set()
+                    return
+                if progress:
+                    progress(len(shares[start]))
 
-        threads = [threading.Thread(target=serve, args=(box,)) for box in self.boxes[:busy]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        threads = [
+            threading.Thread(target=serve, args=(box,), daemon=True) for box in self.boxes[:busy]
+        ]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        except BaseException:  # interrupted: stop the workers, then let the exception go on
+            stop.set()
+            for box in self.boxes[:busy]:
+                box.abort()
+            for t in threads:
+                if t.is_alive():
+                    t.join()
+            raise
         if raised:
             raise raised[0]
-        for start in sorted(shares):
-            out.extend(shares[start])
-        return out
+        return [r for start in sorted(shares) for r in shares[start]]
 
     def close(self) -> None:
         for box in self.boxes:
@@ -852,7 +980,7 @@ def memory_cgroup(limit: int) -> str | None:
             lines = [line.rstrip("\n").split(":", 2) for line in f]
     except OSError:
         return None
-    name = f"evolvers-sandbox-{os.getpid()}-{time.monotonic_ns()}"
+    name = f"evolvers-sandbox-{os.getpid()}-{next(_CGROUP_IDS)}-{time.monotonic_ns()}"
     for _, controllers, path in lines:  # cgroup v1: the memory hierarchy
         if "memory" in controllers.split(","):
             where = os.path.join(CGROUP_ROOT, "memory", path.lstrip("/"), name)

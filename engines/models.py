@@ -72,8 +72,8 @@ def _hub_checkpoint(name: str, hf_id: str, revision: str | None, fix: str) -> st
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     at = f" at revision {revision}" if revision else ""
     pin = (
-        f"; if that commit is gone from the hub, pin another with {fix.split('.path=')[0]}"
-        ".revision=<commit> (or null for the newest)"
+        f"; if the hub no longer has that commit or your cache holds another, pin that one with "
+        f"{fix.split('.path=')[0]}.revision=<commit> (or null for the newest)"
         if revision
         else ""
     )

@@ -137,6 +137,14 @@ class SandboxConfig:
     # (at most 16, and no more than free memory holds at memory_mb each).
     workers: int = 0
 
+    def __post_init__(self) -> None:
+        from core.schemas import check
+
+        check(self.timeout > 0, "scenario.sandbox.timeout", "must be > 0")
+        check(self.memory_mb > 0, "scenario.sandbox.memory_mb", "must be > 0")
+        check(self.batch_size >= 1, "scenario.sandbox.batch_size", "must be >= 1")
+        check(self.workers >= 0, "scenario.sandbox.workers", "must be >= 0 (0: one per core)")
+
 
 @dataclass
 class DPOConfig:

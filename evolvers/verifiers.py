@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,7 +167,8 @@ def run_programs(
     cache: Any = None,
     counts: dict | None = None,
 ) -> list[TaskResult]:
-    """Run (code, "evaluate", inputs) programs in the sandbox, `batch_size` per request. With a
+    """Run (code, "evaluate", inputs) programs in the sandbox: `batch_size` per request to a
+    worker, `workers` workers side by side (core.sandbox.SandboxPool). With a
     `cache` (core.cache.StepCache) the results are cached by program, inputs and sandbox
     settings: a resumed run replays the same verdicts (a timeout included) instead of running
     the programs again. `counts` gets the isolation level the sandbox ran at."""
@@ -201,19 +203,25 @@ def _run_in_sandbox(
 ) -> list[TaskResult]:
     from tqdm import tqdm
 
-    out: list[TaskResult] = []
-    with SandboxPool(
-        workers=int(getattr(sandbox_cfg, "workers", 0) or 0),
-        timeout=float(sandbox_cfg.timeout),
-        memory_mb=int(sandbox_cfg.memory_mb),
-        share_process=bool(getattr(sandbox_cfg, "share_process", False)),
-    ) as sb:
-        # A request per `batch_size` programs for each worker.
-        batch = max(1, int(sandbox_cfg.batch_size)) * sb.workers
-        for i in tqdm(range(0, len(items), batch), desc=desc, leave=False):
-            out.extend(sb.run_batch(items[i : i + batch]))
-        seen.add(sb.isolation)
-        seen.add(f"memory:{sb.memory_limit}")
+    with (
+        SandboxPool(
+            workers=int(getattr(sandbox_cfg, "workers", 0) or 0),
+            share_size=max(1, int(sandbox_cfg.batch_size)),  # programs per request to a worker
+            timeout=float(sandbox_cfg.timeout),
+            memory_mb=int(sandbox_cfg.memory_mb),
+            share_process=bool(getattr(sandbox_cfg, "share_process", False)),
+        ) as sb,
+        tqdm(total=len(items), desc=desc, leave=False) as bar,
+    ):
+        lock = threading.Lock()
+
+        def done(n: int) -> None:
+            with lock:  # shares end in the workers' threads
+                bar.update(n)
+
+        out = sb.run_batch(items, progress=done)
+        seen.update(sb.isolation.split(","))
+        seen.update(f"memory:{m}" for m in sb.memory_limit.split(","))
     return out
 
 

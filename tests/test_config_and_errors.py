@@ -113,7 +113,9 @@ def test_missing_weights_name_the_id_and_model_path(tmp_path):
 
 
 def test_the_pinned_revision_is_what_is_downloaded_and_named_when_missing(tmp_path, monkeypatch):
+    import httpx
     import huggingface_hub
+    from huggingface_hub.errors import RevisionNotFoundError
 
     from core.errors import ModelUnavailableError
     from engines.models import resolve_model_path
@@ -123,7 +125,8 @@ def test_the_pinned_revision_is_what_is_downloaded_and_named_when_missing(tmp_pa
 
     def absent(repo_id, revision=None, **kw):
         calls.append((repo_id, revision, kw.get("local_files_only", False)))
-        raise huggingface_hub.errors.RevisionNotFoundError("no such revision")
+        answer = httpx.Response(404, request=httpx.Request("GET", "http://127.0.0.1/revision"))
+        raise RevisionNotFoundError("404 Client Error. Revision Not Found", response=answer)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", absent)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -132,6 +135,7 @@ def test_the_pinned_revision_is_what_is_downloaded_and_named_when_missing(tmp_pa
     # The local cache first, then the hub: both at the pinned commit.
     assert calls == [(m.hf_id, m.revision, True), (m.hf_id, m.revision, False)]
     assert f"at revision {m.revision}" in str(e.value)
+    assert "RevisionNotFoundError: 404 Client Error. Revision Not Found" in str(e.value)
     assert f"--revision {m.revision}" in str(e.value)
     assert "model.revision=<commit> (or null for the newest)" in str(e.value)
 

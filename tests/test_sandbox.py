@@ -407,17 +407,163 @@ def test_a_pool_reports_a_worker_that_cannot_start():
 
 
 @pytest.mark.parametrize(
-    "cores,free_gib,expected",
-    [(12, 64, 12), (40, 512, 16), (12, 4, 3), (12, 0.5, 1), (1, 64, 1)],
+    "cores,free_gib,cgroup,expected",
+    [
+        (12, 64, (None, None), 12),  # the cores
+        (40, 512, (None, None), 16),  # at most 16
+        (12, 4, (None, None), 3),  # what free memory holds at 1 GiB + 96 MiB each
+        (12, 0.5, (None, None), 1),  # at least one
+        (1, 64, (None, None), 1),
+        (12, 64, (2.5, None), 2),  # a container's CPU quota
+        (12, 64, (None, 5 << 30), 4),  # the memory left in its cgroup
+        (12, 3, (8.0, 5 << 30), 2),  # the least of all
+    ],
 )
 def test_pool_size_follows_the_cores_and_the_memory_there_is(
-    monkeypatch, cores, free_gib, expected
+    monkeypatch, cores, free_gib, cgroup, expected
 ):
-    """0 workers: one per core this process may use, at most 16, and no more than available
-    memory holds with each worker's programs at their cap (1 GiB + the worker's 96 MiB)."""
+    """0 workers: one per CPU this process may use (affinity and cgroup quota), at most 16, and
+    no more than the memory there is (host and cgroup) holds with each worker's programs at
+    their cap (1 GiB + the worker's 96 MiB)."""
     import core.sandbox
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     monkeypatch.setattr(core.sandbox, "_available_bytes", lambda: int(free_gib * (1 << 30)))
+    monkeypatch.setattr(core.sandbox, "cgroup_limits", lambda: cgroup)
     assert core.sandbox.default_workers(1024) == expected
     assert core.sandbox.SandboxPool(memory_mb=1024).workers == expected
+
+
+def _tree(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_cgroup_limits_are_read_from_v2_and_v1_trees_up_to_the_root(tmp_path):
+    from core.sandbox import cgroup_limits
+
+    # v2: the job's own cgroup sets no CPU quota, its parent does (a SLURM job in a slice).
+    v2 = tmp_path / "v2"
+    _tree(
+        v2,
+        {
+            "job/cpu.max": "200000 100000\n",
+            "job/step/cpu.max": "max 100000\n",
+            "job/step/memory.max": str(8 << 30),
+            "job/step/memory.current": str(3 << 30),
+            "job/memory.max": "max",
+            "job/memory.current": str(3 << 30),
+            "self": "0::/job/step\n",
+        },
+    )
+    assert cgroup_limits(str(v2), str(v2 / "self")) == (2.0, 5 << 30)
+    # v1: quota -1 is no limit; a limit of ~2^63 is none either.
+    v1 = tmp_path / "v1"
+    _tree(
+        v1,
+        {
+            "cpu,cpuacct/pod/cpu.cfs_quota_us": "150000",
+            "cpu,cpuacct/pod/cpu.cfs_period_us": "100000",
+            "cpu,cpuacct/pod/c1/cpu.cfs_quota_us": "-1",
+            "cpu,cpuacct/pod/c1/cpu.cfs_period_us": "100000",
+            "memory/pod/c1/memory.limit_in_bytes": str(4 << 30),
+            "memory/pod/c1/memory.usage_in_bytes": str(1 << 30),
+            "memory/memory.limit_in_bytes": "9223372036854771712",
+            "memory/memory.usage_in_bytes": str(7 << 30),
+            "self": "4:memory:/pod/c1\n3:cpu,cpuacct:/pod/c1\n0::/\n",
+        },
+    )
+    assert cgroup_limits(str(v1), str(v1 / "self")) == (1.5, 3 << 30)
+    # Nothing limited, or nothing readable.
+    _tree(tmp_path / "none", {"self": "0::/\n"})
+    assert cgroup_limits(str(tmp_path / "none"), str(tmp_path / "none" / "self")) == (None, None)
+    assert cgroup_limits(str(tmp_path), str(tmp_path / "missing")) == (None, None)
+
+
+def test_a_pool_runs_one_worker_where_programs_share_the_callers_uid(monkeypatch):
+    """At the `process` level the programs of two workers would run at once as the caller's
+    uid without namespaces, able to signal each other: the pool uses one worker there, and
+    both where the level keeps them apart."""
+    from core.sandbox import SandboxPool
+
+    used = set()
+    real = Sandbox.run_batch
+
+    def spy(self, share, timeout=None):
+        used.add(id(self))
+        return real(self, share, timeout)
+
+    monkeypatch.setattr(Sandbox, "run_batch", spy)
+    items = [(GOOD + f"# {k}\n", "evaluate", [["abc"]]) for k in range(8)]
+    with SandboxPool(workers=2, timeout=2, levels=("process",)) as pool:
+        got = pool.run_batch(items)
+        assert pool.isolation == "process" and len(used) == 1
+    assert all(r.ok and r.results[0]["value"] is True for r in got)
+    used.clear()
+    with SandboxPool(workers=2, timeout=2) as pool:
+        got = pool.run_batch(items)
+        assert len(used) == (1 if pool.isolation == "process" else 2)
+    assert all(r.ok and r.results[0]["value"] is True for r in got)
+
+
+def test_an_interrupted_pool_kills_its_workers_and_starts_no_further_share(monkeypatch):
+    """Ctrl-C or SIGTERM (an exception in the waiting caller) while the workers run: the
+    workers are killed at once, no share starts after, no worker is started again, and the
+    exception goes on."""
+    import signal
+
+    from core.sandbox import SandboxPool
+
+    class Stop(Exception):
+        pass
+
+    calls, real = [], Sandbox.run_batch
+
+    def spy(self, share, timeout=None):
+        calls.append(len(share))
+        return real(self, share, timeout)
+
+    def interrupt(*_):
+        raise Stop()
+
+    monkeypatch.setattr(Sandbox, "run_batch", spy)
+    before = signal.signal(signal.SIGALRM, interrupt)
+    slow = "import time\ndef evaluate(x):\n    time.sleep(x)\n    return True\n"
+    pool = SandboxPool(workers=2, share_size=1, timeout=60)
+    try:
+        pool.boxes[0].start()
+        pool.boxes[1].start()
+        workers = [box._proc.pid for box in pool.boxes]
+        signal.setitimer(signal.ITIMER_REAL, 1.5)
+        with pytest.raises(Stop):
+            pool.run_batch([(slow, "evaluate", [[30]])] * 8)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    assert calls == [1, 1]  # the two shares in flight, none after
+    assert all(box._proc is None for box in pool.boxes)  # killed, and not started again
+    assert all(_state(pid) is None for pid in workers)
+    # Usable again after close().
+    pool.close()
+    assert pool.run(GOOD, "evaluate", [["abc"]]).results[0]["value"] is True
+    pool.close()
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_sandbox_settings_are_checked_at_start_up():
+    from core.errors import ConfigError
+    from pipeline.runner import _check_config
+    from tests.conftest import compose_cfg
+
+    with pytest.raises(ConfigError, match=r"scenario.sandbox.workers: must be >= 0"):
+        _check_config(compose_cfg(["scenario=autoif", "scenario.sandbox.workers=-1"]))
+    _check_config(compose_cfg(["scenario=autoif", "scenario.sandbox.workers=3"]))
