@@ -16,8 +16,11 @@ import argparse
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from core.sandbox import WORKER, SandboxPool, default_workers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.sandbox import WORKER, SandboxPool, default_workers  # noqa: E402
 
 FLOOR = """
 import os, time
