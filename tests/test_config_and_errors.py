@@ -55,7 +55,9 @@ def test_defaults_are_the_cpu_demo():
     paper = compose_cfg(["experiment=paper"])
     assert paper.generation.evolve.max_tokens == 2048 and paper.rounds == 3
     assert paper.generation.evolve.temperature == 0.7 and paper.generation.evolve.top_p == 0.95
-    assert paper.metrics.diversity.model == "sentence-transformers/all-mpnet-base-v2"
+    assert paper.metrics.diversity.model == (
+        "sentence-transformers/all-mpnet-base-v2@e8c3b32edf5434bc2275fc9bab85f82640a19130"
+    )
     # The paper's training and evaluation, not the demo's few steps and fixture items.
     assert paper.train.name == "paper" and paper.eval.name == "paper" and paper.eval.limit is None
     assert paper.train.student.name == "llama3_8b_base" == paper.metrics.ifd.model
@@ -138,6 +140,33 @@ def test_the_pinned_revision_is_what_is_downloaded_and_named_when_missing(tmp_pa
     assert "RevisionNotFoundError: 404 Client Error. Revision Not Found" in str(e.value)
     assert f"--revision {m.revision}" in str(e.value)
     assert "model.revision=<commit> (or null for the newest)" in str(e.value)
+
+
+def test_the_embedder_loads_at_its_pinned_commit(monkeypatch, tmp_path):
+    """`org/name@<commit>` loads that commit through sentence-transformers; no `@` the newest; a
+    local folder or a bundled model has no revision."""
+    import sentence_transformers
+
+    from metrics.diversity import Embedder, resolve_embedder
+
+    seen = []
+
+    class Fake:
+        def __init__(self, path, revision=None, device=None):
+            seen.append((path, revision))
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Fake)
+    paper = compose_cfg(["experiment=paper"]).metrics.diversity.model
+    Embedder(paper, device="cpu")
+    assert seen == [
+        ("sentence-transformers/all-mpnet-base-v2", "e8c3b32edf5434bc2275fc9bab85f82640a19130")
+    ]
+    assert resolve_embedder("org/name") == ("org/name", None)
+    folder = tmp_path / "emb@v1"
+    folder.mkdir()
+    assert resolve_embedder(str(folder)) == (str(folder), None)
+    path, revision = resolve_embedder("bundled:all-MiniLM-L6-v2")
+    assert revision is None and path.endswith("model")
 
 
 @pytest.fixture
