@@ -31,8 +31,10 @@ shape-checked (a malformed result is that program's failure), and a deadline the
 enforces: if the worker stops answering (a program froze or killed it), the caller kills the
 worker and everything it started, records a timeout, and starts a new one.
 
-`SandboxPool` runs several sandboxes side by side (one per core by default) and hands a batch
-out among them; each program still runs in its own forked process of one worker.
+`SandboxPool` runs several sandboxes side by side (by default one per CPU the process may use,
+as its affinity, its cgroup's quota and the memory there is allow; one at the `process` level)
+and hands a batch out among them; each program still runs in its own forked process of one
+worker.
 
 What no in-process harness can prevent: a program decides its own result (a HumanEval solution
 that calls os._exit(0) before the tests ends without an exception). It cannot write another
@@ -281,6 +283,7 @@ def run_items(items, w):
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     drop_privileges()
+    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (after the uid change, which clears it)
     resource.setrlimit(resource.RLIMIT_NPROC, (cfg["max_procs"], cfg["max_procs"]))
     socket.socket = refuse
     socket.create_connection = refuse
@@ -566,6 +569,9 @@ class Sandbox:
     # -- the worker's life ------------------------------------------------------------------
 
     def _start(self) -> None:
+        if self.workdir:  # the last worker's folder (uid and process levels)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
         self._buf, self.init_pid = b"", None
         cmd = [*self.wrapper, sys.executable, "-I", "-S", "-c", WORKER, json.dumps(self.cfg)]
         self._cgroup = memory_cgroup((int(self.cfg["memory_mb"]) + WORKER_MB) << 20)
@@ -609,9 +615,9 @@ class Sandbox:
         """From another thread: kill the worker now. The request in flight ends with an error,
         and no request runs and no worker starts again until `close()`."""
         self._aborted = True
-        proc = self._proc
-        if self.init_pid:
-            _signal(lambda: os.kill(self.init_pid, signal.SIGKILL))
+        proc, init = self._proc, self.init_pid  # copies: the serving thread may clear them
+        if init:
+            _signal(lambda: os.kill(init, signal.SIGKILL))
         if proc is not None:
             _signal(lambda: os.killpg(proc.pid, signal.SIGKILL))
 
@@ -695,37 +701,53 @@ class Sandbox:
         return self.grace_s + sum(per_case * (1 + len(i["inputs"])) + 1.0 for i in task["items"])
 
     def _send(self, task: dict) -> dict:
-        limit = len(task["items"]) * (int(self.cfg["max_result_bytes"]) + 4096) + 4096
         with self._lock:
-            for _ in range(2):
-                if self._aborted:
-                    self._kill()
-                    return {"error": "the sandbox was stopped"}
-                if self._proc is None or self._proc.poll() is not None:
-                    self._start()
-                assert self._proc is not None and self._proc.stdin is not None
-                deadline = time.monotonic() + self._budget(task)
+            try:
+                return self._exchange(task)
+            except BaseException:  # interrupted mid-request: its answer must not meet the next
+                self._kill()
+                raise
+
+    def _exchange(self, task: dict) -> dict:
+        limit = len(task["items"]) * (int(self.cfg["max_result_bytes"]) + 4096) + 4096
+        stopped = {"error": "the sandbox was stopped"}
+        for _ in range(2):
+            if self._aborted:
+                self._kill()
+                return stopped
+            if self._proc is None or self._proc.poll() is not None:
                 try:
-                    self._proc.stdin.write((json.dumps(task) + "\n").encode())
-                    self._proc.stdin.flush()
-                    line = self._readline(deadline, limit)
-                except (BrokenPipeError, OSError):
-                    line = None
-                if line is not None:
-                    try:
-                        answer = json.loads(line)
-                        if isinstance(answer, dict):
-                            return answer
-                    except ValueError:
-                        pass
+                    self._start()
+                except RuntimeError:
+                    if self._aborted:  # abort() killed it while it started
+                        return stopped
+                    raise
+                if self._aborted:  # abort() may have looked before the worker was there
                     self._kill()
-                    return {"error": "the sandbox returned a malformed answer"}
-                timed_out = time.monotonic() >= deadline
-                self._kill()  # frozen, killed or flooded: nothing it started survives
-                if timed_out:
-                    self.restarts += 1
-                    return {"error": f"timeout: no answer within {self._budget(task):.0f}s"}
-            return {"error": "sandbox worker died"}
+                    return stopped
+            assert self._proc is not None and self._proc.stdin is not None
+            deadline = time.monotonic() + self._budget(task)
+            try:
+                self._proc.stdin.write((json.dumps(task) + "\n").encode())
+                self._proc.stdin.flush()
+                line = self._readline(deadline, limit)
+            except (BrokenPipeError, OSError):
+                line = None
+            if line is not None:
+                try:
+                    answer = json.loads(line)
+                    if isinstance(answer, dict):
+                        return answer
+                except ValueError:
+                    pass
+                self._kill()
+                return {"error": "the sandbox returned a malformed answer"}
+            timed_out = time.monotonic() >= deadline
+            self._kill()  # frozen, killed or flooded: nothing it started survives
+            if timed_out:
+                self.restarts += 1
+                return {"error": f"timeout: no answer within {self._budget(task):.0f}s"}
+        return {"error": "sandbox worker died"}
 
     def close(self) -> None:
         with self._lock:  # after a request in flight (abort() first to end it now)
@@ -791,35 +813,59 @@ def cgroup_limits(
         if hier == "0" and not controllers:  # v2: every controller in one tree
             for d in _up(os.path.join(root, path.lstrip("/")), root):
                 q = _read(d, "cpu.max").split()
-                if len(q) == 2 and q[0] != "max":
+                if len(q) == 2 and q[0].isdigit() and q[1].isdigit() and int(q[1]) > 0:
                     cpus.append(int(q[0]) / int(q[1]))
-                limit, used = _read(d, "memory.max"), _read(d, "memory.current")
-                if limit.isdigit() and used.isdigit():
-                    left.append(int(limit) - int(used))
+                limit = _read(d, "memory.max")
+                used = _used(d, "memory.current", "inactive_file")
+                if limit.isdigit() and used is not None:
+                    left.append(int(limit) - used)
         elif "cpu" in names:  # v1
-            base = os.path.join(root, controllers)
+            base = _v1_base(root, controllers, ["cpu"])
             for d in _up(os.path.join(base, path.lstrip("/")), base):
                 q, period = _read(d, "cpu.cfs_quota_us"), _read(d, "cpu.cfs_period_us")
                 if q.isdigit() and period.isdigit() and int(period) > 0:
                     cpus.append(int(q) / int(period))
         elif "memory" in names:
-            base = os.path.join(root, controllers)
+            base = _v1_base(root, controllers, ["memory"])
             for d in _up(os.path.join(base, path.lstrip("/")), base):
-                limit, used = _read(d, "memory.limit_in_bytes"), _read(d, "memory.usage_in_bytes")
-                if limit.isdigit() and used.isdigit() and int(limit) < 1 << 60:
-                    left.append(int(limit) - int(used))
+                limit = _read(d, "memory.limit_in_bytes")
+                used = _used(d, "memory.usage_in_bytes", "total_inactive_file")
+                if limit.isdigit() and used is not None and int(limit) < 1 << 60:
+                    left.append(int(limit) - used)
     return (min(cpus) if cpus else None), (max(0, min(left)) if left else None)
 
 
 def _up(path: str, top: str) -> list[str]:
-    """`path` and its parents up to `top`, both included."""
+    """`path` and its parents up to `top`, both included (nothing if `path` is not under it)."""
     out, path, top = [], os.path.normpath(path), os.path.normpath(top)
-    while path.startswith(top):
+    while os.path.commonpath([path, top]) == top:
         out.append(path)
         if path == top:
             break
         path = os.path.dirname(path)
     return out
+
+
+def _v1_base(root: str, controllers: str, names: list[str]) -> str:
+    """The v1 hierarchy's folder: `cpu,cpuacct` as listed, else one named after a controller
+    (`cpu`, `memory`: the usual links)."""
+    for candidate in (controllers, *names):
+        if os.path.isdir(os.path.join(root, candidate)):
+            return os.path.join(root, candidate)
+    return os.path.join(root, controllers)
+
+
+def _used(folder: str, current: str, stat_key: str) -> int | None:
+    """Memory in use, less the inactive page cache the kernel reclaims first (as kubelet counts
+    it); None where it cannot be read."""
+    used = _read(folder, current)
+    if not used.isdigit():
+        return None
+    for line in _read(folder, "memory.stat").splitlines():
+        key, _, value = line.partition(" ")
+        if key == stat_key and value.isdigit():
+            return max(0, int(used) - int(value))
+    return int(used)
 
 
 def _read(folder: str, name: str) -> str:
@@ -885,10 +931,9 @@ class SandboxPool:
         if not items:
             return []
         self.boxes[0].start()  # its isolation level decides how many workers may run at once
-        busy = min(len(self.boxes), len(items))
-        if self.boxes[0].isolation == "process":
-            busy = 1
+        busy = 1 if self.boxes[0].isolation == "process" else min(len(self.boxes), len(items))
         size = self.share_size or max(1, -(-len(items) // (4 * busy)))
+        busy = min(busy, -(-len(items) // size))  # no worker without a share
         if busy == 1:
             out = []
             for start in range(0, len(items), size):
@@ -911,12 +956,12 @@ class SandboxPool:
                     return
                 try:
                     shares[start] = box.run_batch(items[start : start + size], timeout)
+                    if progress:
+                        progress(len(shares[start]))
                 except BaseException as e:  # a worker that cannot start: the caller hears of it
                     raised.append(e)
                     stop.set()
                     return
-                if progress:
-                    progress(len(shares[start]))
 
         threads = [
             threading.Thread(target=serve, args=(box,), daemon=True) for box in self.boxes[:busy]
@@ -933,10 +978,15 @@ class SandboxPool:
             for t in threads:
                 if t.is_alive():
                     t.join()
+            for box in self.boxes[:busy]:
+                box.close()  # cleaned up, and usable again: no "stopped" result later
             raise
         if raised:
             raise raised[0]
-        return [r for start in sorted(shares) for r in shares[start]]
+        out = [r for start in sorted(shares) for r in shares[start]]
+        if len(out) != len(items):
+            raise RuntimeError(f"the sandbox pool returned {len(out)} results for {len(items)}")
+        return out
 
     def close(self) -> None:
         for box in self.boxes:

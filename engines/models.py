@@ -88,7 +88,10 @@ def _hub_checkpoint(name: str, hf_id: str, revision: str | None, fix: str) -> st
 def hub_ref(name: str) -> tuple[str, str | None]:
     """(id or folder, revision) of a model named by a string: `org/name@<commit>` pins a hub
     commit; a local folder (even one with `@` in its name) or a name without `@` has none."""
-    if "@" in name and not os.path.exists(os.path.expanduser(name)):
+    local = os.path.expanduser(name)
+    if os.path.exists(local):
+        return local, None
+    if "@" in name:
         repo, _, revision = name.rpartition("@")
         return repo, revision or None
     return name, None

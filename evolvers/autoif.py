@@ -133,8 +133,9 @@ class SandboxConfig:
     # false: one process per function (no function can touch another's result); true: a batch
     # shares one process, ~25x faster on tiny functions (bench/sandbox.py), for trusted models.
     share_process: bool = False
-    # Sandbox workers side by side (core.sandbox.SandboxPool); 0: one per available CPU core
-    # (at most 16, and no more than free memory holds at memory_mb each).
+    # Sandbox workers side by side (core.sandbox.SandboxPool); 0: one per CPU the process may
+    # use (affinity and cgroup quota; at most 16, and no more than free memory holds at
+    # memory_mb each). One at the `process` isolation level.
     workers: int = 0
 
     def __post_init__(self) -> None:

@@ -54,6 +54,12 @@ class Embedder:
                 f"embedder {model_name}: cannot load ({type(e).__name__}: "
                 f"{str(e).splitlines()[0][:160]}); use metrics.diversity.model="
                 "bundled:all-MiniLM-L6-v2 offline, or a local folder"
+                + (
+                    f"; a cache without commit {revision} of {path} needs it downloaded, or "
+                    "another pinned (org/name@<commit>; no @: the newest)"
+                    if revision
+                    else ""
+                )
             ) from None
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

@@ -165,6 +165,8 @@ def test_the_embedder_loads_at_its_pinned_commit(monkeypatch, tmp_path):
     folder = tmp_path / "emb@v1"
     folder.mkdir()
     assert resolve_embedder(str(folder)) == (str(folder), None)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_embedder("~/emb@v1") == (str(folder), None)  # expanded for the loader
     path, revision = resolve_embedder("bundled:all-MiniLM-L6-v2")
     assert revision is None and path.endswith("model")
 

@@ -363,7 +363,18 @@ def test_a_programs_processes_share_one_memory_cap(mode, monkeypatch):
         assert box.memory_limit == "per process" and r.results[0]["value"] == 4
 
 
-def test_a_pool_runs_its_workers_side_by_side_and_keeps_the_batch_order(monkeypatch):
+@pytest.fixture(scope="module")
+def apart():
+    """Where a pool runs its workers at once: a level that keeps programs apart (namespaces or a
+    uid of their own). At the `process` level the pool runs one worker, which its own test
+    covers."""
+    with Sandbox(levels=("full", "userns", "uid", "process")) as probe:
+        probe.start()
+        if probe.isolation == "process":
+            pytest.skip("no level here keeps concurrent programs apart (the pool runs one worker)")
+
+
+def test_a_pool_runs_its_workers_side_by_side_and_keeps_the_batch_order(monkeypatch, apart):
     """SandboxPool: the shares of one batch run in separate workers at the same time (both
     reach the barrier; one after the other, the first would wait on it alone and fail), and the
     results come back in the batch's order, failures included, as one sandbox gives them."""
@@ -452,7 +463,8 @@ def test_cgroup_limits_are_read_from_v2_and_v1_trees_up_to_the_root(tmp_path):
             "job/cpu.max": "200000 100000\n",
             "job/step/cpu.max": "max 100000\n",
             "job/step/memory.max": str(8 << 30),
-            "job/step/memory.current": str(3 << 30),
+            "job/step/memory.current": str(4 << 30),  # 1 GiB of it reclaimable page cache
+            "job/step/memory.stat": f"anon {3 << 30}\ninactive_file {1 << 30}\n",
             "job/memory.max": "max",
             "job/memory.current": str(3 << 30),
             "self": "0::/job/step\n",
@@ -476,6 +488,10 @@ def test_cgroup_limits_are_read_from_v2_and_v1_trees_up_to_the_root(tmp_path):
         },
     )
     assert cgroup_limits(str(v1), str(v1 / "self")) == (1.5, 3 << 30)
+    # A cgroup path outside the tree (a sibling whose name starts alike) is not walked.
+    _tree(tmp_path / "v2-other", {"cpu.max": "100000 100000"})
+    _tree(v2, {"self": "0::/../v2-other\n"})
+    assert cgroup_limits(str(v2), str(v2 / "self")) == (None, None)
     # Nothing limited, or nothing readable.
     _tree(tmp_path / "none", {"self": "0::/\n"})
     assert cgroup_limits(str(tmp_path / "none"), str(tmp_path / "none" / "self")) == (None, None)
@@ -508,7 +524,7 @@ def test_a_pool_runs_one_worker_where_programs_share_the_callers_uid(monkeypatch
     assert all(r.ok and r.results[0]["value"] is True for r in got)
 
 
-def test_an_interrupted_pool_kills_its_workers_and_starts_no_further_share(monkeypatch):
+def test_an_interrupted_pool_kills_its_workers_and_starts_no_further_share(monkeypatch, apart):
     """Ctrl-C or SIGTERM (an exception in the waiting caller) while the workers run: the
     workers are killed at once, no share starts after, no worker is started again, and the
     exception goes on."""
@@ -539,16 +555,51 @@ def test_an_interrupted_pool_kills_its_workers_and_starts_no_further_share(monke
         signal.setitimer(signal.ITIMER_REAL, 1.5)
         with pytest.raises(Stop):
             pool.run_batch([(slow, "evaluate", [[30]])] * 8)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        assert calls == [1, 1]  # the two shares in flight, none after
+        assert all(box._proc is None for box in pool.boxes)  # killed, and not started again
+        assert all(_state(pid) is None for pid in workers)
+        # Cleaned up and usable again: no "stopped" results afterwards.
+        assert pool.run(GOOD, "evaluate", [["abc"]]).results[0]["value"] is True
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, before)
-    assert calls == [1, 1]  # the two shares in flight, none after
-    assert all(box._proc is None for box in pool.boxes)  # killed, and not started again
-    assert all(_state(pid) is None for pid in workers)
-    # Usable again after close().
-    pool.close()
-    assert pool.run(GOOD, "evaluate", [["abc"]]).results[0]["value"] is True
-    pool.close()
+        pool.close()
+
+
+def test_an_aborted_sandbox_starts_no_worker_until_closed():
+    """abort() (from the pool's interrupt path) before or during a request: the request ends
+    as stopped, no worker is started for it, and close() makes the sandbox usable again."""
+    box = Sandbox(timeout=2)
+    try:
+        box.abort()  # before the worker exists, as when it looks while the worker starts
+        r = box.run(GOOD, "evaluate", [["abc"]])
+        assert not r.ok and r.error == "the sandbox was stopped" and box._proc is None
+        box.close()
+        assert box.run(GOOD, "evaluate", [["abc"]]).results[0]["value"] is True
+    finally:
+        box.close()
+
+
+def test_an_interrupt_inside_a_request_kills_the_worker(monkeypatch):
+    """Ctrl-C while a sandbox waits for its worker's answer: the worker is killed, so that
+    answer can never be read as the next request's."""
+    box = Sandbox(timeout=2)
+    try:
+        box.start()
+        pid = box._proc.pid
+
+        def interrupted(*a, **k):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(Sandbox, "_readline", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            box.run(GOOD, "evaluate", [["abc"]])
+        assert box._proc is None and _state(pid) is None
+        monkeypatch.undo()
+        assert box.run(GOOD, "evaluate", [["abc"]]).results[0]["value"] is True
+    finally:
+        box.close()
 
 
 def _state(pid):
