@@ -107,9 +107,15 @@ def load_model_config(name: str, role: str = "model") -> DictConfig:
 
 def path_override(model_cfg: Any) -> str:
     """The command-line override that points this model's role at local weights."""
+    return role_override(model_cfg, "path", "/some/dir")
+
+
+def role_override(model_cfg: Any, key: str, value: str) -> str:
+    """The command-line override that sets `key` of this model's role (selecting the model
+    first where a role names it by a string)."""
     role = model_cfg.get("role") or "model"
     select = model_cfg.get("select")
-    return f"{select + ' ' if select else ''}{role}.path=/some/dir"
+    return f"{select + ' ' if select else ''}{role}.{key}={value}"
 
 
 def role_model(cfg: DictConfig, value: Any, key: str) -> DictConfig:

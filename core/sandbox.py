@@ -910,15 +910,6 @@ class SandboxPool:
     def _started(self) -> list[Sandbox]:
         return [box for box in self.boxes if box.isolation != "none"]
 
-    def run(
-        self,
-        code: str,
-        func: str | None = None,
-        inputs: list[list[Any]] | None = None,
-        timeout: float | None = None,
-    ) -> TaskResult:
-        return self.run_batch([(code, func, inputs or [])], timeout)[0]
-
     def run_batch(
         self,
         items: list[tuple[str, str | None, list[list[Any]]]],
@@ -934,13 +925,6 @@ class SandboxPool:
         busy = 1 if self.boxes[0].isolation == "process" else min(len(self.boxes), len(items))
         size = self.share_size or max(1, -(-len(items) // (4 * busy)))
         busy = min(busy, -(-len(items) // size))  # no worker without a share
-        if busy == 1:
-            out = []
-            for start in range(0, len(items), size):
-                out.extend(self.boxes[0].run_batch(items[start : start + size], timeout))
-                if progress:
-                    progress(len(out) - start)
-            return out
         starts = iter(range(0, len(items), size))
         shares: dict[int, list[TaskResult]] = {}
         raised: list[BaseException] = []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cache import file_lock
-from core.config import path_override
+from core.config import path_override, role_override
 from core.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,16 @@ def resolve_model_path(model_cfg: Any, models_dir: str | Path) -> str:
     hf_id = _get(model_cfg, "hf_id")
     if not hf_id:
         raise ModelUnavailableError(f"model {name}: the config sets neither hf_id, path nor gguf")
-    return _hub_checkpoint(name, hf_id, _get(model_cfg, "revision"), path_override(model_cfg))
+    return _hub_checkpoint(
+        name,
+        hf_id,
+        _get(model_cfg, "revision"),
+        path_override(model_cfg),
+        role_override(model_cfg, "revision", "<commit>"),
+    )
 
 
-def _hub_checkpoint(name: str, hf_id: str, revision: str | None, fix: str) -> str:
+def _hub_checkpoint(name: str, hf_id: str, revision: str | None, fix: str, pin: str) -> str:
     from huggingface_hub import snapshot_download
 
     try:
@@ -70,18 +76,17 @@ def _hub_checkpoint(name: str, hf_id: str, revision: str | None, fix: str) -> st
             return snapshot_download(hf_id, revision=revision, allow_patterns=HF_PATTERNS)
         except Exception as e:  # offline, gated, or no such repo
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    at = f" at revision {revision}" if revision else ""
-    pin = (
-        f"; if the hub no longer has that commit or your cache holds another, pin that one with "
-        f"{fix.split('.path=')[0]}.revision=<commit> (or null for the newest)"
-        if revision
-        else ""
-    )
+    at, flag, repin = "", "", ""
+    if revision:
+        at, flag = f" at revision {revision}", f" --revision {revision}"
+        repin = (
+            "; if the hub no longer has that commit or your cache holds another, pin that one "
+            f"with {pin} (or null for the newest)"
+        )
     raise ModelUnavailableError(
         f"model {name}: weights for {hf_id}{at} cannot be had ({reason}). Download them where "
-        f"the hub is reachable (`huggingface-cli download {hf_id}"
-        f"{f' --revision {revision}' if revision else ''} --local-dir /some/dir`, after accepting "
-        f"the licence if the repo is gated) and run with {fix}{pin}"
+        f"the hub is reachable (`huggingface-cli download {hf_id}{flag} --local-dir /some/dir`, "
+        f"after accepting the licence if the repo is gated) and run with {fix}{repin}"
     )
 
 

@@ -560,7 +560,8 @@ def test_an_interrupted_pool_kills_its_workers_and_starts_no_further_share(monke
         assert all(box._proc is None for box in pool.boxes)  # killed, and not started again
         assert all(_state(pid) is None for pid in workers)
         # Cleaned up and usable again: no "stopped" results afterwards.
-        assert pool.run(GOOD, "evaluate", [["abc"]]).results[0]["value"] is True
+        (again,) = pool.run_batch([(GOOD, "evaluate", [["abc"]])])
+        assert again.results[0]["value"] is True
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, before)
