@@ -5,11 +5,15 @@ warm cache.
     python bench/demo_time.py                    # this CPU as it is
     python bench/demo_time.py --isa AVX2         # as on a CPU without native bf16 (oneDNN capped)
     python bench/demo_time.py --modes auto       # skip the forced-bf16 run
+    python bench/demo_time.py --smoke            # every mode and the warm rerun, tiny (a minute)
 
 Targets on a 2-core CPU: the default demo <= 8 minutes from an empty cache (model conversion
 included) with or without native bf16, and <= 60 s on a warm cache. Without native bf16 a forced
 bf16 demo takes hours: `--timeout` ends such a run and the table shows "> timeout".
 Each run is a real `python run.py` in a subprocess with its own temporary cache folder.
+`--smoke` shrinks every run (two seeds, one round, a few tokens, the hf engine, evolve and report
+only) and reuses the converted model, so the script's own paths run in about a minute; its
+figures are not the demo's.
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ STAGES = ("evolve", "respond", "score", "filter", "train", "evaluate", "report")
 ROWS = (*STAGES, "model_load", "total")
 FORCE_BF16 = ["engine.dtype=bfloat16", "metrics.ifd.dtype=bfloat16", "train.precision=bf16-mixed"]
 TARGET_COLD_S, TARGET_WARM_S = 8 * 60, 60
+SMOKE_OVERRIDES = [
+    "data.limit=2",
+    "rounds=1",
+    "generation.evolve.max_tokens=8",
+    "generation.greedy.max_tokens=8",
+    "engine=hf",  # starts in seconds; the script's paths do not depend on the engine
+    "stages=[evolve,report]",
+    "logger=none",
+]
+SMOKE_TIMEOUT_S = 300
 
 
 def run_demo(cache: Path, run_dir: Path, overrides: list[str], env: dict, timeout: float) -> dict:
@@ -82,6 +96,7 @@ def main() -> None:
     )
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-cache rerun")
     ap.add_argument("--keep", help="a folder to keep the runs in (default: a temporary one)")
+    ap.add_argument("--smoke", action="store_true", help="tiny runs: checks the bench runs")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
 
@@ -90,11 +105,21 @@ def main() -> None:
         env["ONEDNN_MAX_CPU_ISA"] = args.isa
     sys.path.insert(0, str(ROOT))
     os.environ.update({k: v for k, v in env.items() if k == "ONEDNN_MAX_CPU_ISA"})
-    from engines.precision import hardware, resolve_dtype, resolve_precision
+    from _machine import print_machine
 
-    hw = hardware()
-    print(f"machine: {hw.describe()}; native CPU bf16: {hw.cpu_bf16}", end="")
-    print(f" [{hw.why_no_cpu_bf16()}]" if not hw.cpu_bf16 and not hw.cuda else "")
+    from core.config import compose_config
+    from engines.precision import resolve_dtype, resolve_precision
+
+    if args.smoke:
+        # The converted model of the shared cache: converting it is the cold demo's cost, not
+        # what a smoke run checks.
+        models_dir = compose_config().models_dir
+        args.overrides = [*SMOKE_OVERRIDES, f"models_dir={models_dir}", *args.overrides]
+        args.timeout = min(args.timeout, SMOKE_TIMEOUT_S)
+    cfg = compose_config(args.overrides)
+    kind = str(cfg.engine.kind)
+    engine = f"{kind} (vllm where it imports, else hf)" if kind == "auto" else kind
+    print_machine(f"the demo's, {engine}", "per mode (formats below)")
     print(f"auto resolves to: dtype {resolve_dtype('auto')}, training {resolve_precision('auto')}")
 
     results: dict[str, dict] = {}
@@ -133,7 +158,8 @@ def main() -> None:
     print(
         "formats: "
         + "; ".join(
-            f"{c}: {results[c].get('hardware/engine_dtype', '?')} / "
+            f"{c}: {results[c].get('engine', '?')} "
+            f"{results[c].get('hardware/engine_dtype', '?')} / "
             f"{results[c].get('hardware/train_precision', '?')}"
             for c in cols
         )

@@ -2,9 +2,10 @@
 project's engine layer + Evol-Instruct stage (cold cache), in one process with one vLLM engine.
 
     python bench/engine_overhead.py [--n 64] [--max-tokens 128] [--hf-n 16]
+    python bench/engine_overhead.py --smoke     # every path at the smallest sizes (seconds)
 
-Prints generated tokens/s of each path and their ratio (target: project/raw >= 0.95), then the hf
-engine's tokens/s batched vs one prompt at a time.
+Prints the machine, generated tokens/s of each path and their ratio (target: project/raw >= 0.95),
+then the hf engine's tokens/s batched vs one prompt at a time.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from _machine import print_machine
 from omegaconf import OmegaConf
+
+# --smoke: a few prompts and tokens, one repeat; the figures are not meaningful, the paths run.
+SMOKE = {"n": 2, "max_tokens": 8, "hf_n": 2, "hf_max_tokens": 8, "repeats": 1}
 
 
 def main() -> None:
@@ -22,8 +28,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="evolution prompts")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--hf-n", type=int, default=16, help="prompts for the hf comparison (0: skip)")
+    ap.add_argument("--hf-max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="smallest sizes: checks the bench runs")
     args = ap.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
 
     from core.cache import StepCache
     from core.config import compose_config
@@ -32,11 +42,13 @@ def main() -> None:
     from engines.pool import EnginePool
     from engines.precision import resolve_dtype
     from engines.vllm_engine import VLLMEngine
-    from evolvers.evol_instruct import EvolInstruct
+    from evolvers.base import build_scenario, child_id
     from pipeline.runner import item_seed, sampling
 
     cfg = compose_config(["engine=vllm", "engine.chunk_size=64"])
     model_cfg, engine_cfg, models_dir = cfg.model, cfg.engine, cfg.models_dir
+    dtype = resolve_dtype(model_cfg.dtype)
+    print_machine("vllm (raw and the engine layer), then hf", dtype)
     path = resolve_model_path(model_cfg, models_dir)
 
     seeds = load_seeds(cfg.data, 0)
@@ -45,10 +57,11 @@ def main() -> None:
         for k in range(-(-args.n // len(seeds)))
         for s in seeds
     ][: args.n]
-    scenario = EvolInstruct(cfg.scenario)
+    scenario = build_scenario(cfg.scenario)
     gen_cfg = OmegaConf.create({"temperature": 0.7, "top_p": 0.95, "max_tokens": args.max_tokens})
+    greedy_cfg = OmegaConf.create({"temperature": 0.0, "top_p": 1.0, "max_tokens": args.max_tokens})
     plan = scenario.plan(parents, 1)
-    ids = [f"{p['meta']['source_id']}-r1" for p, _, _ in plan]
+    ids = [child_id(p, 1) for p, _, _ in plan]
     seeds_by_id = [item_seed(0, i) for i in ids]
 
     engine = VLLMEngine(path, dtype=model_cfg.dtype, max_model_len=model_cfg.max_model_len)
@@ -76,11 +89,27 @@ def main() -> None:
             pool = EnginePool(engine_cfg, cache, str(models_dir))
             pool.adopt(model_cfg.name, engine)
 
-            def generate(items):
-                full = [(i, p, sampling(gen_cfg, item_seed(0, i))) for i, p in items]
-                return pool.generate("evolve_bench", model_cfg, full)
+            # As the runner's generators: sampled with per-item seeds, greedy without.
+            def generator(step, params):
+                def generate(items, max_tokens=None):
+                    seed = params.temperature != 0
+                    full = [
+                        (i, p, sampling(params, item_seed(0, i) if seed else None))
+                        for i, p in items
+                    ]
+                    if max_tokens:
+                        full = [(i, p, replace(s, max_tokens=max_tokens)) for i, p, s in full]
+                    return pool.generate(step, model_cfg, full)
 
-            records = scenario.evolve_round(parents, 1, model_cfg.name, generate)
+                return generate
+
+            records = scenario.evolve_round(
+                parents,
+                1,
+                model_cfg.name,
+                generator("evolve_bench", gen_cfg),
+                generator("evolve_bench_greedy", greedy_cfg),
+            )
             assert len(records) == len(parents)
             return pool.stats.generated_tokens
 
@@ -95,7 +124,7 @@ def main() -> None:
             best[name] = max(best[name], rate)
     engine.close()
     n, mt, reps = args.n, args.max_tokens, args.repeats
-    print(f"\nvLLM, {n} evolution prompts, max {mt} tokens, best of {reps}")
+    print(f"\nvLLM, {n} evolution prompts, max {mt} tokens, best of {reps}, {dtype}")
     print(f"  raw vllm.LLM.chat         {best['raw']:8.1f} tok/s  ({tokens['raw']} tokens)")
     print(f"  engine layer + evolve     {best['project']:8.1f} tok/s  ({tokens['project']} tokens)")
     print(f"  ratio project/raw         {best['project'] / best['raw']:8.3f}   (target >= 0.95)")
@@ -108,7 +137,7 @@ def main() -> None:
 
         hf = HFEngine(path, dtype=model_cfg.dtype, batch_size=args.hf_n)
         prompts = [prompt for _, _, prompt in plan[: args.hf_n]]
-        p = Sampling(temperature=0.0, max_tokens=64)
+        p = Sampling(temperature=0.0, max_tokens=args.hf_max_tokens)
         hf.generate(prompts[:1], p)  # warm-up
         rates = {}
         for name, batch in (("batched", args.hf_n), ("one at a time", 1)):
@@ -116,8 +145,8 @@ def main() -> None:
             t0 = time.perf_counter()
             n_tok = sum(g.num_tokens for g in hf.generate(prompts, p))
             rates[name] = n_tok / (time.perf_counter() - t0)
-        dtype = resolve_dtype(model_cfg.dtype)
-        print(f"\nhf engine, {args.hf_n} prompts, greedy, max 64 tokens, {dtype}")
+        hf_mt = args.hf_max_tokens
+        print(f"\nhf engine, {args.hf_n} prompts, greedy, max {hf_mt} tokens, {dtype}")
         print(f"  batched ({args.hf_n})     {rates['batched']:8.1f} tok/s")
         print(f"  one at a time    {rates['one at a time']:8.1f} tok/s")
         print(f"  ratio            {rates['batched'] / rates['one at a time']:8.2f}x")

@@ -6,6 +6,8 @@ its numbers. Sized for one GPU in a few minutes (README › Running on GPUs).
     python bench/gpu_check.py --tokenizer DIR         # a random-init small Llama, that tokenizer
                                                       # (machines without the bundled GGUF)
     python bench/gpu_check.py --only zero3,lora --out results/
+    python bench/gpu_check.py --smoke                 # the checks that run on a CPU, tiny sizes:
+                                                      # the script's own paths, not the GPU's
 
 Checks (each in its own process, with its own time limit):
   env            torch / CUDA / library versions and the GPU
@@ -18,12 +20,15 @@ Checks (each in its own process, with its own time limit):
   lora           LoRA, merged on export; lora_zero3: LoRA under ZeRO-3
 A train check passes when the reloaded export's loss on the training records is lower than the
 initial model's: the export holds the trained weights.
+`--smoke` runs SMOKE_CHECKS (or --only) with a few records, tokens and steps, on the shared cache's
+converted model; without CUDA the env check then passes as a dry run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,11 +52,21 @@ CHECKS = ["env", "generate", "ifd", "prompt_logprobs", *TRAIN_CHECKS]
 BEFORE_CHECK = "zero3_before"
 TIMEOUTS = {"env": 60, "generate": 120, "ifd": 180, "prompt_logprobs": 240}
 TRAIN_TIMEOUT = 300
+SMOKE_RUN = False  # --smoke: set in main(); without CUDA the env check is then a dry run
+# --smoke: what runs on a CPU in about a minute: one train check runs check_train's every step
+# (the others differ in config only), prompt_logprobs starts vLLM, DeepSpeed needs CUDA; --only
+# picks others.
+SMOKE_CHECKS = ["env", "generate", "ifd", "train_bf16"]
+# The sizes of the checks; --smoke replaces them with SMOKE_SIZES (in every check's process).
+SIZES = {"records": 32, "gen_tokens": 64, "max_length": 512, "steps": 4, "batch": 4}
+SMOKE_SIZES = {"records": 4, "gen_tokens": 8, "max_length": 128, "steps": 2, "batch": 2}
 
 
-def records(n: int = 32) -> list[dict]:
+def records(n: int | None = None) -> list[dict]:
     """The bundled seed instructions with a made-up answer each: something to fit and to score."""
     from core.records import read_records
+
+    n = SIZES["records"] if n is None else n
 
     seeds = list(read_records(ROOT / "core" / "data" / "seeds" / "tiny.jsonl"))
     out = []
@@ -105,7 +120,10 @@ def prepare_model(args: argparse.Namespace, work: Path) -> str:
     from core.config import compose_config
     from engines.models import resolve_model_path
 
-    cfg = compose_config(["model=smollm2_135m", f"cache_dir={work / 'cache'}"])
+    # A smoke run shares the converted model of the user's cache; a GPU check keeps to its
+    # scratch folder.
+    cache = [] if args.smoke else [f"cache_dir={work / 'cache'}"]
+    cfg = compose_config(["model=smollm2_135m", *cache])
     return resolve_model_path(cfg.model, cfg.models_dir)
 
 
@@ -127,6 +145,8 @@ def check_env(model: str, work: Path) -> dict:
         except md.PackageNotFoundError:
             out[name] = None
     out["ok"] = torch.cuda.is_available()
+    if SMOKE_RUN and not out["ok"]:
+        out.update(ok=True, dry_run="no CUDA: --smoke checks the script's paths on this CPU")
     return out
 
 
@@ -135,10 +155,12 @@ def check_generate(model: str, work: Path) -> dict:
     from engines.hf import HFEngine
 
     eng = HFEngine(model, dtype="bfloat16", batch_size=8)
-    prompts = [[{"role": "user", "content": r["instruction"]}] for r in records(8)]
+    prompts = [
+        [{"role": "user", "content": r["instruction"]}] for r in records(min(8, SIZES["records"]))
+    ]
     eng.generate(prompts[:1], Sampling(max_tokens=4))  # warm-up
     t0 = time.perf_counter()
-    gens = eng.generate(prompts, Sampling(max_tokens=64, seed=0))
+    gens = eng.generate(prompts, Sampling(max_tokens=SIZES["gen_tokens"], seed=0))
     dt = time.perf_counter() - t0
     tokens = sum(g.num_tokens for g in gens)
     return {
@@ -152,7 +174,7 @@ def check_generate(model: str, work: Path) -> dict:
 def _ifd(model: str, dtype: str, device_map: str | None = None) -> list[float]:
     from metrics.ifd import IFDScorer
 
-    sc = IFDScorer(model, dtype=dtype, device_map=device_map, max_length=512)
+    sc = IFDScorer(model, dtype=dtype, device_map=device_map, max_length=SIZES["max_length"])
     rows = sc.score(records())
     sc.close()
     return [r["loss_a_given_q"] for r in rows] + [r["loss_a"] for r in rows]
@@ -200,10 +222,11 @@ def prompt_logprobs_match(model: str) -> dict:
     from metrics.ifd import EngineIFDScorer, IFDScorer
 
     recs = records()
-    ref = IFDScorer(model, dtype="float32", max_length=512).score(recs)
-    engine = VLLMEngine(model, dtype="float32", max_model_len=1024)
+    length = SIZES["max_length"]
+    ref = IFDScorer(model, dtype="float32", max_length=length).score(recs)
+    engine = VLLMEngine(model, dtype="float32", max_model_len=2 * length)
     t0 = time.perf_counter()
-    got = EngineIFDScorer(model, engine, max_length=512).score(recs)
+    got = EngineIFDScorer(model, engine, max_length=length).score(recs)
     dt = time.perf_counter() - t0
     engine.close()
     keys = ("loss_a_given_q", "loss_q", "loss_a", "ifd")
@@ -237,9 +260,9 @@ def check_train(name: str, model: str, work: Path) -> dict:
         [
             *TRAIN_CHECKS[name],
             f"cache_dir={work / 'cache'}",
-            "train.max_steps=4",
-            "train.micro_batch_size=4",
-            "train.effective_batch_size=8",
+            f"train.max_steps={SIZES['steps']}",
+            f"train.micro_batch_size={SIZES['batch']}",
+            f"train.effective_batch_size={2 * SIZES['batch']}",
             "train.cutoff_len=256",
             "train.lr=1e-3",
             "train.warmup_ratio=0",
@@ -258,7 +281,7 @@ def check_train(name: str, model: str, work: Path) -> dict:
     dt = time.perf_counter() - t0
     after = _mean_loss(str(out / "hf"), recs)
     return {
-        "ok": after < before and summary["train/steps"] == 4,
+        "ok": after < before and summary["train/steps"] == SIZES["steps"],
         "strategy": summary["train/strategy"],
         "steps": summary["train/steps"],
         "compute_dtype": summary["train/compute_dtype"],
@@ -291,19 +314,27 @@ def main() -> int:
     ap.add_argument("--out", help="a folder for gpu_check.json")
     ap.add_argument("--work", help="a scratch folder (default: a temp dir)")
     ap.add_argument("--before", help="a folder with an earlier training/ package (zero3_before)")
+    ap.add_argument("--smoke", action="store_true", help="CPU-runnable checks, tiny sizes")
     ap.add_argument("--run", help=argparse.SUPPRESS)  # one check, in this process
     args = ap.parse_args()
+    if args.smoke:
+        global SMOKE_RUN
+        SMOKE_RUN = True
+        SIZES.update(SMOKE_SIZES)
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check-"))
     if args.run:
         res = run_one(args.run, args.model, work, args.before)
         print("RESULT " + json.dumps(res))
         return 0
-    checks = args.only.split(",") if args.only else list(CHECKS)
+    checks = args.only.split(",") if args.only else list(SMOKE_CHECKS if args.smoke else CHECKS)
     if args.before and BEFORE_CHECK not in checks:
         checks.append(BEFORE_CHECK)
     unknown = [c for c in checks if c not in [*CHECKS, BEFORE_CHECK]]
     if unknown:
         ap.error(f"unknown check(s) {unknown}; valid: {', '.join(CHECKS)}")
+    from _machine import print_machine
+
+    print_machine("hf and vllm (per check)", "bfloat16 (fp32 references)")
     model = prepare_model(args, work)
     print(f"model: {model}\nwork: {work}", flush=True)
     results = {}
@@ -312,6 +343,8 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--run", check, "--model", model, "--work", str(work)]
         if args.before:
             cmd += ["--before", str(Path(args.before).resolve())]
+        if args.smoke:
+            cmd.append("--smoke")
         limit = TIMEOUTS.get(check, TRAIN_TIMEOUT)
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=ROOT)
@@ -334,6 +367,8 @@ def main() -> int:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "gpu_check.json").write_text(json.dumps(results, indent=1))
+    if args.smoke and not args.work:
+        shutil.rmtree(work, ignore_errors=True)  # a smoke run's checkpoints are of no use after
     failed = [c for c, r in results.items() if r["status"] == "FAIL"]
     print(
         f"\n{len(results) - len(failed)}/{len(results)} passed or skipped"

@@ -3,11 +3,13 @@ attention mask, HF's own loss) against the project's scorer (two batched passes)
 process.
 
     python bench/ifd_throughput.py [--n 200] [--threads N]
+    python bench/ifd_throughput.py --smoke     # every path at the smallest sizes (seconds)
 
-Prints records/s of each, their ratio, the max relative difference of every score, achieved FLOP/s
-(2 x parameters x tokens/s) against a measured matmul of the same dtype, and the ceiling: the best
-ratio any scorer that runs the project's tokens could reach at that matmul's peak. Targets on a
-2-core CPU: fp32 ratio >= 2 with max relative difference <= 1e-4; bf16 ratio >= 4.
+Prints the machine, records/s of each, their ratio, the max relative difference of every score,
+achieved FLOP/s (2 x parameters x tokens/s) against a measured matmul of the same dtype, and the
+ceiling: the best ratio any scorer that runs the project's tokens could reach at that matmul's
+peak. Targets on a 2-core CPU: fp32 ratio >= 2 with max relative difference <= 1e-4; bf16 ratio
+>= 4.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import random
 import time
 
 import torch
+from _machine import print_machine
+
+# --smoke: a few short records and a small matmul; the figures are not meaningful, the paths run.
+SMOKE = {"n": 4, "max_length": 256, "chunk": 2, "matmul_n": 256, "words": (10, 30)}
 
 WORDS = (
     "the model answers each question with care and explains every step of its reasoning so that a "
@@ -25,7 +31,7 @@ WORDS = (
 ).split()
 
 
-def make_records(n: int, seed: int = 0) -> list[dict]:
+def make_records(n: int, seed: int = 0, words: tuple[int, int] = (60, 260)) -> list[dict]:
     from core.config import compose_config
     from core.data import load_seeds
 
@@ -34,8 +40,8 @@ def make_records(n: int, seed: int = 0) -> list[dict]:
     out = []
     for i in range(n):
         s = seeds[i % len(seeds)]
-        words = rng.randint(60, 260)
-        answer = " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
+        k = rng.randint(*words)
+        answer = " ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + "."
         out.append(
             {
                 "id": f"b{i}",
@@ -99,7 +105,12 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--chunk", type=int, default=100, help="records per interleaved timing slice")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--matmul-n", type=int, default=2048, help="side of the peak-FLOP/s matmul")
+    ap.add_argument("--smoke", action="store_true", help="smallest sizes: checks the bench runs")
     args = ap.parse_args()
+    args.words = (60, 260)
+    if args.smoke:
+        vars(args).update(SMOKE)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -109,9 +120,10 @@ def main() -> None:
     from engines.models import resolve_model_path
     from metrics.ifd import IFDScorer
 
+    print_machine("transformers (the reference and IFDScorer)", "float32 and bfloat16")
     cfg = compose_config()
     path = resolve_model_path(cfg.model, cfg.models_dir)
-    records = make_records(args.n)
+    records = make_records(args.n, words=args.words)
 
     # The reference: the model as transformers loads it by default, in fp32.
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -142,7 +154,10 @@ def main() -> None:
             got[dtype] += scorer.score(part)
             took[dtype] += time.perf_counter() - t0
 
-    peaks = {d: matmul_flops(torch.float32 if d == "float32" else torch.bfloat16) for d in scorers}
+    peaks = {
+        d: matmul_flops(torch.float32 if d == "float32" else torch.bfloat16, args.matmul_n)
+        for d in scorers
+    }
     rate_ref = len(records) / t_ref
     ref_flops = 2 * n_params * ref_tokens / t_ref
     print(

@@ -11,6 +11,8 @@ the side-by-side ratios: time(8N) / time(N) is about 8 for a linear reader.
 `read_records` (which also checks every record and names file:line on errors) beside a plain
 `json.load` / line loop of the same file; target: read_records at >= 0.5 of the plain speed.
 
+    .venv/bin/python bench/read_records.py --smoke   (both of the above, at the smallest sizes)
+
 Measured on a 2-core Xeon, --n 6500: read_records 0.03 s / 0.25 s (8N/N 8.5); the quadratic
 numbering 4.1 s / 302 s (8N/N 74); at 52K records, 1223x.
 """
@@ -26,7 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _machine import print_machine  # noqa: E402
+
 from core.records import read_records  # noqa: E402
+
+# --smoke: both comparisons on files of a few hundred records; the figures are not meaningful.
+SMOKE = {"n": 50, "alpaca": 200, "sharegpt_mb": 1}
 
 
 def quadratic(path: Path) -> int:
@@ -87,30 +94,41 @@ def side_by_side(alpaca: int, sharegpt_mb: int) -> None:
         print("target: plain / ours >= 0.5")
 
 
+def linear(n: int) -> None:
+    rows = [
+        {"instruction": f"Question {i}: " + "word " * 20, "input": "", "output": "answer " * 40}
+        for i in range(8 * n)
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        small, big = Path(d) / "small.json", Path(d) / "big.json"
+        small.write_text(json.dumps(rows[:n], indent=2))
+        big.write_text(json.dumps(rows, indent=2))
+        now = [timed(lambda p: sum(1 for _ in read_records(p)), p) for p in (small, big)]
+        old = [timed(quadratic, p) for p in (small, big)]
+    print(f"{'reader':<22}{'N=' + str(n):>12}{'8N':>12}{'8N / N':>10}")
+    print(f"{'read_records (now)':<22}{now[0]:>11.2f}s{now[1]:>11.2f}s{now[1] / now[0]:>10.1f}")
+    print(f"{'quadratic (before)':<22}{old[0]:>11.2f}s{old[1]:>11.2f}s{old[1] / old[0]:>10.1f}")
+    print(f"at 8N, before / now: {old[1] / now[1]:.1f}x")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000, help="records in the small file (8x in the big)")
     ap.add_argument("--plain", action="store_true", help="beside json.load / a line loop")
     ap.add_argument("--alpaca", type=int, default=52002)
     ap.add_argument("--sharegpt-mb", type=int, default=200)
+    ap.add_argument("--smoke", action="store_true", help="both comparisons, smallest sizes")
     args = ap.parse_args()
-    if args.plain:
+    if args.smoke:
+        vars(args).update(SMOKE)
+    print_machine("none (reading files, no model)", "n/a")
+    if args.smoke:
+        linear(args.n)
         side_by_side(args.alpaca, args.sharegpt_mb)
-        return
-    rows = [
-        {"instruction": f"Question {i}: " + "word " * 20, "input": "", "output": "answer " * 40}
-        for i in range(8 * args.n)
-    ]
-    with tempfile.TemporaryDirectory() as d:
-        small, big = Path(d) / "small.json", Path(d) / "big.json"
-        small.write_text(json.dumps(rows[: args.n], indent=2))
-        big.write_text(json.dumps(rows, indent=2))
-        now = [timed(lambda p: sum(1 for _ in read_records(p)), p) for p in (small, big)]
-        old = [timed(quadratic, p) for p in (small, big)]
-    print(f"{'reader':<22}{'N=' + str(args.n):>12}{'8N':>12}{'8N / N':>10}")
-    print(f"{'read_records (now)':<22}{now[0]:>11.2f}s{now[1]:>11.2f}s{now[1] / now[0]:>10.1f}")
-    print(f"{'quadratic (before)':<22}{old[0]:>11.2f}s{old[1]:>11.2f}s{old[1] / old[0]:>10.1f}")
-    print(f"at 8N, before / now: {old[1] / now[1]:.1f}x")
+    elif args.plain:
+        side_by_side(args.alpaca, args.sharegpt_mb)
+    else:
+        linear(args.n)
 
 
 if __name__ == "__main__":

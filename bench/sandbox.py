@@ -8,6 +8,7 @@ interpreter (the standard-library modules it preloads imported), which every pro
 and prints the ratio one worker could reach if nothing else cost anything.
 
     python bench/sandbox.py [--functions 200] [--cases 10] [--workers 0]
+    python bench/sandbox.py --smoke     # every mode at the smallest sizes (seconds)
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _machine import print_machine  # noqa: E402
+
 from core.sandbox import WORKER, SandboxPool, default_workers  # noqa: E402
+
+# --smoke: a few programs, two workers (the pool's sharing runs); the figures are not meaningful.
+SMOKE = {"functions": 6, "cases": 2, "workers": 2}
 
 FLOOR = """
 import os, time
@@ -68,7 +74,11 @@ def main() -> None:
     ap.add_argument("--functions", type=int, default=200)
     ap.add_argument("--cases", type=int, default=10)
     ap.add_argument("--workers", type=int, default=0, help="pool size; 0: one per core")
+    ap.add_argument("--smoke", action="store_true", help="smallest sizes: checks the bench runs")
     args = ap.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
+    print_machine("none (programs in the sandbox, no model)", "n/a")
     funcs = [FUNCS[i % len(FUNCS)] + f"\n# variant {i}\n" for i in range(args.functions)]
     cases = [[CASES[k % len(CASES)]] for k in range(args.cases)]
     pairs = args.functions * args.cases
