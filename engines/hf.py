@@ -11,6 +11,7 @@ import torch
 from core.errors import ConfigError
 from engines.base import Chat, Generation, Sampling, cut_at_stop, per_prompt
 from engines.precision import resolve_dtype, torch_dtype
+from engines.turns import eos_ids, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class HFEngine:
         self.max_model_len = max_model_len or getattr(
             self.model.config, "max_position_embeddings", 4096
         )
+        # The model's EOS ids and the turn end of the template its chats are rendered with: a
+        # base model given a chat template stops where the template ends an answer.
+        self.eos_ids = eos_ids(self.tokenizer, self.model.generation_config)
+        self.eos_ids += [i for i in stop_token_ids(self.tokenizer) if i not in self.eos_ids]
         log.info("hf engine: loaded %s (%s) in %.1fs", path, dtype, time.perf_counter() - t0)
 
     def generate(
@@ -107,6 +112,7 @@ class HFEngine:
             pad_token_id=tok.pad_token_id,
             return_dict_in_generate=True,
             output_logits=params.top1_logprobs > 0,
+            eos_token_id=self.eos_ids or None,
         )
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -119,7 +125,7 @@ class HFEngine:
             kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
         out = self.model.generate(**enc, **kwargs)
         new = out.sequences[:, prompt_len:]
-        eos_ids = self._eos_ids()
+        eos_ids = set(self.eos_ids)
         gens = []
         for b in range(new.shape[0]):
             ids = new[b].tolist()
@@ -152,12 +158,6 @@ class HFEngine:
                 )
             )
         return gens
-
-    def _eos_ids(self) -> set[int]:
-        ids = self.model.generation_config.eos_token_id
-        if ids is None:
-            ids = self.tokenizer.eos_token_id
-        return set(ids if isinstance(ids, list) else [ids])
 
     def close(self) -> None:
         del self.model

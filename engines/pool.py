@@ -63,18 +63,32 @@ class EnginePool:
         self.stats = EngineStats()
         self._loaded: tuple[str, Engine] | None = None
 
+    def settings(self, model_cfg: Any) -> tuple[Any, str]:
+        """(engine settings, resolved kind) for one model: the job's `engine`, with the model's
+        own `engine` mapping over it (a judge behind an OpenAI-compatible API while the student
+        runs on vLLM: `engine: {kind: openai, base_url: ..., served_model: gpt-4}`)."""
+        own = model_cfg.get("engine") if hasattr(model_cfg, "get") else None
+        if not own:
+            return self.engine_cfg, self.kind
+        # The job's settings hold only its engine's keys (struct): open them for the model's.
+        base = self.engine_cfg
+        if OmegaConf.is_config(base):
+            base = OmegaConf.to_container(base, resolve=True)
+        cfg = OmegaConf.merge(OmegaConf.create(base), own)
+        return cfg, resolve_engine_kind(cfg.kind)
+
     def runtime_identity(self, model_cfg: Any) -> dict:
         """What else decides the outputs, beside the model and the decoding: the server and the
         model it serves (openai), vLLM's engine seed, the context length, and GPU sampling (its
         random streams differ from the CPU's). Only what is set, so earlier keys stay valid."""
         from engines.vllm_engine import cuda_device_count
 
-        e = self.engine_cfg
+        e, kind = self.settings(model_cfg)
         out: dict[str, Any] = {}
-        if self.kind == "openai":
+        if kind == "openai":
             out.update(base_url=e.get("base_url"), served_model=e.get("served_model"))
         else:
-            if self.kind == "vllm" and int(e.get("seed") or 0) != 0:
+            if kind == "vllm" and int(e.get("seed") or 0) != 0:
                 out["seed"] = int(e.seed)
             if model_cfg.get("max_model_len"):
                 out["max_model_len"] = int(model_cfg.max_model_len)
@@ -87,8 +101,9 @@ class EnginePool:
         if self._loaded and self._loaded[0] == name:
             return self._loaded[1]
         self.release()
-        log.info("loading %s with the %s engine", name, self.kind)
-        cfg = OmegaConf.merge(self.engine_cfg, {"kind": self.kind})
+        e, kind = self.settings(model_cfg)
+        log.info("loading %s with the %s engine", name, kind)
+        cfg = OmegaConf.merge(e, {"kind": kind})
         t0 = time.perf_counter()
         self._loaded = (name, build_engine(cfg, model_cfg, self.models_dir))
         self.stats.load_seconds += time.perf_counter() - t0
@@ -114,16 +129,17 @@ class EnginePool:
     ) -> dict[str, Generation]:
         """Generations for (id, prompt, sampling) items; cached by everything they depend on."""
         by_id = {i: (prompt, sampling) for i, prompt, sampling in items}
+        engine_cfg, kind = self.settings(model_cfg)
         # The resolved format decides the outputs (auto is bf16 on one machine, fp32 on another);
         # a server's format is the server's business.
         dtype = (
             None
-            if self.kind == "openai"
-            else resolve_dtype(self.engine_cfg.get("dtype") or model_cfg.get("dtype"))
+            if kind == "openai"
+            else resolve_dtype(engine_cfg.get("dtype") or model_cfg.get("dtype"))
         )
         payload = {
             "model": model_identity(model_cfg),
-            "engine": self.kind,
+            "engine": kind,
             "dtype": dtype,
             "items": [(i, p, sampling_key(s)) for i, p, s in items],
         }
@@ -145,10 +161,7 @@ class EnginePool:
         from engines.vllm_engine import cuda_device_count
 
         chunk = chunk_size_for(
-            self.engine_cfg.get("chunk_size", "auto"),
-            self.kind,
-            cuda_device_count(),
-            self.engine_cfg,
+            engine_cfg.get("chunk_size", "auto"), kind, cuda_device_count(), engine_cfg
         )
         raw = self.cache.run(
             step, payload, list(by_id), compute, chunk, desc=desc, keep=_not_failed

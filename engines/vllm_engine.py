@@ -62,6 +62,24 @@ def cpu_kv_cache_bytes(path: str, dtype: str, max_model_len: int | None, gib: fl
     return max(int(float(gib) * 2**30), need)
 
 
+def template_stop_ids(path: str, chat_template: str | None, llm=None) -> list[int]:
+    """The turn end of the template chats are rendered with (engines.turns), from vLLM's own
+    tokenizer where an engine is up, else the checkpoint's."""
+    from engines.turns import stop_token_ids
+
+    tokenizer = None
+    if llm is not None:
+        try:
+            tokenizer = llm.get_tokenizer()
+        except Exception:  # a vLLM without it: read the checkpoint's
+            tokenizer = None
+    if tokenizer is None:
+        from engines.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(path)
+    return stop_token_ids(tokenizer, chat_template)
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -131,6 +149,9 @@ class VLLMEngine:
             self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         except Exception:
             self.max_model_len = int(max_model_len or 0)
+        # vLLM stops on generation_config.json's eos ids (an export's include its turn end); a
+        # model given a chat template here (a base model by name) is told that template's too.
+        self.stop_token_ids = template_stop_ids(path, chat_template, self.llm)
         log.info("vllm engine: started %s in %.1fs", path, time.perf_counter() - t0)
 
     def _params(self, p: Sampling):
@@ -141,6 +162,7 @@ class VLLMEngine:
             seed=p.seed if self.per_prompt_seeds else None,
             logprobs=max(1, p.top_logprobs) if p.top1_logprobs > 0 else None,
             stop=list(p.stop) or None,
+            stop_token_ids=self.stop_token_ids or None,
         )
 
     def generate(

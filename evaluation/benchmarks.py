@@ -8,16 +8,22 @@ A benchmark file (`evaluation/benchmarks/<name>.yaml`, or any folder in `eval.be
     lm_eval: gsm8k/gsm8k.yaml     # lm-eval's task YAML it starts from (under lm_eval/tasks), or
     task: {...}                   # an lm-eval task config of its own (merged over `lm_eval`'s)
     resolve: false                # resolve lm-eval's `!function` tags when loading its YAML
-    builder: null                 # "module:function" (bench, data_dir, fewshot) -> [task configs]
+    builder: null                 # "module:function" (bench, data_dir, fewshot) -> [task configs];
+                                  # `task` is merged over each config it builds
     local: {test: test.jsonl}     # split -> file under <eval.data_dir>/<name>/ (hub schema)
     local_optional: {train: train.jsonl}   # used when present (always when fewshot > 0)
     default_fewshot: 0            # the builder's default when eval.num_fewshot does not say
     headlines:                    # summary key <name>/<key> -> metric key in lm-eval's results
       strict: exact_match,strict-match
     lower_is_better: []           # headline keys where smaller is better
+    variant_of: null              # a protocol variant of another benchmark: its name (and data
+    variant: null                 # folder), and the `eval.variant` that selects it (opencompass)
 
-`eval.tasks` names benchmarks; summary.json, the comparison and the plots read the headlines from
-here.
+`eval.tasks` names benchmarks; `eval.variant` (default `lm_eval`) swaps each for its variant of
+that name where one exists, so a domain's task list (conf/domain) runs under either protocol. A
+variant reports under its own name (`gsm8k_oc/accuracy`): numbers from different prompts and
+answer extraction never share a summary key. summary.json, the comparison and the plots read the
+headlines from here.
 """
 
 from __future__ import annotations
@@ -49,7 +55,14 @@ class Benchmark:
     default_fewshot: int = 0
     headlines: dict[str, str] = field(default_factory=dict)
     lower_is_better: list[str] = field(default_factory=list)
+    variant_of: str | None = None
+    variant: str | None = None
     source: str = ""  # the file it was read from
+
+    @property
+    def data_name(self) -> str:
+        """The folder under `eval.data_dir` its files are in: a variant reads its base's data."""
+        return self.variant_of or self.name
 
     def headline_keys(self) -> list[str]:
         return [f"{self.name}/{k}" for k in self.headlines]
@@ -61,7 +74,7 @@ class Benchmark:
         """lm-eval task config dicts for this benchmark (before the run's length settings)."""
         if self.builder:
             build: Callable = load_impl(self.builder, f"benchmark {self.name} builder")
-            return build(self, data_dir, fewshot)
+            return [{**cfg, **self.task} for cfg in build(self, data_dir, fewshot)]
         cfg: dict[str, Any] = {}
         if self.lm_eval:
             from evaluation.tasks import lm_eval_yaml
@@ -74,17 +87,17 @@ class Benchmark:
         return [cfg]
 
     def local_source(self, data_dir: Path, fewshot: int) -> dict[str, Any]:
-        """`dataset_path: json` over this benchmark's files under `data_dir/<name>/`."""
+        """`dataset_path: json` over this benchmark's files under `data_dir/<data_name>/`."""
         from evaluation.tasks import local_files
 
         splits = dict(self.local)
         missing_optional = False
         for split, fname in self.local_optional.items():
-            if fewshot or (data_dir / self.name / fname).is_file():
+            if fewshot or (data_dir / self.data_name / fname).is_file():
                 splits[split] = fname
             else:
                 missing_optional = True
-        out = local_files(self.name, data_dir, splits)
+        out = local_files(self.data_name, data_dir, splits)
         if missing_optional:  # no few-shot source: lm-eval must not look for one
             out |= {"training_split": None, "fewshot_split": None}
         return out
@@ -134,11 +147,44 @@ class BenchmarkRegistry:
             raise unknown_option("eval task", name, list(self._all()))
         return self._all()[name]
 
+    def variants(self) -> list[str]:
+        """The values `eval.variant` takes: `lm_eval` (the benchmarks as defined) and every
+        variant a benchmark file declares."""
+        return ["lm_eval", *sorted({b.variant for b in self._all().values() if b.variant})]
+
+    def resolve(self, name: str, variant: str | None) -> Benchmark:
+        """The benchmark `eval.tasks` entry `name` runs as under `eval.variant`: its variant of
+        that name when it has one, else itself (IFEval has one protocol everywhere)."""
+        valid = self.variants()
+        if (variant or "lm_eval") not in valid:
+            raise unknown_option("eval.variant", str(variant), valid)
+        bench = self.get(name)
+        if variant in (None, "lm_eval") or bench.variant_of:
+            return bench
+        for other in self._all().values():
+            if other.variant_of == bench.name and other.variant == variant:
+                return other
+        return bench
+
+    def for_task(self, task: str) -> Benchmark | None:
+        """The benchmark an lm-eval task name belongs to: the one it is named after, or whose
+        name plus `_` begins it (MATH's `math_algebra`); the longest such name wins, so
+        `gsm8k_oc` is not counted as `gsm8k`."""
+        owners = [
+            b for b in self._all().values() if task == b.name or task.startswith(f"{b.name}_")
+        ]
+        return max(owners, key=lambda b: len(b.name), default=None)
+
     def names(self) -> list[str]:
         return [b.name for b in self]
 
     def __iter__(self) -> Iterator[Benchmark]:
-        return iter(sorted(self._all().values(), key=lambda b: (b.order, b.name)))
+        # A variant sorts just before its base: code that takes the first benchmark whose name
+        # begins a task name then finds `gsm8k_oc` for the task gsm8k_oc, not `gsm8k`.
+        def key(b: Benchmark) -> tuple:
+            return (b.order, b.variant_of or b.name, b.variant_of is None, b.name)
+
+        return iter(sorted(self._all().values(), key=key))
 
     def __contains__(self, name: str) -> bool:
         return name in self._all()

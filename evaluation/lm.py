@@ -28,7 +28,7 @@ class EngineLM(LM):
         model_cfg: Any = None,
         tokenizer_path: str | None = None,
         step: str = "eval",
-        default_max_tokens: int = 1024,
+        default_max_tokens: int | None = None,
         max_model_len: int | None = None,
         **kwargs: Any,
     ):
@@ -38,7 +38,9 @@ class EngineLM(LM):
         self.pool = pool
         self.model_cfg = model_cfg
         self.step = step
-        self.default_max_tokens = default_max_tokens
+        # A task that sets no max_gen_toks gets what lm-eval's own models give it (256), so this
+        # path, the eval.backend=hf cross-check and published lm-eval numbers agree.
+        self.default_max_tokens = default_max_tokens or lm_eval_max_gen_toks()
         self.max_model_len = max_model_len or int(model_cfg.get("max_model_len") or 2048)
         from engines.hf import load_tokenizer
         from engines.models import resolve_model_path
@@ -48,6 +50,24 @@ class EngineLM(LM):
         )
         if model_cfg.get("chat_template"):
             self.tokenizer.chat_template = model_cfg.chat_template
+        from engines.turns import stop_token_ids
+
+        # As lm-eval's own backends add the EOS to `until`: the turn end of the template the
+        # prompts are rendered with (the engines stop on its id as well).
+        # The EOS itself is left out: every engine stops on it already, and leaving it out keeps
+        # the cache keys of models whose turn end is their EOS (the bundled one) as they were.
+        ids = stop_token_ids(self.tokenizer)
+        eos = self.tokenizer.eos_token
+        self.turn_end = tuple(t for t in self.tokenizer.convert_ids_to_tokens(ids) if t != eos)
+
+    # -- what lm-eval records about the model (results.json), as its HF model reports it ---------
+    @property
+    def eot_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self.max_model_len
 
     # -- chat template --------------------------------------------------------------------------
     @property
@@ -99,7 +119,7 @@ class EngineLM(LM):
             temperature=temperature,
             top_p=float(kw.pop("top_p", 1.0) or 1.0),
             max_tokens=min(max_tokens, room),
-            stop=tuple(until),
+            stop=tuple(dict.fromkeys([*until, *self.turn_end])),
             seed=0 if temperature > 0 else None,
         )
 
@@ -111,6 +131,16 @@ class EngineLM(LM):
 
     def loglikelihood_rolling(self, requests: list) -> list[float]:
         return self.loglikelihood(requests)  # type: ignore[return-value]
+
+
+def lm_eval_max_gen_toks() -> int:
+    """lm-eval's default generation budget: the one its backends share (models.utils), which
+    HFLM and vLLM also use."""
+    import inspect
+
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    return int(inspect.signature(normalize_gen_kwargs).parameters["default_max_gen_toks"].default)
 
 
 def _standalone(model: str = "smollm2_135m", engine: str = "auto", cache_dir: str | None = None):

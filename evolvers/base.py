@@ -85,6 +85,11 @@ class Scenario:
         greedily (generation.greedy), for analysis calls a scenario may make."""
         raise NotImplementedError
 
+    def greedy_role(self) -> tuple[Any, str]:
+        """(role value, config key) of the model behind `greedy` in `evolve_round`: null is the
+        evolver; a scenario whose analysis calls belong to one fixed model names its key."""
+        return None, "model"
+
     def counts(self, records: list[Record]) -> dict[str, Any]:
         """The round's numbers for metrics.json › evolve (attempted, parsed, failed, ...)."""
         return evolve_counts(records)

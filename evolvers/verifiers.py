@@ -77,11 +77,13 @@ def find_json_object(text: str) -> tuple[dict | None, str | None]:
     return None, (BAD_JSON if "{" in text else NO_JSON)
 
 
-def as_bool(value: Any) -> bool | None:
-    """JSON booleans, and "true"/"false" strings (any case) as booleans; anything else None."""
+def as_bool(value: Any, strings: bool = True) -> bool | None:
+    """JSON booleans, and with `strings` "true"/"false" strings (any case) as booleans; anything
+    else None. Upstream AutoIF compares a case's output to the function's bool as it is, so a
+    string never agrees and its case is lost (`strings=False`)."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+    if strings and isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     return None
 
@@ -100,15 +102,17 @@ def compile_error(code: str) -> str | None:
     return None
 
 
-def parse_verifier(text: str) -> VerifierReply:
-    """Parse one verifier reply (SPEC §3.3). Cases are read even when the function fails."""
+def parse_verifier(text: str, string_booleans: bool = True) -> VerifierReply:
+    """Parse one verifier reply (SPEC §3.3). Cases are read even when the function fails; a case
+    whose output is not a boolean (`string_booleans=False`: a "true"/"false" string either) is a
+    bad case."""
     obj, failure = find_json_object(text)
     if obj is None:
         return VerifierReply(failure=failure)
     out = VerifierReply()
     raw_cases = obj.get("cases")
     for case in raw_cases if isinstance(raw_cases, list) else []:
-        expected = as_bool(case.get("output")) if isinstance(case, dict) else None
+        expected = as_bool(case.get("output"), string_booleans) if isinstance(case, dict) else None
         inp = case.get("input") if isinstance(case, dict) else None
         if isinstance(inp, str) and expected is not None:
             out.cases.append((inp, expected))

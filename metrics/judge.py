@@ -32,12 +32,16 @@ def parse_complexity(text: str, finish_reason: str = "stop") -> float | None:
 
 
 def parse_difficulty(text: str, finish_reason: str = "stop") -> str | None:
-    """The label after the last "Difficulty:" the template asks to end with, else the last label
-    mentioned, case-insensitive ("very hard" is not read as "hard"). A reply cut off by the token
-    cap before its "Difficulty:" line is a failure: its last label is only part of the reasoning."""
+    """The level the judge gave. The template asks for the level alone (the paper's structure),
+    so a reply that opens with a label is that label; a reply that reasons first is read at its
+    last "Difficulty:" marker, else at its last label mentioned, case-insensitive ("very hard" is
+    not read as "hard"). A reply cut off by the token cap that neither opens with a label nor
+    has a marker is a failure: its last label is only part of the reasoning."""
     marker = _MARKER_RE.split(text)
     if len(marker) > 1 and (found := _LABEL_RE.findall(marker[-1])):
         return " ".join(found[0].lower().split())
+    if opening := _LABEL_RE.match(text.strip().lstrip("*'\"`#:- \n")):
+        return " ".join(opening.group(0).lower().split())
     if finish_reason == "length":
         return None
     found = _LABEL_RE.findall(text)
@@ -80,9 +84,10 @@ class JudgeConfig(MetricConfig):
     templates: dict[str, str | None] = field(
         default_factory=lambda: {"complexity": None, "difficulty": None}
     )
-    # Tokens each judge may generate (never more than generation.greedy.max_tokens).
-    max_tokens: dict[str, int] = field(
-        default_factory=lambda: {"complexity": 24, "difficulty": 128}
+    # Tokens each judge may generate: null = generation.greedy.max_tokens (the paper's 2048: a
+    # judge that answers as asked stops after a few tokens); a number caps it (the demo's).
+    max_tokens: dict[str, int | None] = field(
+        default_factory=lambda: {"complexity": None, "difficulty": None}
     )
 
 
@@ -133,9 +138,11 @@ class JudgeMetric(Metric):
             gen = self.ctx.generator(
                 f"judge_{kind}", model_cfg, run_cfg.generation.greedy, f"{set_name} {kind}"
             )
-            # A judge answers a number or a short label: generating to the run's length limit
-            # would cost minutes for nothing.
-            cap = min(int(cfg.max_tokens[kind]), int(run_cfg.generation.greedy.max_tokens))
+            # A judge answers a number or a short label; a cap (the demo's) bounds a model that
+            # rambles instead.
+            cap = int(run_cfg.generation.greedy.max_tokens)
+            if cfg.max_tokens.get(kind) is not None:
+                cap = min(int(cfg.max_tokens[kind]), cap)
             gens = gen(
                 [(r["id"], judge_prompt(r, templates[kind])) for r in records], max_tokens=cap
             )

@@ -3,6 +3,8 @@
 Two steps need another arm's result inside a job:
 - `filter.equal_size=smallest` cuts this job's set to the smallest arm's size, the arms being the
   sweep's values of `filter.equal_across` (the evolver, `model`, by default);
+  `scenario.equal_size_constraints=smallest` (AutoIF) does the same with constraints, after
+  the evolve stage;
 - `eval.pairwise.against_arm=filter=ifd` judges this job's model against the model trained by the
   job that differs from this one by that override (the paper's IC-IFD vs IFD win rates).
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,9 +110,11 @@ def run_arm(
     run_dir: Path,
     equal_size: bool = True,
     cache_only: bool = False,
+    cut: str = "filter.equal_size",
 ) -> Any:
     """The arm `changes` run up to `stages` in `<run_dir>/arms/<changes>/`; returns its Run.
-    `equal_size=False`: the arm's set before its own equal-size cut (what `arm_sizes` needs).
+    `equal_size=False`: the arm's set before its own equal-size cut `cut` (the key set to null;
+    what `arm_sizes` needs).
     `cache_only`: nothing is computed; a result not in the cache is a NotCached error naming the
     arm and the command that computes it."""
     from core.errors import NotCached
@@ -120,7 +125,7 @@ def run_arm(
     # its size is what is asked, which would otherwise recurse).
     extras = [f"++stages=[{stage_list}]", "++eval.pairwise.enabled=false"]
     if not equal_size:
-        extras.append("++filter.equal_size=null")
+        extras.append(f"++{cut}=null")
     overrides = arm_overrides(job, [*changes, *extras])
     try:
         cfg = compose_config(overrides)
@@ -150,15 +155,19 @@ def arm_sizes(
     stages: list[str],
     run_dir: Path,
     cache_only: bool = False,
+    cut: str = "filter.equal_size",
+    size_of: Callable[[Any], int] | None = None,
 ) -> dict[str, int]:
     """{arm value: records it selects} for every value of `key` in the sweep; this job's own
-    size is `own`, the others are run through `stages` (this job's, up to its filter)."""
+    size is `own`, the others are run through `stages` (this job's, up to its filter) with the
+    cut `cut` off. `size_of(run)`: another measure of an arm's size than what its filter kept
+    (the constraints of `scenario.equal_size_constraints`)."""
     values = job.sweep.get(key)
     if not values or len(values) < 2:
         raise ConfigError(
-            f"filter.equal_size=smallest: this job is not part of a sweep over {key} "
+            f"{cut}=smallest: this job is not part of a sweep over {key} "
             f"(filter.equal_across); sweep it (python run.py -m {key}=a,b ...) or set "
-            "filter.equal_size to a number"
+            f"{cut} to a number"
         )
     mine = parse_overrides(job.task).get(key, [None])[0]
     sizes: dict[str, int] = {}
@@ -167,7 +176,16 @@ def arm_sizes(
             sizes[value] = own
             continue
         arm = run_arm(
-            job, [f"{key}={value}"], stages, run_dir, equal_size=False, cache_only=cache_only
+            job,
+            [f"{key}={value}"],
+            stages,
+            run_dir,
+            equal_size=False,
+            cache_only=cache_only,
+            cut=cut,
         )
-        sizes[value] = int((arm.filter_counts or {}).get("kept", 0))
+        if size_of is not None:
+            sizes[value] = int(size_of(arm))
+        else:
+            sizes[value] = int((arm.filter_counts or {}).get("kept", 0))
     return sizes

@@ -106,6 +106,7 @@ class Run:
         self.pool = EnginePool(cfg.engine, self.cache, cfg.models_dir)
         self.metrics: dict[str, dict] = {}  # set name -> {stage: counts}
         self.filter_counts: dict | None = None
+        self.constraints: int | None = None  # AutoIF: constraints evolved, before their cut
         self.train_summary: dict | None = None
         self.train_dir: Path | None = None
         self.eval_summary: dict | None = None
@@ -195,7 +196,7 @@ class Run:
             )
             greedy = self.generator(
                 f"evolve_{self.cfg.scenario.name}_greedy",
-                self.cfg.model,
+                self.ctx.role(*scenario.greedy_role()),
                 self.cfg.generation.greedy,
                 desc=f"round {r} analysis",
             )
@@ -301,6 +302,54 @@ class Run:
         counts["equal_size"] = size
         counts["kept"] = size
         return subsample(kept, size, int(self.cfg.seed))
+
+    def _cut_constraints(
+        self, scenario: Scenario, sets: dict[str, list[Record]]
+    ) -> dict[str, list[Record]]:
+        """`scenario.equal_size_constraints` (AutoIF, SPEC §3.6): the last round's records cut to
+        a seeded sample of N constraints (smallest: the smallest arm's count), each with all its
+        queries. It runs before the respond stage, so the responses, the scores and the set-level
+        metrics (diversity) are the cut set's, as the paper computed them. The cut set goes to
+        `<set>/cut.jsonl`, the counts to metrics.json › cut."""
+        cut = getattr(scenario, "cut_constraints", None)  # scenarios whose records have one
+        if cut is None or not sets:
+            return sets
+        name = list(sets)[-1]
+        records = self._usable(sets[name])
+        self.constraints = len(scenario.constraints(records))  # what another arm's cut reads
+        size = scenario.cfg.equal_size_constraints
+        if size is None:
+            return sets
+        counts: dict[str, Any] = {
+            "constraints_before": self.constraints,
+            "records_before": len(records),
+        }
+        if size == "smallest":
+            self.pool.release()  # the other arms load their own models
+            sizes = arm_sizes(
+                self.job,
+                str(self.cfg.filter.equal_across),
+                self.constraints,
+                self._stages_to("evolve"),
+                self.dir,
+                cache_only=self.cfg.arms.missing == "fail",
+                cut="scenario.equal_size_constraints",
+                size_of=lambda arm: arm.constraints or 0,
+            )
+            counts["arm_sizes"] = sizes
+            size = min(sizes.values())
+        size = int(size)
+        if size > self.constraints:
+            raise DataError(
+                f"scenario.equal_size_constraints={size} but this job kept only "
+                f"{self.constraints} constraints; lower it (or use smallest in a sweep), or "
+                "evolve more (scenario.n_samples)"
+            )
+        kept = cut(records, size)
+        counts.update(equal_size_constraints=size, constraints=size, records=len(kept))
+        self.write_set(name, "cut.jsonl", kept)
+        self.add_metrics(name, "cut", counts)
+        return {**sets, name: kept}
 
     def train(self, records: list[Record]) -> dict:
         """Fine-tune the student on `records`; cached by everything the result depends on."""
@@ -462,6 +511,7 @@ class Run:
                     if self.cfg.calibration.enabled:
                         self._calibrate(seeds)
                     sets = self.evolve(scenario, seeds)
+                    sets = self._cut_constraints(scenario, sets)
             else:
                 sets = {"input": seeds}
             if "respond" in stages:

@@ -17,16 +17,22 @@ from typing import Any
 import yaml
 
 from core.records import write_text_atomic
+from engines.turns import turn_end_text
 
 PROTOCOL = Path(__file__).with_name("protocol.yaml")
 README_START = "<!-- protocol table: python -m reporting.protocol -->"
 README_END = "<!-- end of protocol table -->"
+FULL_STAGES = "evolve+respond+score+filter+train+evaluate+report"
 # The models a paper-protocol student must be (SPEC §9: base checkpoints).
 SFT_BY_SIZE = {"0.5b": "small", "1.5b": "small", "3b": "mid", "7b": "mid"}  # else lora
 
 
 def load() -> dict[str, Any]:
     return yaml.safe_load(PROTOCOL.read_text(encoding="utf-8"))
+
+
+# Each student's turn end, as the protocol records it (protocol.yaml › students).
+STOPS: dict[str, str] = load().get("students") or {}
 
 
 def jobs(row: dict) -> list[dict[str, str]]:
@@ -48,12 +54,20 @@ def _as_override(v: Any) -> str:
 def _actual(cfg: Any) -> dict[str, Any]:
     """The protocol's `fixed` fields read from a composed job config."""
     f = cfg.filter
+    sc = cfg.scenario
     return {
-        "scenario": cfg.scenario.name,
+        "scenario": sc.name,
+        "stages": "+".join(cfg.stages),
         "student": cfg.train.student.name,
         "scorer": cfg.metrics.ifd.model or "evolver",
         "judge": cfg.metrics.judge.model or "evolver",
-        "responder": cfg.respond.model or "evolver",
+        # No respond stage: the records keep the outputs they came with (the seed data's own).
+        "responder": (cfg.respond.model or "evolver") if "respond" in cfg.stages else "seed data",
+        "summarizer": (sc.get("summarizer") or "evolver")
+        if sc.name == "auto_evol_instruct"
+        else None,
+        "lora": _lora(cfg.train),
+        "autoif": _autoif(sc) if sc.name == "autoif" else None,
         "filter": f.name if f.name == "none" else f"{f.name}@{f.keep_ratio}",
         "arm_size": "all" if f.equal_size is None else f.equal_size,
         "keep_failed": bool(cfg.scenario.get("keep_failed", False)),
@@ -65,7 +79,27 @@ def _actual(cfg: Any) -> dict[str, Any]:
         "pairwise": _pairwise(cfg.eval.pairwise),
         "train": cfg.train.name,
         "eval": cfg.eval.name,
+        "eval_variant": cfg.eval.get("variant", "lm_eval"),
     }
+
+
+def _lora(train: Any) -> str | None:
+    """LoRA's rank / alpha / dropout (the paper's Table 7: r8/a8/d0), or None for full SFT."""
+    if train.method != "lora":
+        return None
+    lo = train.lora
+    return f"r{lo.r}/a{lo.alpha}/d{lo.dropout:g}"
+
+
+def _autoif(sc: Any) -> str:
+    """How AutoIF ran: its seed constraints, where the arms are cut, whether responses are
+    verified and whether "true"/"false" strings count as booleans (the paper: upstream's)."""
+    seeds = "bundled seeds" if sc.get("seeds") is None else "seeds from a file"
+    cut = sc.get("equal_size_constraints")
+    parts = [seeds, f"cut to {cut} constraints" if cut is not None else "no constraint cut"]
+    parts.append("responses verified" if sc.get("verify_responses", True) else "every response")
+    parts.append("string booleans" if sc.get("string_booleans", True) else "no string booleans")
+    return ", ".join(parts)
 
 
 def _calibration(cal: Any) -> str:
@@ -89,6 +123,9 @@ def check_job(name: str, row: dict, job: dict[str, str], cfg: Any, domains: dict
     for key, want in (row.get("fixed") or {}).items():
         if want is None or key in varied or (key == "filter" and "filter" in varied):
             continue
+        if key not in actual:
+            problems.append(f"{name}: the protocol holds {key!r}, which no job config names")
+            continue
         if actual[key] != want:
             problems.append(f"{name} {job}: {key} is {actual[key]!r}, the protocol says {want!r}")
     if "student_size" in job:  # the student varies, with its size's SFT settings
@@ -99,11 +136,26 @@ def check_job(name: str, row: dict, job: dict[str, str], cfg: Any, domains: dict
             problems.append(f"{name} {job}: train {actual['train']}")
     if "benchmarks" in row and list(cfg.eval.tasks) != list(row["benchmarks"]):
         problems.append(f"{name} {job}: benchmarks {list(cfg.eval.tasks)}")
+    student = cfg.train.student
+    if student.get("chat_template"):
+        want = (row.get("stops") or {}).get(student.name) or STOPS.get(student.name)
+        got = turn_end_text(student.chat_template)
+        if want is not None and got != want:
+            problems.append(
+                f"{name} {job}: student {student.name} ends a turn with {got!r}, the protocol "
+                f"says {want!r}"
+            )
     if "domain" in job:
         d = domains[job["domain"]]
+        if actual["scenario"] == "evol_instruct" and "evolve" in cfg.stages:
+            if bool(cfg.scenario.use_breadth) != bool(d.get("breadth")):
+                problems.append(
+                    f"{name} {job}: breadth {cfg.scenario.use_breadth}, the domain says "
+                    f"{d.get('breadth')} (the paper's A.1)"
+                )
         if "data" not in row and cfg.data.name != d["data"]:
             problems.append(f"{name} {job}: data {cfg.data.name}, the domain says {d['data']}")
-        if list(cfg.eval.tasks) != list(d["benchmarks"]):
+        if "benchmarks" not in row and list(cfg.eval.tasks) != list(d["benchmarks"]):
             problems.append(f"{name} {job}: benchmarks {list(cfg.eval.tasks)}")
     if row.get("paper_protocol"):
         arms = set((row.get("varies") or {}).get("model") or [])
@@ -111,6 +163,18 @@ def check_job(name: str, row: dict, job: dict[str, str], cfg: Any, domains: dict
             problems.append(f"{name} {job}: the student and the scorer must be base models")
         if actual["judge"] in arms or actual["judge"] == "evolver":
             problems.append(f"{name} {job}: the judge {actual['judge']} is an arm")
+        if actual["responder"] in arms or actual["responder"] == "evolver":
+            problems.append(
+                f"{name} {job}: the responder {actual['responder']} is an arm (the paper holds "
+                "one responder fixed, SPEC §2)"
+            )
+        if actual["summarizer"] in arms or actual["summarizer"] == "evolver":
+            problems.append(
+                f"{name} {job}: the method summariser {actual['summarizer']} is an arm (the "
+                "paper's §3.3: one model for both)"
+            )
+        if actual["lora"] is not None and actual["lora"] != "r8/a8/d0":
+            problems.append(f"{name} {job}: LoRA {actual['lora']}, Table 7 says r8/a8/d0")
         if cfg.generation.evolve.max_tokens != 2048 or cfg.engine.kind != "vllm":
             problems.append(f"{name} {job}: not the paper's decoding on vLLM")
         if not str(cfg.train.strategy).startswith("deepspeed"):
@@ -197,6 +261,10 @@ def _fixed_text(fixed: dict) -> str:
         "scorer": "IFD scorer",
         "judge": "judge",
         "responder": "responder",
+        "summarizer": "method summariser",
+        "lora": "LoRA",
+        "autoif": "AutoIF",
+        "stages": "stages",
         "filter": "filter",
         "arm_size": "arm size",
         "keep_failed": "failed evolutions kept",
@@ -209,13 +277,14 @@ def _fixed_text(fixed: dict) -> str:
         "scenario": "scenario",
         "train": "train",
         "eval": "eval",
+        "eval_variant": "tasks as",
     }
     parts = []
     for key, label in labels.items():
         if key not in fixed or (key == "equal_across" and fixed.get("arm_size") != "smallest"):
             continue
         value = fixed[key]
-        if value is None or value == "off":
+        if value is None or value == "off" or (key == "stages" and value == FULL_STAGES):
             continue
         if isinstance(value, bool):
             if value:
@@ -223,6 +292,11 @@ def _fixed_text(fixed: dict) -> str:
             continue
         parts.append(f"{label} `{value}`")
     return ", ".join(parts)
+
+
+def _seed_text(domain: dict, evol_instruct: bool) -> str:
+    """A domain's seed data, marked where Evol-Instruct adds its breadth method (A.1)."""
+    return domain["data"] + (" (+ breadth)" if evol_instruct and domain.get("breadth") else "")
 
 
 def render() -> str:
@@ -246,8 +320,9 @@ def render() -> str:
                     b for d in varies["domain"] for b in domains[d]["benchmarks"]
                 )
         elif "domain" in varies:
+            evol = (row.get("fixed") or {}).get("scenario") == "evol_instruct"
             data_text = "; ".join(
-                f"{domains[d]['data']} → {', '.join(domains[d]['benchmarks'])}"
+                f"{_seed_text(domains[d], evol)} → {', '.join(domains[d]['benchmarks'])}"
                 for d in varies["domain"]
             )
         elif "benchmarks" in row:

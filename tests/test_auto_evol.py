@@ -211,3 +211,32 @@ def test_auto_evol_on_the_bundled_model(tmp_path, bundled_model_dir):
             "empty",
             "unchanged",
         )
+
+
+def test_one_method_summariser_for_every_arm(tmp_path, monkeypatch):
+    """scenario.summarizer: the methods-list lines are summarised by that model (the paper's
+    §3.3: one fixed model for both arms), while the evolver still evolves; null keeps the
+    evolver as its own summariser."""
+    from engines import pool as engine_pool
+
+    seen: list[tuple[str, str]] = []  # (model, prompt)
+
+    class Tagged(ScriptedEngine):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def generate(self, prompts, params):
+            seen.extend((self.model, p[-1]["content"]) for p in prompts)
+            return super().generate(prompts, params)
+
+    monkeypatch.setattr(engine_pool, "build_engine", lambda e, m, d: Tagged(m.name))
+    Run(_cfg(tmp_path, "scenario.summarizer=smollm2_360m"), tmp_path / "a").run()
+    summaries = {m for m, text in seen if "Method:" in text and "#Instruction#" not in text}
+    evolutions = {m for m, text in seen if "#Instruction#:" in text}
+    assert summaries == {"smollm2_360m"} and evolutions == {"smollm2_135m"}
+    seen.clear()
+    Run(_cfg(tmp_path, "scenario.summarizer=null"), tmp_path / "b").run()
+    assert {m for m, text in seen if "Method:" in text and "#Instruction#" not in text} == {
+        "smollm2_135m"
+    }

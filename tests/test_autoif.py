@@ -3,10 +3,12 @@ subsampling, cross-validation through the real sandbox, the whole scenario with 
 (exact counts), and a run on the real bundled model."""
 
 import json
+import logging
 import re
 
 import pytest
 
+import engines.pool as engine_pool
 from core.errors import ConfigError, DataError
 from core.records import subsample
 from engines.base import Generation, per_prompt
@@ -17,6 +19,7 @@ from evolvers.autoif import (
     load_queries,
     read_seed_constraints,
 )
+from evolvers.ifeval_types import IFEVAL_TYPES, ifeval_overlap
 from evolvers.verifiers import (
     BAD_JSON,
     COMPILE_ERROR,
@@ -28,6 +31,7 @@ from evolvers.verifiers import (
     run_programs,
     select_verifiers,
 )
+from pipeline.arms import JobOverrides
 from pipeline.runner import Run
 from tests.conftest import MODELS_DIR, compose_cfg, run_cli
 from tests.fakes import use_engine
@@ -92,6 +96,11 @@ def test_parse_cases_booleans_and_bad_cases():
     }
     r = parse_verifier(json.dumps(obj))
     assert r.cases == [("a", True), ("b", False)] and r.bad_cases == 4
+    # Upstream AutoIF's reading (scenario.string_booleans=false): a string is not a boolean.
+    r = parse_verifier(json.dumps(obj), string_booleans=False)
+    assert r.cases == [] and r.bad_cases == 6
+    obj["cases"].append({"input": "d", "output": False})
+    assert parse_verifier(json.dumps(obj), string_booleans=False).cases == [("d", False)]
     assert parse_verifier(json.dumps({"func": FUNC, "cases": "none"})).bad_cases == 1
     # cases are read even when the function is unusable (other replies' functions may use them)
     assert parse_verifier(json.dumps({"cases": OBJ["cases"]})).cases == [
@@ -152,6 +161,97 @@ def test_seed_file_errors(tmp_path):
     empty.write_text("# only a comment\n\n")
     with pytest.raises(DataError, match="no seed constraints"):
         read_seed_constraints(empty)
+
+
+# Instructions in the manner of each of IFEval's 25 checker types (this project's wording).
+IFEVAL_LIKE = {
+    "keywords:existence": "Make sure the keywords sunlight and harbor appear in your reply.",
+    "keywords:frequency": 'The word "market" should show up at least 4 times.',
+    "keywords:forbidden_words": 'Never use the words "cheap" or "easy" in your answer.',
+    "keywords:letter_frequency": "In your answer, the letter q must occur at least 5 times.",
+    "language:response_language": "Reply only in German; no other language is allowed.",
+    "length_constraints:number_sentences": "Your answer must contain at most 6 sentences.",
+    "length_constraints:number_paragraphs": "Split the answer into 3 paragraphs.",
+    "length_constraints:number_words": "Keep the answer under 200 words.",
+    "length_constraints:nth_paragraph_first_word": (
+        "Write 4 paragraphs; the second paragraph must start with the word 'Moreover'."
+    ),
+    "detectable_content:number_placeholders": "Add at least 3 placeholders such as [name].",
+    "detectable_content:postscript": "At the end add a P.P.S. line.",
+    "detectable_format:number_bullet_lists": "Give exactly 4 bullet points using markdown.",
+    "detectable_format:constrained_response": "Say 'My answer is no.' or 'My answer is yes.'",
+    "detectable_format:number_highlighted_sections": "Highlight at least 3 parts with markdown.",
+    "detectable_format:multiple_sections": "Mark the parts of your reply SECTION 1 and SECTION 2.",
+    "detectable_format:json_format": "Wrap the whole output in JSON.",
+    "detectable_format:title": "Give the answer a title, wrapped like <<my title>>.",
+    "combination:two_responses": "Provide two different responses, separated by six asterisks.",
+    "combination:repeat_prompt": "Before answering, repeat the request without changing anything.",
+    "startend:end_checker": "Finish your answer with the exact phrase 'Any other questions?'.",
+    "startend:quotation": "Enclose your entire reply in double quotation marks.",
+    "change_case:english_capital": "Your entire response must be in English, in capital letters.",
+    "change_case:english_lowercase": "Everything you write must be in lower case.",
+    "change_case:capital_word_frequency": "Use all-caps words at least 3 times.",
+    "punctuation:no_comma": "Refrain from using any commas.",
+}
+
+# The seed file this project bundled before: IFEval's checker types, near word for word.
+OLD_SEEDS = (
+    "Write your entire response in lowercase letters; no capital letters are allowed.",
+    "Write your entire response in capital letters only.",
+    'Use exactly 3 bullet points in markdown, each starting with "* ".',
+    "Wrap your entire response in double quotation marks.",
+    "Format your entire response as valid JSON.",
+    "Answer in fewer than 50 words.",
+    "Answer in at least 120 words.",
+    'End your response with the exact phrase "Is there anything else I can help '
+    'with?" and nothing after it.',
+    "Do not use any commas in your response.",
+    "Include a title wrapped in double angular brackets, such as <<a day at sea>>.",
+    "Write exactly 4 paragraphs, separated from each other by the markdown divider ***.",
+    'Start your response with the word "Yes".',
+    'Include the keywords "river" and "stone" in your response.',
+    'Do not use the word "very" anywhere in your response.',
+    'The letter "z" must appear at least 3 times in your response.',
+    "Highlight at least 2 parts of your answer with markdown italics, for example "
+    "*highlighted part*.",
+    'Finish your response with a postscript that starts with "P.S.".',
+    'Divide your response into 3 sections, each beginning with "SECTION" followed by its number.',
+    "Include at least 2 placeholders in square brackets, such as [address].",
+    "Answer in exactly one sentence.",
+    "Use no more than 5 sentences in your response.",
+    "First repeat the request word for word, then give your answer.",
+    "Give two different answers, separated by six asterisks: ******.",
+    'Use the word "because" at least twice.',
+    "Use fewer than 4 words written entirely in capital letters.",
+    "End your response with a question mark.",
+    "Write your answer as a numbered list with exactly 5 items.",
+    "Do not use any digits in your response.",
+    "End every sentence with an exclamation mark.",
+    "Keep every line of your response under 60 characters.",
+    'Start at least 3 lines of your response with "> ".',
+    "Put your entire response inside one markdown code block.",
+    'Answer with one of these options only: "My answer is yes.", "My answer is no.", '
+    '"My answer is maybe."',
+    'Use the word "however" exactly once.',
+    "Write exactly 2 paragraphs, separated by one blank line.",
+    "Include a markdown table with at least 2 rows.",
+)
+
+
+def test_ifeval_overlap_names_each_of_the_25_types():
+    assert {name for name, _ in IFEVAL_TYPES} == set(IFEVAL_LIKE) and len(IFEVAL_TYPES) == 25
+    assert {k: ifeval_overlap(v) for k, v in IFEVAL_LIKE.items()} == {k: k for k in IFEVAL_LIKE}
+    assert ifeval_overlap("Write the reply in Morse code.") is None
+    assert ifeval_overlap("Wrap it in \u201cdouble quotes\u201d.") == "startend:quotation"
+
+
+def test_bundled_seeds_restate_no_ifeval_type():
+    from evolvers.autoif import SEEDS_FILE
+
+    flagged = {s: ifeval_overlap(s) for s in read_seed_constraints(SEEDS_FILE) if ifeval_overlap(s)}
+    assert flagged == {}
+    hits = [s for s in OLD_SEEDS if ifeval_overlap(s)]
+    assert len(OLD_SEEDS) == 36 and len(hits) >= 28  # the 7 or so left are not IFEval's types
 
 
 def _conv(q):
@@ -348,22 +448,24 @@ def _write_inputs(tmp_path):
 
 
 def _cfg(tmp_path, *extra):
+    return compose_cfg(_cfg_overrides(tmp_path, *extra))
+
+
+def _cfg_overrides(tmp_path, *extra):
     seeds, queries = _write_inputs(tmp_path)
-    return compose_cfg(
-        [
-            "scenario=autoif",
-            "engine=hf",
-            f"cache_dir={tmp_path / 'c'}",
-            f"models_dir={MODELS_DIR}",
-            "logger=none",
-            f"scenario.seeds={seeds}",
-            f"scenario.queries={queries}",
-            "scenario.max_instructions=null",
-            "scenario.sandbox.timeout=2",
-            "stages=[evolve,respond]",
-            *extra,
-        ]
-    )
+    return [
+        "scenario=autoif",
+        "engine=hf",
+        f"cache_dir={tmp_path / 'c'}",
+        f"models_dir={MODELS_DIR}",
+        "logger=none",
+        f"scenario.seeds={seeds}",
+        f"scenario.queries={queries}",
+        "scenario.max_instructions=null",
+        "scenario.sandbox.timeout=2",
+        "stages=[evolve,respond]",
+        *extra,
+    ]
 
 
 def _jsonl(path):
@@ -375,10 +477,12 @@ def scripted(monkeypatch):
     return use_engine(monkeypatch, AutoIFEngine())
 
 
-def test_scenario_end_to_end_counts(tmp_path, scripted):
+def test_scenario_end_to_end_counts(tmp_path, scripted, caplog):
     run_dir = tmp_path / "run"
     # rounds=2 (the demo's default) runs the one AutoIF pass.
-    summary = Run(_cfg(tmp_path, "rounds=2"), run_dir).run()
+    with caplog.at_level(logging.WARNING, logger="evolvers.autoif"):
+        summary = Run(_cfg(tmp_path, "rounds=2"), run_dir).run()
+    assert "2 of 2 seed constraints restate IFEval instruction types" in caplog.text
     assert summary["rounds"] == 1 and not (run_dir / "round_2").exists()
     m = json.loads((run_dir / "round_1" / "metrics.json").read_text())
     ev = m["evolve"]
@@ -394,6 +498,14 @@ def test_scenario_end_to_end_counts(tmp_path, scripted):
         "instructions_cross_checked": 3,
         "instructions_kept": 2,
         "instructions_dropped": {"no function": 2, "no case agreed": 1},
+        # both kept constraints restate IFEval types (number_words, end_checker)
+        "instructions_kept_ifeval_flagged": 2,
+        # both of this test's seeds restate IFEval types (SPEC §3.1), listed by type
+        "seeds_ifeval_flagged": 2,
+        "seeds_ifeval_overlap": {
+            "change_case:english_lowercase": ["Write your entire response in lowercase letters."],
+            "length_constraints:number_words": ["Answer with at least 200 words."],
+        },
     }
     assert ev["verifier_replies"] == 10
     assert ev["reply_failures"] == {
@@ -530,6 +642,128 @@ def test_no_surviving_verifier_still_runs(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "round_1" / "verified.jsonl").read_text() == ""
 
 
+def test_string_booleans_false_drops_string_cases(tmp_path, scripted):
+    s = Run(_cfg(tmp_path, "scenario.string_booleans=false"), tmp_path / "run").run()
+    # the two "true"/"True" cases of the script become bad cases, as upstream loses them
+    assert s["round_1/evolve/cases_bad"] == 2 and s["round_1/evolve/cases_parsed"] == 9
+    assert s["round_1/evolve/cases_kept"] == 4  # 30 words: 2 of 3; done: 2 of 2
+    assert s["round_1/evolve/instructions_kept"] == 2
+
+
+def test_unverified_responses_are_all_kept(tmp_path, scripted):
+    run_dir = tmp_path / "run"
+    cfg = _cfg(
+        tmp_path, "scenario.verify_responses=false", "filter=none", "stages=[evolve,respond,filter]"
+    )
+    s = Run(cfg, run_dir).run()
+    # the paper's AutoIF: the two responses that fail their constraint are trained on too
+    assert s["round_1/respond/responded"] == 4 and s["filter/kept"] == 4
+    assert not any(k.startswith("round_1/verify/") for k in s)
+    assert not (run_dir / "round_1" / "verified.jsonl").exists()
+    assert len(_jsonl(run_dir / "selected.jsonl")) == 4
+
+
+class FakeEmbedder:
+    """Stands in for the sentence embedder: a unit vector per text, from its checksum."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def encode(self, texts, batch_size=64):
+        import zlib
+
+        import numpy as np
+
+        emb = np.asarray([[1.0, zlib.crc32(t.encode()) % 97, len(t)] for t in texts])
+        return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+
+    def close(self):
+        pass
+
+
+def test_equal_size_constraints_n_cuts_before_respond_and_score(tmp_path, scripted, monkeypatch):
+    import metrics.diversity
+
+    monkeypatch.setattr(metrics.diversity, "Embedder", FakeEmbedder)
+
+    def run(name, *extra):
+        cfg = _cfg(
+            tmp_path,
+            "scenario.equal_size_constraints=1",
+            "scenario.verify_responses=false",
+            "stages=[evolve,respond,score,filter]",
+            "filter=none",
+            "metrics.ifd.enabled=false",
+            *extra,
+        )
+        return Run(cfg, tmp_path / name).run()
+
+    s = run("a")
+    cut = json.loads((tmp_path / "a" / "round_1" / "metrics.json").read_text())["cut"]
+    assert cut == {
+        "constraints_before": 2,
+        "records_before": 4,
+        "equal_size_constraints": 1,
+        "constraints": 1,
+        "records": 2,
+    }
+    kept = _jsonl(tmp_path / "a" / "round_1" / "cut.jsonl")
+    assert len(kept) == 2 and len({r["meta"]["source_id"] for r in kept}) == 1  # all its queries
+    assert len(_jsonl(tmp_path / "a" / "round_1" / "evolved.jsonl")) == 4
+    # Only the cut set is answered and scored: the set-level numbers (diversity: each query's
+    # nearest neighbour in the set) are the cut arm's, as the paper computed them.
+    assert s["round_1/respond/responded"] == 2 and s["round_1/score/records"] == 2
+    scores = _jsonl(tmp_path / "a" / "round_1" / "scores.jsonl")
+    assert [r["id"] for r in scores] == [r["id"] for r in kept]
+    assert "round_1/score/diversity/nn_l2sq_mean" in s and s["filter/kept"] == 2
+    run("b")
+    assert _jsonl(tmp_path / "b" / "round_1" / "cut.jsonl") == kept  # seeded
+    with pytest.raises(DataError, match="equal_size_constraints=3 but this job kept only 2"):
+        run("c", "scenario.equal_size_constraints=3")
+
+
+def test_equal_size_constraints_smallest_across_arms(tmp_path, monkeypatch):
+    """smollm2_360m's script keeps one constraint (no verifier for "done"), smollm2_135m's two:
+    both arms are cut to one constraint, with all its queries."""
+    built = {}
+    fewer = {k: v for k, v in VERIFIER_REPLIES.items() if k != DONE_LINE}
+
+    def build(engine_cfg, model_cfg, models_dir):
+        name = str(model_cfg.name)
+        built.setdefault(name, AutoIFEngine(fewer if name == "smollm2_360m" else None))
+        return built[name]
+
+    monkeypatch.setattr(engine_pool, "build_engine", build)
+    sweep = {"model": ["smollm2_135m", "smollm2_360m"]}
+    extra = ["scenario.equal_size_constraints=smallest", "scenario.verify_responses=false"]
+
+    def job(model):
+        task = [f"model={model}", *_cfg_overrides(tmp_path, *extra)]
+        return Run(compose_cfg(task), tmp_path / model, job=JobOverrides(task, sweep)).run()
+
+    small = job("smollm2_135m")
+    assert small["round_1/cut/arm_sizes/smollm2_135m"] == 2
+    assert small["round_1/cut/arm_sizes/smollm2_360m"] == 1
+    assert small["round_1/cut/constraints"] == 1 and small["round_1/respond/responded"] == 2
+    # The other arm ran here up to its evolve stage only: nothing answered for its sake.
+    arm = tmp_path / "smollm2_135m" / "arms" / "model=smollm2_360m"
+    assert (arm / "round_1" / "evolved.jsonl").is_file()
+    assert not (arm / "round_1" / "responded.jsonl").exists()
+    large = job("smollm2_360m")
+    assert large["round_1/cut/constraints"] == 1 and large["round_1/respond/responded"] == 2
+    assert large["round_1/cut/arm_sizes/smollm2_135m"] == 2
+
+
+def test_paper_preset_runs_autoif_as_the_paper_did():
+    cfg = compose_cfg(["experiment=table3_autoif", "scenario.queries=q.json"])
+    sc = cfg.scenario
+    assert sc.equal_size_constraints == "smallest" and cfg.filter.equal_size is None
+    assert sc.verify_responses is False and sc.string_booleans is False
+    plain = compose_cfg(["scenario=autoif"]).scenario  # today's behaviour elsewhere
+    assert plain.verify_responses and plain.string_booleans
+    assert plain.equal_size_constraints is None
+
+
 def test_verify_hook_directly(tmp_path):
     """The verification step on hand-made records: pass rates over two functions, an empty
     response, a record without verifiers, and the threshold."""
@@ -582,7 +816,10 @@ def test_one_pass_and_template_overrides(tmp_path):
 
     scenario = build_scenario(compose_cfg(["scenario=autoif"]).scenario)
     assert scenario.max_rounds == 1  # the runner caps rounds (test_pipeline_with_fake_engine)
-    assert '- Use the word "however" exactly once.' in scenario.augment_prompt()[0]["content"]
+    assert (
+        "- Make the last line of the reply identical to its first line."
+        in (scenario.augment_prompt()[0]["content"])
+    )
     mine = tmp_path / "verifier.txt"
     mine.write_text("Check this: {instruction}\n")
     cfg = compose_cfg(["scenario=autoif", f"scenario.templates.verifier={mine}"]).scenario

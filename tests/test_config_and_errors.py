@@ -27,10 +27,16 @@ PAPER_MODELS = {
 def test_every_model_config_composes():
     base = {f"qwen2.5_{s}_base" for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")}
     base |= {"llama3_8b_base", "llama3.2_3b_base", "mistral_7b_base"}  # students (SPEC §9)
+    base |= {"llama3.1_8b_base", "mistral_7b_v0.3_base", "deepseek_7b_base", "qwen2_7b_base"}
     beyond = {"smollm2_360m", "smollm2_1.7b", "mistral_7b", "mixtral_8x7b", "gemma2_9b"}
     beyond |= {"gemma2_27b"}  # the extension presets' evolvers
-    assert PAPER_MODELS | base | beyond | {"smollm2_135m"} == set(options("model"))
-    for name in options("model"):
+    bundled = {"smollm2_135m", "gemma3_270m_base"}
+    api = {"gpt4"}  # behind an OpenAI-compatible API: no weights, its own engine
+    assert PAPER_MODELS | base | beyond | bundled | api == set(options("model"))
+    for name in api:
+        m = compose_cfg([f"model={name}"]).model
+        assert m.engine.kind == "openai" and m.engine.api_key_env and not m.hf_id
+    for name in sorted(set(options("model")) - api):
         m = compose_cfg([f"model={name}"]).model
         assert m.name == name and m.size_b > 0 and m.dtype == "auto"
         assert m.hf_id.count("/") == 1

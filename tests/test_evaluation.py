@@ -26,6 +26,9 @@ from evaluation.benchmarks import BENCHMARKS  # noqa: E402
 
 TASKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")  # eval=smoke's tasks, the built-ins
 HEADLINES = [k for t in TASKS for k in BENCHMARKS.get(t).headline_keys()]
+# eval.variant=opencompass (eval=paper's): what each of eval=smoke's tasks runs as.
+OC_TASKS = ("ifeval", "gsm8k_oc", "math", "humaneval_oc", "mbpp_oc")
+OC_HEADLINES = [k for t in OC_TASKS for k in BENCHMARKS.get(t).headline_keys()]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -72,6 +75,9 @@ class CannedEngine:
     def generate(self, prompts, params):
         self.calls += 1
         self.prompts += list(prompts)
+        self.params = getattr(self, "params", []) + (
+            list(params) if isinstance(params, list) else [params] * len(prompts)
+        )
         return [Generation(self._answer(p), 8, "stop") for p in prompts]
 
     def _answer(self, prompt: str) -> str:
@@ -85,13 +91,22 @@ class CannedEngine:
         for r in self.math:
             if r["problem"] in prompt:
                 gold = T.boxed(r["solution"])
-                return f"So the answer is $\\boxed{{{gold if self.right else gold + '+1'}}}$."
+                say = gold if self.right else gold + "+1"
+                return (  # minerva_math's answer form
+                    f"So the answer is $\\boxed{{{say}}}$.\n"
+                    f"Final Answer: The final answer is ${say}$. I hope it is correct."
+                )
         for r in self.mbpp:
             if r["text"] in prompt:
-                return (r["code"] if self.right else "def nothing():\n    pass") + "\n```\n"
+                code = r["code"] if self.right else "def nothing():\n    pass"
+                if prompt.endswith("[BEGIN]\n"):  # OpenCompass's form, up to its stop
+                    return f" '{code}' \n[DONE] \n\n"
+                return code + "\n```\n"
         for r in self.humaneval:
             if r["prompt"].strip() in prompt:
                 body = r["canonical_solution"] if self.right else "    return None\n"
+                if "Complete the following python code:" in prompt:  # OpenCompass's: a reply
+                    return f"Here it is:\n```python\n{r['prompt']}{body}```\nDone."
                 return body + "```\n"
         raise AssertionError(f"no canned answer for prompt: {prompt[-300:]}")
 
@@ -162,14 +177,20 @@ def test_headline_weights_math_subjects_by_size():
     n = {"math_algebra": {"effective": 3}, "math_geometry": {"effective": 1}}
     out = T.headline(results, n)
     assert out == {"math/exact_match": 0.75, "gsm8k/strict": 0.5, "gsm8k/flexible": 0.75}
+    # A variant's task is its own benchmark's, even where its metric keys are the base's.
+    results["gsm8k_oc"] = {"accuracy,none": 0.25, "exact_match,strict-match": 0.0}
+    out = T.headline(results, n)
+    assert out["gsm8k/strict"] == 0.5 and out["gsm8k_oc/accuracy"] == 0.25
 
 
 def test_answer_extraction():
     assert T.boxed("so $\\boxed{\\frac{1}{2}}$ done") == "\\frac{1}{2}"
     assert T.boxed("no box") is None
     assert T.math_answer("Final Answer: The final answer is $7$. I hope it is correct.") == "7"
-    assert T.math_results({"answer": "\\frac{1}{2}"}, ["$\\boxed{0.5}$"]) == {"exact_match": 1}
-    assert T.math_results({"answer": "3"}, ["I do not know"]) == {"exact_match": 0}
+    assert T.math_results({"answer": "3", "solution": "$\\boxed{3}$"}, ["I do not know"]) == {
+        "exact_match": 0,
+        "math_verify": 0,
+    }
     assert T.code_block("def f():\n    return 1\n```\nprose") == "def f():\n    return 1\n"
     assert T.code_block("```python\nx = 1\n```") == "x = 1\n"
 
@@ -204,9 +225,28 @@ def test_paper_eval_uses_hub_data_and_the_tasks_defaults():
     assert by["gsm8k"]["dataset_path"] == "openai/gsm8k"
     assert by["humaneval"]["dataset_kwargs"]["data_files"]["test"].endswith("HumanEval.jsonl.gz")
     paper = compose_cfg(["eval=paper"]).eval
-    assert paper.data_dir is None and paper.limit is None
-    assert len(T.task_configs(paper)) == 11  # MATH: seven subjects
+    assert paper.data_dir is None and paper.limit is None and paper.variant == "opencompass"
+    configs = T.task_configs(paper)
+    assert len(configs) == 11  # MATH: seven subjects
+    by = {c["task"]: c for c in configs}
+    assert {"gsm8k_oc", "humaneval_oc", "mbpp_oc"} <= set(by) and "gsm8k" not in by
+    assert by["gsm8k_oc"]["dataset_path"] == "openai/gsm8k"
+    assert by["mbpp_oc"]["dataset_name"] == "full"  # MBPP's 500 test problems, as OpenCompass
+    assert by["humaneval_oc"]["dataset_kwargs"]["data_files"]["test"].endswith(".jsonl.gz")
+    shots = {t: c["num_fewshot"] for t, c in by.items() if not t.startswith("math_")}
+    assert shots == {"ifeval": 0, "gsm8k_oc": 4, "humaneval_oc": 0, "mbpp_oc": 3}
     assert len(T.math_fewshot()) == 4 and len(T.mbpp_fewshot()) == 3  # lm-eval's own, not run
+
+
+def test_variant_is_chosen_by_config_and_checked():
+    """eval.variant swaps each task for its variant where one exists (a domain's task list runs
+    under either protocol); the variant's task name also works on its own; a wrong value is one
+    error naming the valid ones."""
+    names = T.run_benchmarks(_eval_cfg("eval.variant=opencompass"))
+    assert names == list(OC_TASKS)
+    assert T.run_benchmarks(_eval_cfg("eval.tasks=[gsm8k_oc, gsm8k]")) == ["gsm8k_oc", "gsm8k"]
+    with pytest.raises(ConfigError, match="eval.variant 'opencompas'.*lm_eval, opencompass"):
+        T.task_configs(_eval_cfg("eval.variant=opencompas"))
 
 
 def test_bad_eval_input_is_one_clear_error(tmp_path):
@@ -243,6 +283,110 @@ def test_every_task_runs_with_the_configured_number_of_shots(tmp_path):
     assert results["n-shot"]["math"] == 4
 
 
+def test_a_task_without_a_budget_gets_lm_evals_default(tmp_path, bundled_model_dir):
+    """eval=paper sets no max_gen_toks: a task that sets none (GSM8K, MATH) gets what lm-eval's
+    own models give it (HFLM.max_gen_toks), not a budget of ours; a task's own still wins."""
+    from lm_eval.models.huggingface import HFLM
+
+    hf_default = HFLM.max_gen_toks.fget(None)  # a constant property of lm-eval's HF model
+    engine = CannedEngine(True)
+    cfg, pool = _pool(tmp_path, engine)
+    ev = _eval_cfg("eval.limit=1", "eval.max_gen_toks=null", "eval.tasks=[gsm8k, math, ifeval]")
+    evaluate(ev, cfg.model, pool, tmp_path / "eval", str(tmp_path))
+    budgets = {
+        task: {p.max_tokens for prompt, p in zip(engine.prompts, engine.params) if key in prompt}
+        for task, key in (("gsm8k", "Question:"), ("math", "Problem:"), ("ifeval", ""))
+    }
+    assert budgets["gsm8k"] == budgets["math"] == {hf_default}
+    assert max(budgets["ifeval"]) == 1280  # IFEval's own max_gen_toks
+
+
+def test_math_exact_match_is_lm_evals_and_math_verify_is_named_apart():
+    """`exact_match` is minerva_math's: the normalised "final answer is" equals the gold one. A
+    boxed 0.5 for 1/2 is not an exact match; math-verify (lm-eval's `math_verify`) accepts it."""
+    doc = {"solution": "So $x = \\boxed{\\frac{1}{2}}$.", "problem": "?", "answer": "\\frac{1}{2}"}
+    assert T.math_results(doc, ["$\\boxed{0.5}$"]) == {"exact_match": 0, "math_verify": 1}
+    assert T.math_gold(doc["solution"]) == doc["answer"]  # minerva_math's process_docs
+    said = "Final Answer: The final answer is $\\frac12$. I hope it is correct."
+    assert T.math_results(doc, [said]) == {"exact_match": 1, "math_verify": 1}
+    assert BENCHMARKS.get("math").headlines == {
+        "exact_match": "exact_match,none",
+        "math_verify": "math_verify,none",
+    }
+
+
+def test_results_json_records_the_prompt_settings(tmp_path, bundled_model_dir):
+    """results.json carries what lm-eval's tracker logs (chat template and its hash,
+    fewshot_as_multiturn, system instruction) and the model's end-of-turn token."""
+    engine = CannedEngine(True)
+    cfg, pool = _pool(tmp_path, engine)
+    ev = _eval_cfg("eval.limit=1", "eval.tasks=[gsm8k]")
+    numbers = evaluate(ev, cfg.model, pool, tmp_path / "eval", str(tmp_path))
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    from engines.hf import load_tokenizer
+
+    tok = load_tokenizer(bundled_model_dir)
+    assert results["chat_template"] == tok.chat_template and results["chat_template_sha"]
+    assert results["fewshot_as_multiturn"] is True and "system_instruction" in results
+    assert results["model_name"] == "smollm2_135m" and results["model_source"] == "CUSTOM"
+    assert results["eot_token_id"] == tok.eos_token_id is not None
+    assert results["tokenizer_eos_token"][0] == tok.eos_token
+    assert results["variant"] == numbers["eval/variant"] == "lm_eval"
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["right", "wrong"])
+def test_opencompass_variants_score_one_and_zero(tmp_path, bundled_model_dir, right):
+    """eval.variant=opencompass on the bundled fixtures: GSM8K 4-shot chain of thought, HumanEval
+    0-shot, MBPP 3-shot [BEGIN]/[DONE], each scored by OpenCompass's extraction."""
+    engine = CannedEngine(right)
+    cfg, pool = _pool(tmp_path, engine)
+    ev = _eval_cfg(
+        "eval.limit=3",
+        "eval.variant=opencompass",
+        "eval.num_fewshot={gsm8k: null, math: 0, mbpp: null}",
+        "eval.max_gen_toks=null",
+    )
+    numbers = evaluate(ev, cfg.model, pool, tmp_path / "eval", str(tmp_path))
+    for key in OC_HEADLINES:
+        assert numbers[key] == (1.0 if right else 0.0), (key, numbers)
+    assert not any(k.startswith(("gsm8k/", "mbpp/", "humaneval/")) for k in numbers)
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {t: results["n-shot"][t] for t in ("gsm8k_oc", "humaneval_oc", "mbpp_oc")} == {
+        "gsm8k_oc": 4,
+        "humaneval_oc": 0,
+        "mbpp_oc": 3,
+    }
+    gsm = [p for p in engine.prompts if "Let's think step by step" in p]
+    mbpp = [p for p in engine.prompts if p.endswith("[BEGIN]\n")]
+    assert gsm and all(p.count("Let's think step by step\nAnswer:") == 5 for p in gsm)
+    assert all(p.count("The answer is") == 4 for p in gsm)  # the examples' own answers
+    assert mbpp and all(p.count("[DONE]") == 3 and " 'def " in p for p in mbpp)
+    assert any("Complete the following python code:\nfrom typing" in p for p in engine.prompts)
+    budgets = {p.max_tokens for q, p in zip(engine.prompts, engine.params) if q in gsm + mbpp}
+    assert budgets == {512}  # OpenCompass's max_out_len
+    for task in ("gsm8k_oc", "humaneval_oc", "mbpp_oc"):
+        assert len(_rows(tmp_path / "eval" / f"samples_{task}.jsonl")) == 3
+
+
+def test_opencompass_answer_extraction():
+    """OpenCompass's post-processing, case by case (its quirks kept: a number's comma splits it)."""
+    assert T.gsm8k_oc_answer("3 x 4 = 12\nThe answer is 12\n\nQuestion: 5 more") == "12"
+    assert T.gsm8k_oc_answer("It costs 1,000 dollars") == "000"
+    assert T.gsm8k_oc_answer("no idea") == "NULL"
+    assert T.gsm8k_oc_results({"answer": "so\n#### 1,250"}, ["The answer is 1250.0"]) == {
+        "accuracy": 1
+    }
+    assert T.humaneval_oc_completion("Sure:\n```python\ndef f():\n    return 1\n```\n") == (
+        "def f():\n    return 1\n"
+    )
+    assert T.humaneval_oc_completion("    return 1\n") == "    return 1\n"
+    code = "def f(x):\r\n    return x"
+    assert T.mbpp_oc_answer(f" '{code}' \n[DONE] \n\n") == code
+    assert T.mbpp_oc_answer(f"```python\n{code}\n```\n[DONE]") == code
+    assert T.mbpp_oc_answer(repr(code)) == code  # a quoted string, parsed, never run
+    assert T.mbpp_oc_answer("__import__('os').system('true')") == "__import__('os').system('true')"
+
+
 # -- the real bundled model ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_bundled_model_through_the_engine_lm_on_vllm(tmp_path, vllm_engine):
@@ -256,6 +400,19 @@ def test_bundled_model_through_the_engine_lm_on_vllm(tmp_path, vllm_engine):
     assert {r["doc_id"] for r in rows} == {0, 1} and all(
         r["resps"][0][0] for r in rows
     )  # the model said something
+
+
+@pytest.mark.slow
+def test_bundled_model_on_the_opencompass_variants(tmp_path, vllm_engine):
+    cfg, pool = _pool(tmp_path, vllm_engine)
+    ev = _eval_cfg(
+        "eval.limit=1", "eval.variant=opencompass", "eval.tasks=[gsm8k, humaneval, mbpp]"
+    )
+    numbers = evaluate(ev, cfg.model, pool, tmp_path / "eval", str(tmp_path))
+    for key in ("gsm8k_oc/accuracy", "humaneval_oc/pass@1", "mbpp_oc/pass@1"):
+        assert 0.0 <= numbers[key] <= 1.0, key
+    for task in ("gsm8k_oc", "humaneval_oc", "mbpp_oc"):
+        assert _rows(tmp_path / "eval" / f"samples_{task}.jsonl")[0]["resps"][0][0]
 
 
 @pytest.mark.slow

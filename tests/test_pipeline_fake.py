@@ -125,7 +125,7 @@ def test_score_stage_loads_each_model_once_and_judges_generate_little(tmp_path, 
     judged = {
         p.max_tokens
         for text, p in zip(fake.prompts_seen, fake.params_seen)
-        if "Score (0-100)" in text or "Difficulty: <label>" in text
+        if "## Score:" in text or "difficulty level alone" in text
     }
     assert judged == {7, 9}
     stages = s["time/evolve"] + s["time/respond"] + s["time/score"] + s["time/report"]
@@ -136,6 +136,25 @@ def test_score_stage_loads_each_model_once_and_judges_generate_little(tmp_path, 
     assert "hardware/train_precision" not in s  # no train stage in this job
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Where the time goes" in report and "| score (s) |" in report
+
+
+def test_an_uncapped_judge_may_generate_the_greedy_length(tmp_path, fake):
+    """metrics.judge.max_tokens null (the paper presets): a judge may write as much as any greedy
+    call (the paper's 2048), so a judge that reasons before its answer is never cut short."""
+    cfg = _cfg(
+        tmp_path,
+        "stages=[evolve,respond,score]",
+        "metrics=[judge]",
+        "metrics.judge.max_tokens.complexity=null",
+        "generation.greedy.max_tokens=33",
+    )
+    Run(cfg, tmp_path / "run").run()
+    caps = {
+        ("score" if "## Score:" in text else "level", p.max_tokens)
+        for text, p in zip(fake.prompts_seen, fake.params_seen)
+        if "## Score:" in text or "difficulty level alone" in text
+    }
+    assert caps == {("score", 33), ("level", 16)}  # the demo caps the level at 16
 
 
 def test_two_jobs_training_the_same_model_train_it_once(tmp_path, monkeypatch):

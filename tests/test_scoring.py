@@ -41,13 +41,16 @@ def test_parse_complexity(text, score):
         ("Difficulty: Hard", "hard"),
         ("Not easy at all. Difficulty: VERY HARD", "very hard"),
         ("It is very easy", "very easy"),
-        ("medium, maybe easy", "easy"),
+        ("It is medium, maybe easy", "easy"),
+        ("medium", "medium"),  # the level alone, as the template asks
+        ("Very Hard.", "very hard"),
+        ("**hard**", "hard"),
         ("no label", None),
         ("Difficulty: very\\n easy".replace("\\n", "\n"), "very easy"),
         ("Difficulty: hard (it is not easy)", "hard"),  # the label the template asks for
     ],
 )
-def test_parse_difficulty_takes_the_last_label(text, label):
+def test_parse_difficulty_reads_the_level(text, label):
     assert parse_difficulty(text) == label
 
 
@@ -56,6 +59,19 @@ def test_a_difficulty_reply_cut_off_before_its_label_line_is_a_failure():
     assert parse_difficulty(cut, "length") is None
     assert parse_difficulty(cut + " medium. Difficulty: medium", "length") == "medium"
     assert parse_difficulty(cut, "stop") == "easy"
+    # A judge that answered with the level and went on talking until the cap gave its level.
+    assert parse_difficulty("hard. The query asks for a proof that needs", "length") == "hard"
+
+
+def test_the_judge_templates_ask_for_the_answer_alone():
+    """The paper's structure (its eval_complex_score/eval_complex_rate prompts): the score or the
+    level alone, not reasoning first and a label line last."""
+    from metrics.judge import load_judge_templates
+
+    t = load_judge_templates({})
+    assert "{query}" in t["complexity"] and "{query}" in t["difficulty"]
+    assert "alone" in t["complexity"] and "alone" in t["difficulty"]
+    assert "Difficulty: <label>" not in t["difficulty"] and "First," not in t["difficulty"]
 
 
 def test_label_counts():

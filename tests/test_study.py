@@ -44,6 +44,74 @@ def test_the_protocol_check_finds_a_drifted_preset():
     assert any("benchmarks" in p for p in problems) and any("data" in p for p in problems)
 
 
+def test_the_protocol_check_finds_each_drift_of_the_papers_protocol():
+    """Each column of issue-level protocol: a responder that is an arm, breadth off on Alpaca
+    (or on on GSM8K), Table 7's LoRA alpha, a method summariser that is an arm, a student whose
+    template ends its turns elsewhere than the protocol says."""
+    from reporting import protocol
+
+    data = protocol.load()
+
+    def problems(preset, job, *extra):
+        cfg = _compose([f"experiment={preset}", *(f"{k}={v}" for k, v in job.items()), *extra])
+        return protocol.check_job(preset, data["presets"][preset], job, cfg, data["domains"])
+
+    general = {"model": "llama3.1_8b", "domain": "general"}
+    assert problems("table1_evol", general) == []
+    assert any("responder" in p for p in problems("table1_evol", general, "respond.model=null"))
+    assert any(
+        "responder" in p for p in problems("table1_evol", general, "respond.model=llama3.1_8b")
+    )
+    assert any(
+        "breadth" in p for p in problems("table1_evol", general, "scenario.use_breadth=false")
+    )
+    math = {"model": "llama3.1_8b", "domain": "math"}
+    assert any("breadth" in p for p in problems("table1_evol", math, "scenario.use_breadth=true"))
+    auto = {"model": "llama3.1_70b", "domain": "code"}
+    assert problems("table4_auto_evol", auto) == []
+    assert any(
+        "summariser" in p for p in problems("table4_auto_evol", auto, "scenario.summarizer=null")
+    )
+    big = {"model": "llama3.1_8b", "domain": "general", "student_size": "qwen2.5_14b"}
+    assert problems("table11_students", big) == []
+    assert any("LoRA" in p for p in problems("table11_students", big, "train.lora.alpha=16"))
+    student = {**general, "model@train.student": "llama3.1_8b_base"}
+    assert problems("table1_students", student) == []
+    assert any(
+        "eval_variant" in p for p in problems("table1_evol", general, "eval.variant=lm_eval")
+    )
+    autoif = {"domain": "general", "model": "llama3.1_8b"}
+    assert problems("table3_autoif", autoif) == []
+    for drift in (
+        "scenario.equal_size_constraints=null",
+        "scenario.verify_responses=true",
+        "scenario.string_booleans=true",
+        "scenario.seeds=/some/seeds.txt",
+    ):
+        assert any("autoif" in p for p in problems("table3_autoif", autoif, drift)), drift
+    cfg = _compose(["experiment=table1_students", *(f"{k}={v}" for k, v in student.items())])
+    cfg.train.student.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}"
+    )
+    row = data["presets"]["table1_students"]
+    drifted = protocol.check_job("table1_students", row, student, cfg, data["domains"])
+    assert any("ends a turn with '<|im_end|>'" in p for p in drifted)
+
+
+def test_turn_end_of_the_shipped_templates():
+    from core.config import load_model_config
+    from engines.turns import turn_end_text
+    from reporting.protocol import STOPS
+
+    for name, want in STOPS.items():
+        template = load_model_config(name).get("chat_template")
+        if template:
+            assert turn_end_text(template) == want, name
+        else:  # the tokenizer's own: the protocol says which
+            assert "tokenizer" in want, name
+
+
 def test_the_readme_shows_the_protocol_table():
     from reporting.protocol import readme_block, render
     from tests.conftest import ROOT
@@ -56,16 +124,22 @@ def test_preset_details_beyond_the_table():
     assert t3.respond.model == "qwen2.5_72b" and t3.scenario.pass_rule == "above"
     assert t3.scenario.pass_rate == 0.0 and t3.scenario.n_samples == 100  # upstream AutoIF
     assert t3.scenario.k_verifiers == 8 and t3.scenario.queries_per_instruction == 16
-    assert t3.data.name == "tiny" and t3.filter.equal_size == "smallest"
-    win = _compose(["experiment=win_rates"]).eval.pairwise
+    assert t3.data.name == "tiny" and t3.filter.equal_size is None
+    assert t3.scenario.equal_size_constraints == "smallest" and not t3.scenario.verify_responses
+    assert t3.scenario.string_booleans is False and t3.scenario.seeds is None
+    win_cfg = _compose(["experiment=win_rates"])
+    win = win_cfg.eval.pairwise
     assert win.enabled and win.against_arm == "filter=ifd" and win.instructions == "alpaca_eval"
-    assert win.limit is None and win.judge == "llama3.1_70b"
+    assert win.limit is None and win.judge == "gpt4" and win.orders == "both"
+    assert "evolve" not in win_cfg.stages and "respond" not in win_cfg.stages  # original Alpaca
+    assert _compose(["experiment=table4_auto_evol"]).scenario.summarizer == "qwen2.5_72b"
     over = _compose(["experiment=overconfidence"]).calibration
     assert over.target_model == "llama3.1_8b" and over.positions == 5
     for name in options("experiment"):
         cfg = _compose([f"experiment={name}"])
-        if cfg.train.method == "lora":  # LLaMA-Factory's LoRA, as the paper's training used
-            assert cfg.train.lora.r == 8 and cfg.train.lora.dropout == 0.0
+        if cfg.train.method == "lora":  # Table 7: rank 8, alpha 8, dropout 0
+            assert cfg.train.lora.r == 8 and cfg.train.lora.alpha == 8
+            assert cfg.train.lora.dropout == 0.0
 
 
 def test_every_model_has_a_launcher_with_its_gpus():

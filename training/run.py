@@ -20,6 +20,7 @@ from core.signals import Interrupted
 from engines.hf import load_tokenizer
 from engines.models import resolve_model_path
 from engines.precision import resolve_precision
+from engines.turns import eos_ids, turn_end_token
 from training.data import SFTDataModule, ensure_chat_template
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def train_sft(
     tokenizer = load_tokenizer(path, padding_side="right")
     # A base student's format: train.chat_template, else its model config's (conf/model/*_base).
     ensure_chat_template(tokenizer, cfg.get("chat_template") or student_cfg.get("chat_template"))
+    turn_end_token(tokenizer)  # a template the export could not stop on fails before training
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
     world = devices * int(cfg.num_nodes) if cfg.devices == "auto" else int(cfg.devices)
     accumulate = max(1, int(cfg.effective_batch_size) // (int(cfg.micro_batch_size) * world))
@@ -236,13 +238,35 @@ def _write_export(module: Any, tokenizer: Any, hf_dir: Path, stage: int | None) 
             )
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    # The student learnt to end its answers with the template's turn end, not the base EOS: the
+    # export stops there first (LLaMA-Factory's stop-word replacement), and on the base EOS too.
+    turn, turn_id = turn_end_token(tokenizer)
+    stops = [turn_id, *eos_ids(tokenizer, getattr(model, "generation_config", None))]
+    stops = list(dict.fromkeys(stops))
     model.save_pretrained(tmp, safe_serialization=True)
+    write_generation_config(model, tmp, stops)
     tokenizer.padding_side = "left"  # what generation wants
+    tokenizer.eos_token = turn
     tokenizer.save_pretrained(tmp)
     if hf_dir.exists():
         shutil.rmtree(hf_dir)
     os.replace(tmp, hf_dir)
     log.info("train: exported %s", hf_dir)
+
+
+def write_generation_config(model: Any, out_dir: Path, eos: list[int]) -> None:
+    """generation_config.json with `eos` as its eos_token_id: transformers' generate and vLLM
+    (its sampling params take the file's eos ids as stop ids) both stop on every one of them."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    gen = getattr(model, "generation_config", None)
+    gen = (
+        copy.deepcopy(gen) if gen is not None else GenerationConfig.from_model_config(model.config)
+    )
+    gen.eos_token_id = list(eos)
+    gen.save_pretrained(out_dir)
 
 
 def _tied(model: Any, key: str) -> bool:
