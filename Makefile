@@ -50,7 +50,7 @@ test-all: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-# The speed figures of README › Benchmarks, each printed with the machine it ran on.
+# The speed figures of docs/benchmarks.md, each printed with the machine it ran on.
 bench: $(STAMP)
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/ifd_throughput.py
@@ -67,7 +67,7 @@ bench-smoke: $(STAMP)
 bench-demo: $(STAMP)
 	$(PY) bench/demo_time.py $(if $(ISA),--isa $(ISA))
 
-# Every GPU-only path, PASS/FAIL with numbers (README › The GPU check); ARGS go to the script.
+# Every GPU-only path, PASS/FAIL with numbers (docs/paper.md › The GPU check); ARGS go to the script.
 gpu-check: $(STAMP)
 	PYTHON=$(PY) bench/gpu_check.sh $(ARGS)
 

@@ -1,5 +1,5 @@
 """The GPU check: every path that only a CUDA machine runs, each printed as PASS/FAIL/SKIP with
-its numbers. Sized for one GPU in a few minutes (README › Running on GPUs).
+its numbers. Sized for one GPU in a few minutes (docs/paper.md).
 
     python bench/gpu_check.py                         # the bundled model (materialised once)
     python bench/gpu_check.py --model DIR             # any HF checkpoint

@@ -5,8 +5,8 @@ talks to it as the openai engine does.
 
 Why this and not a scheduler of our own or Ray Data: vLLM's offline `LLM` refuses data
 parallelism for dense models, and its server already balances requests over replicas, keeps each
-one's batch full, and spans nodes (`--data-parallel-size-local`, `--headless`; README › Running
-on GPUs). Ray Data's LLM processor would add a Ray cluster to every run for the same effect.
+one's batch full, and spans nodes (`--data-parallel-size-local`, `--headless`; docs/paper.md).
+Ray Data's LLM processor would add a Ray cluster to every run for the same effect.
 
 The results are those of the single-engine path, with the same cache keys (the pool keys by the
 model, the resolved dtype and the runtime, not by the replica count): a rerun through either

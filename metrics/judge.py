@@ -50,7 +50,7 @@ def parse_difficulty(text: str, finish_reason: str = "stop") -> str | None:
 
 def judge_prompt(record: Record, template: str) -> Chat:
     """The record's instruction in a judge template (one user message). The instruction only, not
-    its input: the paper's code judges `item["instruction"]` (SPEC §5 says Q; see README)."""
+    its input: the paper's code judges `item["instruction"]` (SPEC §5 says Q; see docs/paper.md)."""
     return [{"role": "user", "content": fill(template, query=record["instruction"])}]
 
 

@@ -1,9 +1,9 @@
 """The study protocol of every experiment preset (reporting/protocol.yaml), as data.
 
-`python -m reporting.protocol` prints the README's protocol table (`--readme README.md` rewrites
-it there); `--check` composes every job of every preset and reports where a preset differs from
-its row (tests/test_study.py runs the same
-check, and checks that the README's table is this module's rendering).
+`python -m reporting.protocol` prints the protocol table of docs/paper.md (`--readme docs/paper.md`
+rewrites it there); `--check` composes every job of every preset and reports where a preset
+differs from its row (tests/test_study.py runs the same check, and checks that docs/paper.md's
+table is this module's rendering).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def _actual(cfg: Any) -> dict[str, Any]:
         else None,
         "lora": _lora(cfg.train),
         "autoif": _autoif(sc) if sc.name == "autoif" else None,
+        "reward": cfg.metrics.reward.model if cfg.metrics.reward.get("enabled") else "off",
         "filter": f.name if f.name == "none" else f"{f.name}@{f.keep_ratio}",
         "arm_size": "all" if f.equal_size is None else f.equal_size,
         "keep_failed": bool(cfg.scenario.get("keep_failed", False)),
@@ -264,6 +265,7 @@ def _fixed_text(fixed: dict) -> str:
         "summarizer": "method summariser",
         "lora": "LoRA",
         "autoif": "AutoIF",
+        "reward": "reward model",
         "stages": "stages",
         "filter": "filter",
         "arm_size": "arm size",
@@ -300,7 +302,7 @@ def _seed_text(domain: dict, evol_instruct: bool) -> str:
 
 
 def render() -> str:
-    """The README's protocol table (markdown) and its notes."""
+    """The protocol table of docs/paper.md (markdown) and its notes."""
     data = load()
     domains = data["domains"]
     lines = [
@@ -339,7 +341,7 @@ def render() -> str:
 
 
 def readme_block(readme: str) -> str | None:
-    """The protocol table as it stands in README.md (between the markers), or None."""
+    """The protocol table as it stands in a document (between the markers), or None."""
     if README_START not in readme or README_END not in readme:
         return None
     return readme.split(README_START, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
@@ -348,7 +350,7 @@ def readme_block(readme: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reporting.protocol", description=__doc__)
     ap.add_argument("--check", action="store_true", help="compose every preset's jobs and check")
-    ap.add_argument("--readme", type=Path, help="rewrite the table in this README.md")
+    ap.add_argument("--readme", type=Path, help="rewrite the table in this file (docs/paper.md)")
     args = ap.parse_args(argv)
     if args.readme:
         text = args.readme.read_text(encoding="utf-8")

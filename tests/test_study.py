@@ -112,11 +112,11 @@ def test_turn_end_of_the_shipped_templates():
             assert "tokenizer" in want, name
 
 
-def test_the_readme_shows_the_protocol_table():
+def test_the_docs_show_the_protocol_table():
     from reporting.protocol import readme_block, render
     from tests.conftest import ROOT
 
-    assert readme_block((ROOT / "README.md").read_text()) == render()
+    assert readme_block((ROOT / "docs" / "paper.md").read_text()) == render()
 
 
 def test_preset_details_beyond_the_table():
