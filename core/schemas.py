@@ -228,7 +228,7 @@ class PairwiseConfig:
     limit: int | None = None
     max_tokens: int = 512
     # both: each pair judged twice, positions swapped (position bias cancelled); one: once, this
-    # job's answer first, as the paper's win rates (A.4).
+    # job's answer first, as the paper's code (Evol_Instruct/judge.py).
     orders: str = "both"
 
     def __post_init__(self) -> None:

@@ -96,6 +96,14 @@ def stop_token_ids(tokenizer: Any, chat_template: str | None = None) -> list[int
     except ConfigError as e:
         log.warning("generation stops on the model's EOS only: %s", e)
         return []
+    except Exception as e:  # a tokenizer wrapper that renders no HF template (vLLM's mistral
+        # mode), a template that fails to render: the extra stop is lost, the engine still runs
+        log.warning(
+            "generation stops on the model's EOS only: the turn end could not be read (%s: %s)",
+            type(e).__name__,
+            e,
+        )
+        return []
 
 
 def turn_end_text(chat_template: str) -> str:

@@ -57,13 +57,15 @@ class EngineLM(LM):
         # The EOS itself is left out: every engine stops on it already, and leaving it out keeps
         # the cache keys of models whose turn end is their EOS (the bundled one) as they were.
         ids = stop_token_ids(self.tokenizer)
+        self._turn_end_id = ids[0] if ids else None
         eos = self.tokenizer.eos_token
         self.turn_end = tuple(t for t in self.tokenizer.convert_ids_to_tokens(ids) if t != eos)
 
     # -- what lm-eval records about the model (results.json), as its HF model reports it ---------
     @property
     def eot_token_id(self) -> int | None:
-        return self.tokenizer.eos_token_id
+        """The end of turn the requests stop at: the template's turn end, else the EOS."""
+        return self._turn_end_id if self._turn_end_id is not None else self.tokenizer.eos_token_id
 
     @property
     def max_length(self) -> int:

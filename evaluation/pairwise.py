@@ -2,7 +2,8 @@
 positions swapped. Model 1 wins an item only if it wins both passes, loses only if it loses both;
 anything else is a tie, and a pass whose verdict cannot be read makes the item `unparseable`
 (reported on its own, never counted as a tie). `orders="one"` judges each pair once, model 1's
-answer shown first, as the paper's win rates did (position bias is then not cancelled)."""
+answer shown first, as the paper's code does (Evol_Instruct/judge.py; position bias is then not
+cancelled)."""
 
 from __future__ import annotations
 

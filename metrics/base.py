@@ -138,12 +138,17 @@ METRICS: Registry[type[Metric]] = Registry(
 
 def enabled_metrics(metrics_cfg: Any) -> list[tuple[type[Metric], Any]]:
     """(class, typed config) of every configured and enabled metric, in run order; a configured
-    name that is not registered is an error listing the registered ones."""
+    name that is not registered is an error listing the registered ones. A metric is configured
+    when its file in conf/metrics/ is selected (`metrics=[...]`); every such file says `enabled`.
+    A section without it holds only a preset's settings for a metric the run did not select
+    (the demo's diversity model and judge caps under `metrics=[ifd]`), so it is skipped."""
     from core.config import typed_section
 
     out = []
     for name in metrics_cfg or {}:
         node = metrics_cfg[name]
+        if node is None or "enabled" not in node:
+            continue
         cls = METRICS.get(str(name), node.get("impl") if node is not None else None)
         cfg = typed_section(cls.Config, node, f"metrics.{name}")
         if cfg.enabled:

@@ -353,7 +353,7 @@ class Run:
 
     def train(self, records: list[Record]) -> dict:
         """Fine-tune the student on `records`; cached by everything the result depends on."""
-        from training.run import read_summary, train_sft
+        from training.run import ensure_export_stops, read_summary, train_sft
 
         if not records:  # e.g. no AutoIF verifier survived: nothing to fine-tune on
             log.warning("train: no record to train on; skipped (evaluate sees the student)")
@@ -389,6 +389,8 @@ class Run:
             summary = read_summary(out)
             if summary and (out / "hf" / "config.json").is_file():
                 log.info("train: cache hit (%s)", out)
+                if is_leader():  # an export from before exports stopped at the turn end
+                    ensure_export_stops(out / "hf")
             elif self.cache.read_only:
                 raise NotCached(f"train: no trained model in the cache ({out})")
             else:

@@ -38,9 +38,7 @@ def benchmark_items(job_dir: Path) -> dict[str, Items]:
     files = sorted(eval_dir.glob("samples_*.jsonl")) if eval_dir.is_dir() else []
     for path in files:
         task = path.stem.removeprefix("samples_")
-        bench = next(
-            (b for b in BENCHMARKS if task == b.name or task.startswith(f"{b.name}_")), None
-        )
+        bench = BENCHMARKS.for_task(task)
         if bench is None:
             continue
         rows = list(read_jsonl(path))

@@ -228,3 +228,41 @@ def test_every_run_with_a_set_writes_its_dataset_folder(tmp_path, fake):
     run_dir = tmp_path / "off"
     assert "export/dataset" not in Run(_cfg(tmp_path, "export.dataset=false"), run_dir).run()
     assert not (run_dir / "dataset").exists()
+
+
+def test_selection_on_the_seed_data_itself(tmp_path, fake, monkeypatch):
+    """The win-rate presets' path (stages=[score, filter, ...], no evolve, no respond): the seed
+    records keep their own outputs, are scored as they are and the filter keeps its share of
+    them; the engine answers nothing."""
+    import metrics.ifd
+    from tests.fakes import FakeIFDScorer
+
+    seen = []
+
+    class Recording(FakeIFDScorer):
+        def score(self, records):
+            seen.extend(r["output"] for r in records)
+            rows = super().score(records)
+            for k, row in enumerate(rows):  # distinct scores: the filter has an order to keep
+                row["ifd"] = row["ic_ifd"] = k / 10
+            return rows
+
+    monkeypatch.setattr(metrics.ifd, "IFDScorer", Recording)
+    data = tmp_path / "alpaca.jsonl"
+    rows = [{"instruction": f"Task {i}", "input": "", "output": f"Answer {i}"} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(
+        tmp_path,
+        "data=file",
+        f"data.path={data}",
+        "data.limit=null",
+        "stages=[score,filter]",
+        "metrics=[ifd]",
+        "filter=ic_ifd",
+        "filter.keep_ratio=0.25",
+    )
+    s = Run(cfg, tmp_path / "run").run()
+    assert sorted(seen) == sorted(r["output"] for r in rows)  # the seeds' own outputs
+    kept = _jsonl(tmp_path / "run" / "selected.jsonl")
+    assert [r["output"] for r in kept] == ["Answer 7", "Answer 6"]  # the top 25% by IC-IFD
+    assert s["filter/kept"] == 2 and fake.prompts_seen == []

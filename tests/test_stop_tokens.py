@@ -20,6 +20,7 @@ import yaml
 from core.errors import ConfigError
 from core.records import make_record
 from engines.base import Sampling
+from engines.hf import load_tokenizer
 from engines.turns import stop_token_ids, turn_end_token
 from tests.conftest import MODELS_DIR, ROOT, compose_cfg
 
@@ -136,6 +137,34 @@ def test_the_export_stops_on_the_turn_end_and_the_base_eos(tmp_path, family):
     saved = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert saved.eos_token == FAMILIES[family][4] and saved.eos_token_id == turn_id
     assert saved.chat_template == FAMILIES[family][3]
+
+
+def test_a_cached_export_from_before_is_patched_to_stop_at_the_turn_end(tmp_path):
+    """A train folder exported before exports stopped at the turn end (base EOS only) is given
+    the turn end on its next cache hit, once; a current export is left alone."""
+    from transformers import AutoTokenizer
+
+    from training.run import _write_export, ensure_export_stops
+
+    tok = small_tokenizer("llama3")
+    base_eos, turn_id = tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")
+    hf = tmp_path / "hf"
+    _write_export(SimpleNamespace(model=_tiny_model(tok)), tok, hf, stage=None)
+    assert ensure_export_stops(hf) is False  # already stops there
+    # As the export was written before: the base tokenizer's EOS, the base EOS alone.
+    old = AutoTokenizer.from_pretrained(hf)
+    old.eos_token = tok.convert_ids_to_tokens(base_eos)
+    old.save_pretrained(hf)
+    gen = json.loads((hf / "generation_config.json").read_text())
+    gen["eos_token_id"] = base_eos
+    (hf / "generation_config.json").write_text(json.dumps(gen))
+    assert ensure_export_stops(hf) is True
+    assert json.loads((hf / "generation_config.json").read_text())["eos_token_id"] == [
+        turn_id,
+        base_eos,
+    ]
+    assert AutoTokenizer.from_pretrained(hf).eos_token == "<|eot_id|>"
+    assert ensure_export_stops(hf) is False
 
 
 def test_a_chatml_export_whose_eos_is_the_turn_end_lists_it_once(tmp_path):
@@ -354,5 +383,9 @@ def test_the_exported_student_stops_in_an_lm_eval_run(tmp_path, gemma_export, ge
     numbers = evaluate(cfg.eval, model_cfg, pool, tmp_path / "eval", str(tmp_path))
     assert len(seen) == 4
     _assert_stopped([g for _, g in seen])
-    assert all("<end_of_turn>" in p.stop for p, _ in seen)  # the request asks to stop there
+    # Where the request stops: the export's EOS is the turn end (every engine stops on its EOS),
+    # so the lm-eval model need not add it to the stop strings (that keeps the cache keys of
+    # models whose turn end is their EOS as they were).
+    assert load_tokenizer(gemma_export).eos_token == "<end_of_turn>"
+    assert not any("<end_of_turn>" in p.stop for p, _ in seen)
     assert "gsm8k/strict" in numbers

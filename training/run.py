@@ -254,6 +254,33 @@ def _write_export(module: Any, tokenizer: Any, hf_dir: Path, stage: int | None) 
     log.info("train: exported %s", hf_dir)
 
 
+def ensure_export_stops(hf_dir: Path) -> bool:
+    """An export made before exports stopped at the turn end (a cached train folder): give it
+    the turn end as its EOS and first stop id, as `_write_export` does now, so every engine and
+    lm-eval's own hf backend stop there. True if it was patched; an export that already stops
+    there, or whose template has no special turn end, is left alone."""
+    from transformers import GenerationConfig
+
+    hf_dir = Path(hf_dir)
+    try:
+        tokenizer = load_tokenizer(str(hf_dir))
+        turn, turn_id = turn_end_token(tokenizer)
+    except Exception as e:  # no tokenizer to read, or no special turn end: nothing to patch
+        log.warning("train: %s left as it is (%s: %s)", hf_dir, type(e).__name__, e)
+        return False
+    path = hf_dir / "generation_config.json"
+    gen = GenerationConfig.from_pretrained(hf_dir) if path.is_file() else GenerationConfig()
+    stops = eos_ids(tokenizer, gen)
+    if tokenizer.eos_token == turn and stops[:1] == [turn_id]:
+        return False
+    gen.eos_token_id = list(dict.fromkeys([turn_id, *stops]))
+    gen.save_pretrained(hf_dir)
+    tokenizer.eos_token = turn
+    tokenizer.save_pretrained(hf_dir)
+    log.info("train: the cached export %s now stops at %s", hf_dir, turn)
+    return True
+
+
 def write_generation_config(model: Any, out_dir: Path, eos: list[int]) -> None:
     """generation_config.json with `eos` as its eos_token_id: transformers' generate and vLLM
     (its sampling params take the file's eos ids as stop ids) both stop on every one of them."""
