@@ -415,40 +415,46 @@ def humaneval_oc_programs(resps: list[list[str]], docs: list[dict]) -> list[list
     ]
 
 
-def mbpp_oc_answer(text: str) -> str:
-    """MBPPEvaluator._process_answer: the program between [BEGIN] and [DONE], unquoted. Where
-    OpenCompass `eval`s the text to unwrap a quoted string, a literal is parsed instead: the same
-    for a string literal, and model output never runs in this process."""
+_FENCE = re.compile(r"```(.*?)```", re.DOTALL)
+_DONE = re.compile(r"('\s*)?(\[DONE\]|DONE)")
+_BEGIN = re.compile(r"(\[BEGIN\]|BEGIN)('\s*)?")
+_PY_FENCE = re.compile(r"```python(.*)```", re.DOTALL)
+
+
+def _unquoted(text: str) -> str:
+    """A reply that is one quoted string literal, as its contents (parsed, never run)."""
     try:
-        literal = ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
-        literal = None
-    if isinstance(literal, str):
-        text = literal
-    if "```" in text:
-        blocks = re.findall(r"```(.*?)```", text, re.DOTALL)
-        if not blocks:
-            text = text.split("```")[1]
-        else:
-            text = blocks[0]
-            if not text.startswith("\n"):  # ```python: drop the language tag's line
-                text = text[max(text.find("\n") + 1, 0) :]
-    text = text.strip()
-    m = re.search(r"('\s*|)(\[DONE\]|DONE)", text)
-    if m:
-        text = text[: m.start()]
-    m = re.search(r"(\[BEGIN\]|BEGIN)('\s*|)", text)
-    if m:
-        text = text[m.end() :]
-    text = text.strip()
-    if text.startswith("'"):
-        text = text[1:]
-    if text.endswith("'"):
-        text = text[:-1]
-    text = text.replace("\\", "")
-    m = re.search(r"```python(.*)```", text, re.DOTALL)
-    if m:
-        text = m.group(1).strip().split("```")[0].strip()
+        return text
+    return value if isinstance(value, str) else text
+
+
+def _first_fenced(text: str) -> str:
+    """The body of the first fenced block, without a language tag's line; with an unclosed
+    fence, what follows it."""
+    if "```" not in text:
+        return text
+    found = _FENCE.search(text)
+    if found is None:
+        return text.split("```")[1]
+    body = found.group(1)
+    return body if body.startswith("\n") else body[body.find("\n") + 1 :]
+
+
+def mbpp_oc_answer(text: str) -> str:
+    """The program in an MBPP reply as OpenCompass's MBPP evaluator reads it: a quoted reply
+    unquoted, the first fenced block, the span between [BEGIN] and [DONE], stray quotes and
+    backslashes dropped, an inner python fence opened. A quoted reply is parsed as a literal,
+    where OpenCompass evaluates it, so model output never runs in this process."""
+    text = _first_fenced(_unquoted(text)).strip()
+    if done := _DONE.search(text):
+        text = text[: done.start()]
+    if begin := _BEGIN.search(text):
+        text = text[begin.end() :]
+    text = text.strip().removeprefix("'").removesuffix("'").replace("\\", "")
+    if inner := _PY_FENCE.search(text):
+        text = inner.group(1).strip().split("```")[0].strip()
     return text
 
 
