@@ -6,6 +6,7 @@ Everything it does is named by the composed config (conf/); see README.md.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -34,29 +35,47 @@ def main(cfg: DictConfig) -> dict | None:
     return run_job(cfg, hc.runtime.output_dir, group=group, name=name, job=job)
 
 
+def record_override(argv: list[str], record: Path) -> list[str]:
+    """`argv` with the override that names this invocation's record file (reporting.jobs): where
+    Hydra's callback says which run or sweep folder it ran, whose summary.json files decide the
+    exit status. One inherited from a parent process (Lightning re-runs this script per device
+    with the parent's arguments) is replaced: each process reads its own."""
+    from reporting.jobs import RECORD_KEY
+
+    value = str(record).replace("\\", "\\\\").replace("'", "\\'")
+    kept = [a for a in argv if not a.startswith(f"{RECORD_KEY}=")]
+    return [*kept, f"{RECORD_KEY}='{value}'"]
+
+
 if __name__ == "__main__":
+    import os
+    import tempfile
+
     from core.config import expand_seeds
     from core.signals import Interrupted, check_interrupt, stop_on_signals
+    from reporting.jobs import invocation_failures
 
-    sys.argv[1:] = expand_seeds(sys.argv[1:])  # `seeds=3`: the sweep seed=0,1,2
-    stop_on_signals()
+    fd, name = tempfile.mkstemp(prefix="evolvers-run-", suffix=".json")
+    os.close(fd)
+    record = Path(name)
     try:
-        main()
-        check_interrupt()
-    except Interrupted as e:
-        print(
-            f"\n{e}: stopped. Finished work is cached; rerun the same command to resume.",
-            file=sys.stderr,
-        )
-        sys.exit(e.exit_code)
-    from pathlib import Path
-
-    from pipeline.runner import FAILED_JOBS
-    from reporting.compare import SWEEP_FAILURES
-
-    # This process's jobs, and a sweep's jobs as their summary.json files tell it (joblib and
-    # SLURM run them elsewhere); one job listed once.
-    failed = {str(Path(job["dir"]).resolve()): job for job in [*SWEEP_FAILURES, *FAILED_JOBS]}
+        # `seeds=3`: the sweep seed=0,1,2
+        sys.argv[1:] = record_override(expand_seeds(sys.argv[1:]), record)
+        stop_on_signals()
+        try:
+            main()
+            check_interrupt()
+        except Interrupted as e:
+            print(
+                f"\n{e}: stopped. Finished work is cached; rerun the same command to resume.",
+                file=sys.stderr,
+            )
+            sys.exit(e.exit_code)
+        # The jobs this invocation ran, as their summary.json files tell it (joblib and SLURM run
+        # a sweep's jobs elsewhere), and a sweep's comparison as <sweep>/sweep.json tells it.
+        failed = {str(Path(job["dir"]).resolve()): job for job in invocation_failures(record)}
+    finally:
+        record.unlink(missing_ok=True)
     if failed:
         print(f"\n{len(failed)} job(s) failed:", file=sys.stderr)
         for job in failed.values():

@@ -43,7 +43,7 @@ def main() -> None:
     from engines.precision import resolve_dtype
     from engines.vllm_engine import VLLMEngine
     from evolvers.base import build_scenario, child_id
-    from pipeline.runner import item_seed, sampling
+    from pipeline.services import item_seed, sampling
 
     cfg = compose_config(["engine=vllm", "engine.chunk_size=64"])
     model_cfg, engine_cfg, models_dir = cfg.model, cfg.engine, cfg.models_dir

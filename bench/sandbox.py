@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _machine import print_machine  # noqa: E402
 
-from core.sandbox import WORKER, SandboxPool, default_workers  # noqa: E402
+from sandbox import SandboxPool, default_workers  # noqa: E402
+from sandbox.worker import PRELOAD  # noqa: E402
 
 # --smoke: a few programs, two workers (the pool's sharing runs); the figures are not meaningful.
 SMOKE = {"functions": 6, "cases": 2, "workers": 2}
@@ -45,9 +46,21 @@ print((time.perf_counter() - t) / 300)
 """
 
 
+# An interpreter like the worker's before it serves: its own imports and the preloaded modules.
+PRELOAD_CODE = f"""
+import ctypes, gc, importlib, json, os, platform, pwd, resource, select, signal, socket, struct
+import sys, time
+for name in {PRELOAD!r}:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+"""
+
+
 def fork_floor() -> float:
     """Seconds per fork + exit + wait of an interpreter like the worker's."""
-    preload = WORKER.split("# --- choose the isolation level")[0].split("NEWNS, NEWNET")[0]
+    preload = PRELOAD_CODE
     out = subprocess.run(
         [sys.executable, "-I", "-S", "-c", preload + FLOOR, "{}"],
         capture_output=True,

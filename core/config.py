@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from core import schemas
 from core.data import bundled_path
 from core.errors import ConfigError, unknown_option
+from core.schemas import typed_section  # the checker (also imported from here)
+from core.stage import STAGES
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -70,25 +72,6 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def typed_section(schema: type, node: Any, key: str) -> Any:
-    """`node` checked against the dataclass `schema` and returned as an instance of it; an unknown
-    key, a wrong type or a value out of range is a ConfigError naming `key.<field>`."""
-    import dataclasses
-
-    if OmegaConf.is_config(node):
-        node = OmegaConf.to_container(node, resolve=True)
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node or {}))
-    except ConfigKeyError as e:
-        valid = [f.name for f in dataclasses.fields(schema)]
-        raise ConfigError(f"unknown key {key}.{e.full_key}; valid: {', '.join(valid)}") from None
-    except OmegaConfBaseException as e:
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{key}.{e.full_key}: {msg}") from None
-    except ConfigError as e:
-        raise ConfigError(f"{key}.{e}") from None
-
-
 # Roles that have a model in the defaults list (selected without `+`).
 _DEFAULT_ROLES = ("train.student",)
 
@@ -133,13 +116,36 @@ def role_model(cfg: DictConfig, value: Any, key: str) -> DictConfig:
     return out
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every section against its schema, before any work (see the module docstring)."""
-    from core import schemas
+def stage_sections() -> dict[str, type | None]:
+    """{top-level key: its Config (None: unchecked)} of every registered stage whose settings
+    section is not one of the framework's own: an out-of-tree stage's (`plugins: [...]` having
+    registered it). A built-in stage without settings has no section."""
+    out: dict[str, type | None] = {}
+    for stage in STAGES:
+        key = stage.config_key()
+        if key in schemas.TOP_LEVEL or stage.scenario_settings:
+            continue
+        if stage.Config is None and stage.__module__ in STAGES.builtins:
+            continue
+        out.setdefault(key, stage.Config)
+    return out
 
+
+def validate(cfg: DictConfig) -> None:
+    """Every section against its schema, before any work (see the module docstring). A top-level
+    key is one of the framework's (`core.schemas.TOP_LEVEL`) or a registered stage's own section,
+    checked against that stage's `Config`."""
+    extra: dict[str, type | None] | None = None
     for key in cfg:
-        if key not in schemas.TOP_LEVEL:
-            raise unknown_option("top-level config key", str(key), schemas.TOP_LEVEL)
+        if key in schemas.TOP_LEVEL:
+            continue
+        extra = stage_sections() if extra is None else extra  # the stages' modules load once
+        if key not in extra:
+            raise unknown_option(
+                "top-level config key", str(key), [*schemas.TOP_LEVEL, *sorted(extra)]
+            )
+        if extra[key] is not None:
+            typed_section(extra[key], cfg[key], str(key))
     for key, schema in schemas.SECTIONS.items():
         if key in cfg:
             typed_section(schema, cfg[key], key)

@@ -11,6 +11,7 @@ from hydra.utils import to_absolute_path
 
 from core.errors import DataError
 from core.records import Record, make_record, read_records
+from core.schemas import DataConfig, typed_section
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,6 @@ def bundled_path(name: str) -> str:
 
 def load_seeds(data_cfg: Any, seed: int) -> list[Record]:
     """Records with unique ids; `meta.source_id` and `meta.seed_index` name each seed's lineage."""
-    from core.config import typed_section
-    from core.schemas import DataConfig
-
     data_cfg = typed_section(DataConfig, data_cfg, "data")
     if data_cfg.path:
         path = Path(to_absolute_path(str(data_cfg.path)))

@@ -13,10 +13,31 @@ or a whole model mapping selected through Hydra: `model@train.student=qwen2.5_0.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
 from core.errors import ConfigError
+
+
+def typed_section(schema: type, node: Any, key: str) -> Any:
+    """`node` checked against the dataclass `schema` and returned as an instance of it; an unknown
+    key, a wrong type or a value out of range is a ConfigError naming `key.<field>`."""
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=True)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node or {}))
+    except ConfigKeyError as e:
+        valid = [f.name for f in dataclasses.fields(schema)]
+        raise ConfigError(f"unknown key {key}.{e.full_key}; valid: {', '.join(valid)}") from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{key}.{e.full_key}: {msg}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{key}.{e}") from None
 
 
 def check(cond: bool, key: str, msg: str) -> None:
@@ -176,6 +197,12 @@ class LoraConfig:
     target_modules: Any = "all-linear"
 
 
+# Lightning's strategies the train stage builds (training.run.make_strategy) and the learning-rate
+# schedules it knows (training.module): checked at start-up, not when training starts.
+STRATEGIES = ("auto", "ddp", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload")
+SCHEDULERS = ("cosine", "linear")
+
+
 @dataclass
 class TrainConfig:
     name: str = "???"
@@ -204,6 +231,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         one_of(self.method, "method", ("full", "lora"))
+        one_of(self.strategy, "strategy", STRATEGIES)
+        one_of(self.scheduler, "scheduler", SCHEDULERS)
         check(self.lr > 0, "lr", "must be > 0")
         check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
         check(
@@ -365,6 +394,7 @@ TOP_LEVEL = (
     "seed",
     "cache_dir",
     "models_dir",
+    "plugins",  # modules imported at start-up and by reports (core.extensions): stages, ...
 )
 # Role keys: where a model other than the run's own may be named.
 ROLES = (

@@ -17,7 +17,7 @@ class Sampling:
     # >0: return the top-1 log-probability at each of the first `top1_logprobs` generated positions.
     top1_logprobs: int = 0
     # >0 (with top1_logprobs): also the `top_logprobs` largest log-probabilities at those positions
-    # (raw, before temperature): what temperature calibration reads (pipeline.calibration).
+    # (raw, before temperature): what temperature calibration reads (evolvers.calibration).
     top_logprobs: int = 0
     seed: int | None = None
     # Stop sequences: generation ends before the first of them (it is not part of the text).

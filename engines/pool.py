@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
 import time
 from typing import Any
@@ -27,6 +28,21 @@ def model_identity(model_cfg: Any) -> dict:
         for k in keys
         if (v := model_cfg.get(k)) is not None
     }
+
+
+# Model settings that change the engine loaded for a model without changing its identity.
+ENGINE_LOAD_KEYS = (
+    "dtype",
+    "max_model_len",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "gpu_memory_utilization",
+)
+
+
+def _any_of(name: str) -> str:
+    """The key of an engine adopted for every model called `name`."""
+    return f"adopted:{name}"
 
 
 # Prompts per engine call under engine.chunk_size=auto. Each call's results are saved before the
@@ -96,23 +112,37 @@ class EnginePool:
                 out["device"] = "cuda"
         return {k: v for k, v in out.items() if v is not None}
 
+    def engine_key(self, model_cfg: Any) -> str:
+        """What the loaded engine is: the model's identity (as the cache keys it, model_identity)
+        and every setting that changes the engine built for it (the resolved engine settings, the
+        model's format, context length and parallelism). Two roles of one model share an engine;
+        a model of the same name with other weights (`path`, `revision`) does not."""
+        e, kind = self.settings(model_cfg)
+        engine = OmegaConf.to_container(e, resolve=True) if OmegaConf.is_config(e) else dict(e)
+        load = {k: model_cfg.get(k) for k in ENGINE_LOAD_KEYS if model_cfg.get(k) is not None}
+        key = {"model": model_identity(model_cfg), "kind": kind, "engine": engine, "load": load}
+        return json.dumps(key, sort_keys=True, default=str)
+
     def engine_for(self, model_cfg: Any) -> Engine:
-        name = model_cfg.name
-        if self._loaded and self._loaded[0] == name:
+        key = self.engine_key(model_cfg)
+        if self._loaded and self._loaded[0] in (key, _any_of(model_cfg.name)):
             return self._loaded[1]
         self.release()
         e, kind = self.settings(model_cfg)
-        log.info("loading %s with the %s engine", name, kind)
+        log.info("loading %s with the %s engine", model_cfg.name, kind)
         cfg = OmegaConf.merge(e, {"kind": kind})
         t0 = time.perf_counter()
-        self._loaded = (name, build_engine(cfg, model_cfg, self.models_dir))
+        self._loaded = (key, build_engine(cfg, model_cfg, self.models_dir))
         self.stats.load_seconds += time.perf_counter() - t0
         return self._loaded[1]
 
-    def adopt(self, model_name: str, engine: Engine) -> None:
-        """Use an engine loaded elsewhere (benchmarks, notebooks) for `model_name`."""
+    def adopt(self, model: Any, engine: Engine) -> None:
+        """Use an engine loaded elsewhere (benchmarks, notebooks): for the model config `model`
+        (keyed as `engine_key`), or, given a name, for every model of that name (the caller
+        vouches that the engine serves them all)."""
         self.release()
-        self._loaded = (model_name, engine)
+        key = _any_of(model) if isinstance(model, str) else self.engine_key(model)
+        self._loaded = (key, engine)
 
     def release(self) -> None:
         if self._loaded:

@@ -141,7 +141,7 @@ class VLLMEngine:
         t0 = time.perf_counter()
         self.llm = vllm.LLM(**kwargs)
         self._sampling_cls = vllm.SamplingParams
-        try:  # for temperature calibration's tail (pipeline.calibration)
+        try:  # for temperature calibration's tail (evolvers.calibration)
             self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         except Exception:
             self.vocab_size = 0

@@ -24,10 +24,16 @@ that name where one exists, so a domain's task list (conf/domain) runs under eit
 variant reports under its own name (`gsm8k_oc/accuracy`): numbers from different prompts and
 answer extraction never share a summary key. summary.json, the comparison and the plots read the
 headlines from here.
+
+`BENCHMARKS` holds the built-in benchmarks only. `registry_for(eval.benchmark_dirs)` is a job's
+registry: the built-ins plus its out-of-tree folders, a new object each call, so one job's
+folders never change what another job, or a later report, sees.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +46,50 @@ from core.errors import ConfigError, unknown_option
 from core.registry import load_impl
 
 BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
+
+
+# -- lm-eval's task files and local data: what a benchmark's task configs start from ------------
+# (Here, not in evaluation.tasks: the builders and scorers there import this module, never the
+# other way round.)
+def lm_eval_task_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def lm_eval_yaml(rel: str, resolve: bool) -> dict[str, Any]:
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(lm_eval_task_dir() / rel, resolve_func=resolve)
+
+
+# -- local data files ----------------------------------------------------------------------------
+def local_files(task: str, data_dir: Path, splits: dict[str, str]) -> dict[str, Any]:
+    """`dataset_path: json` over `<data_dir>/<task>/<split>.jsonl` files."""
+    files = {}
+    for split, fname in splits.items():
+        path = data_dir / task / fname
+        if not path.is_file():
+            raise ConfigError(
+                f"eval: {path} not found (eval.data_dir holds <task>/{fname} in the hub "
+                f"dataset's schema; eval.data_dir=null uses the hub)"
+            )
+        check_jsonl(path)
+        files[split] = str(path)
+    return {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}
+
+
+def check_jsonl(path: Path) -> None:
+    """A malformed line is an error naming file:line before lm-eval sees the file."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as e:
+                    raise ConfigError(f"{path}:{n}: {e}") from None
 
 
 @dataclass
@@ -77,8 +127,6 @@ class Benchmark:
             return [{**cfg, **self.task} for cfg in build(self, data_dir, fewshot)]
         cfg: dict[str, Any] = {}
         if self.lm_eval:
-            from evaluation.tasks import lm_eval_yaml
-
             cfg = lm_eval_yaml(self.lm_eval, self.resolve)
         cfg = {**cfg, **self.task}
         cfg.setdefault("task", self.name)
@@ -88,8 +136,6 @@ class Benchmark:
 
     def local_source(self, data_dir: Path, fewshot: int) -> dict[str, Any]:
         """`dataset_path: json` over this benchmark's files under `data_dir/<data_name>/`."""
-        from evaluation.tasks import local_files
-
         splits = dict(self.local)
         missing_optional = False
         for split, fname in self.local_optional.items():
@@ -104,9 +150,20 @@ class Benchmark:
 
 
 class BenchmarkRegistry:
+    """The benchmarks of `folder` (read on first use), plus any added with `add_file` /
+    `add_dirs`, which change this registry only: `registry_for` gives a job's own."""
+
     def __init__(self, folder: Path):
         self.folder = folder
         self._entries: dict[str, Benchmark] | None = None
+
+    def with_dirs(self, folders: list[str] | None) -> BenchmarkRegistry:
+        """A new registry: this one's benchmarks plus those of `folders` (a file there replaces
+        a benchmark of the same name); this one is left as it is."""
+        other = BenchmarkRegistry(self.folder)
+        other._entries = dict(self._all())
+        other.add_dirs(list(folders or []))
+        return other
 
     def _all(self) -> dict[str, Benchmark]:
         if self._entries is None:
@@ -132,6 +189,7 @@ class BenchmarkRegistry:
         return bench
 
     def add_dirs(self, folders: list[str]) -> None:
+        """Add every `*.yaml` of `folders` to this registry (replacing same-named ones)."""
         for folder in folders or []:
             path = Path(folder).expanduser()
             if not path.is_dir():
@@ -199,3 +257,12 @@ class BenchmarkRegistry:
 
 
 BENCHMARKS = BenchmarkRegistry(BENCHMARK_DIR)
+
+
+def registry_for(benchmark_dirs: list[str] | None) -> BenchmarkRegistry:
+    """The registry a job with `eval.benchmark_dirs = benchmark_dirs` sees: the built-in
+    benchmarks plus every benchmark file in those folders, as a new registry; `BENCHMARKS` is
+    never changed. Evaluation uses it for the job's own tasks and headlines; reports rebuild it
+    from a job's saved config (its `eval.benchmark_dirs`), so out-of-tree benchmarks keep their
+    headline columns in any process. A folder that is not there is a ConfigError."""
+    return BENCHMARKS.with_dirs(list(benchmark_dirs or []))

@@ -7,6 +7,7 @@ backend=hf: lm-eval's own HF backend on the same checkpoint, as a cross-check.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -16,9 +17,9 @@ from omegaconf import OmegaConf
 
 from core.errors import ConfigError
 from core.records import write_json_atomic, write_text_atomic
-from evaluation import tasks as code_tasks
-from evaluation.benchmarks import BENCHMARKS
-from evaluation.tasks import close_sandbox, ensure_punkt, headline, run_benchmarks, task_configs
+from evaluation.benchmarks import registry_for
+from evaluation.tasks import code_runner, ensure_punkt, headline, run_benchmarks, task_configs
+from sandbox import SandboxService
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,15 @@ def evaluate(
     out_dir: Path,
     cache_dir: str,
     seed: int = 0,
+    sandbox: SandboxService | None = None,
 ) -> dict[str, Any]:
     """Run the configured tasks; write eval/results.json and eval/samples_<task>.jsonl; return
-    the flattened headline numbers (`ifeval/prompt_strict`, ..., `mbpp/pass@1`)."""
+    the flattened headline numbers (`ifeval/prompt_strict`, ..., `mbpp/pass@1`).
+
+    HumanEval / MBPP programs run in `sandbox` (the run's service: left open, its owner closes
+    it), or, when None, in a service of this call's own, closed before it returns. The level
+    they ran at is `eval/sandbox_isolation`. The benchmarks are `registry_for(
+    eval.benchmark_dirs)`'s: the global registry is left as it is."""
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
@@ -44,17 +51,18 @@ def evaluate(
     backend = eval_cfg.backend
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines drown ours
     ensure_punkt(Path(cache_dir).expanduser() / "nltk_data")
-    close_sandbox(timeout=float(eval_cfg.code_timeout))
-    code_tasks.SANDBOX_ISOLATION = None
-    tasks = task_configs(eval_cfg)
-    benchmarks = run_benchmarks(eval_cfg)
+    registry = registry_for(eval_cfg.benchmark_dirs)
+    tasks = task_configs(eval_cfg, registry)
+    benchmarks = run_benchmarks(eval_cfg, registry)
     limit = eval_cfg.limit
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # lm-eval logs the prompt settings (chat template and its hash, fewshot_as_multiturn, system
     # instruction) only into a tracker; its CLI writes them into results.json, and so do we.
     tracker = EvaluationTracker()
-    try:
+    with contextlib.ExitStack() as stack:
+        service = sandbox if sandbox is not None else stack.enter_context(SandboxService())
+        code = stack.enter_context(code_runner(service, float(eval_cfg.code_timeout)))
         results = lm_eval.simple_evaluate(
             model=_model(backend, model_cfg, pool),
             model_args=_hf_args(model_cfg, pool) if backend == "hf" else None,
@@ -72,8 +80,6 @@ def evaluate(
             fewshot_random_seed=seed,
             bootstrap_iters=0,
         )
-    finally:
-        close_sandbox()
     if results is None:
         raise ConfigError("lm-eval returned no results")
     samples = results.pop("samples", {}) or {}
@@ -83,14 +89,16 @@ def evaluate(
     results.update(_tracked(tracker, model_cfg, backend))
     results["variant"] = eval_cfg.variant
     write_json_atomic(out_dir / "results.json", _jsonable(results))
-    numbers = headline(results.get("results", {}), results.get("n-samples", {}), benchmarks)
+    numbers = headline(
+        results.get("results", {}), results.get("n-samples", {}), benchmarks, registry
+    )
     numbers["eval/limit"] = limit
     numbers["eval/backend"] = backend
     numbers["eval/variant"] = eval_cfg.variant
-    if code_tasks.SANDBOX_ISOLATION:  # HumanEval / MBPP programs ran at this level
-        numbers["eval/sandbox_isolation"] = code_tasks.SANDBOX_ISOLATION
+    if code.usage.isolation:  # HumanEval / MBPP programs ran at this level
+        numbers["eval/sandbox_isolation"] = code.usage.isolation
     write_json_atomic(out_dir / "headline.json", numbers)
-    missing = [k for t in benchmarks for k in BENCHMARKS.get(t).headline_keys() if k not in numbers]
+    missing = [k for t in benchmarks for k in registry.get(t).headline_keys() if k not in numbers]
     if missing:
         log.warning("evaluate: no value for %s", ", ".join(missing))
     return numbers

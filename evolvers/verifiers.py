@@ -2,19 +2,18 @@
 run functions on texts in the sandbox, and decide which functions and cases survive.
 
 Nothing model-written runs in this process: `compile()` only parses, execution happens in
-`core.sandbox.Sandbox`.
+the sandbox (`sandbox.SandboxService`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.records import Record
-from core.sandbox import SandboxPool, TaskResult
+from sandbox import SandboxService, SandboxSettings, TaskResult, Usage
 
 # Reply failures, in the order a reply is checked (SPEC §3.3).
 NO_JSON, BAD_JSON, MISSING_FUNC, NO_EVALUATE, COMPILE_ERROR = (
@@ -168,72 +167,34 @@ def run_programs(
     items: list[tuple[str, str, list[list[Any]]]],
     sandbox_cfg: Any,
     desc: str,
-    cache: Any = None,
+    sandbox: SandboxService | None = None,
     counts: dict | None = None,
 ) -> list[TaskResult]:
     """Run (code, "evaluate", inputs) programs in the sandbox: `batch_size` per request to a
-    worker, `workers` workers side by side (core.sandbox.SandboxPool). With a
-    `cache` (core.cache.StepCache) the results are cached by program, inputs and sandbox
-    settings: a resumed run replays the same verdicts (a timeout included) instead of running
-    the programs again. `counts` gets the isolation level the sandbox ran at."""
+    worker, `workers` workers side by side (`scenario.sandbox`). `sandbox` is the run's
+    service (its cache, when it has one, replays the verdicts of a resumed run, a timeout
+    included); None: an uncached one for this call only, closed before it returns. `counts`
+    gets the isolation level and memory limit the programs ran at (nothing when every result
+    came from the cache)."""
     if not items:
         return []
-    from core.cache import stable_hash
-
-    keys = [stable_hash(list(item))[:24] for item in items]
-    unique = dict(zip(keys, items))
-    settings = {"timeout": float(sandbox_cfg.timeout), "memory_mb": int(sandbox_cfg.memory_mb)}
-    if getattr(sandbox_cfg, "share_process", False):
-        settings["share_process"] = True
-    seen: set[str] = set()
-
-    def compute(ids: list[str]) -> list[dict]:
-        res = _run_in_sandbox([unique[i] for i in ids], sandbox_cfg, desc, seen)
-        return [{"ok": r.ok, "results": r.results, "error": r.error} for r in res]
-
-    if cache is None:
-        rows = dict(zip(unique, compute(list(unique))))
+    usage = Usage()
+    settings = SandboxSettings.of(sandbox_cfg)
+    if sandbox is None:
+        with SandboxService() as own:
+            results = own.run_batch(items, settings, desc, usage)
     else:
-        rows = cache.run("sandbox", settings, list(unique), compute, 4096, desc=desc)
-    if counts is not None and seen:
-        counts["sandbox_isolation"] = ",".join(sorted(s for s in seen if ":" not in s))
-        memory = sorted(s.split(":", 1)[1] for s in seen if s.startswith("memory:"))
-        counts["sandbox_memory_limit"] = ",".join(memory)
-    return [TaskResult(rows[k]["ok"], rows[k]["results"], rows[k]["error"]) for k in keys]
-
-
-def _run_in_sandbox(
-    items: list[tuple[str, str, list[list[Any]]]], sandbox_cfg: Any, desc: str, seen: set
-) -> list[TaskResult]:
-    from tqdm import tqdm
-
-    with (
-        SandboxPool(
-            workers=int(getattr(sandbox_cfg, "workers", 0) or 0),
-            share_size=max(1, int(sandbox_cfg.batch_size)),  # programs per request to a worker
-            timeout=float(sandbox_cfg.timeout),
-            memory_mb=int(sandbox_cfg.memory_mb),
-            share_process=bool(getattr(sandbox_cfg, "share_process", False)),
-        ) as sb,
-        tqdm(total=len(items), desc=desc, leave=False) as bar,
-    ):
-        lock = threading.Lock()
-
-        def done(n: int) -> None:
-            with lock:  # shares end in the workers' threads
-                bar.update(n)
-
-        out = sb.run_batch(items, progress=done)
-        seen.update(sb.isolation.split(","))
-        seen.update(f"memory:{m}" for m in sb.memory_limit.split(","))
-    return out
+        results = sandbox.run_batch(items, settings, desc, usage)
+    if counts is not None:
+        counts.update(usage.counts())
+    return results
 
 
 def run_verifiers(
     records: list[Record],
     texts: dict[str, list[str]],
     sandbox_cfg: Any,
-    cache: Any = None,
+    sandbox: SandboxService | None = None,
     counts: dict | None = None,
 ) -> dict[str, list[dict[str, bool]]]:
     """accepted[record id][k][function id]: that function returned True on the record's k-th
@@ -247,7 +208,7 @@ def run_verifiers(
         (func, "evaluate", [[texts[rid][k]] for rid, k in members])
         for (_, func), members in groups.items()
     ]
-    results = run_programs(items, sandbox_cfg, "autoif verify", cache, counts)
+    results = run_programs(items, sandbox_cfg, "autoif verify", sandbox, counts)
     accepted: dict[str, list[dict[str, bool]]] = {
         r["id"]: [{} for _ in texts[r["id"]]] for r in records
     }

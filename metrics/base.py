@@ -14,11 +14,11 @@ metric. To add one: a module with a `Metric` subclass registered by `@METRICS.re
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from core.context import StageContext
+from core.fields import Field, Stat  # noqa: F401  (re-exported: a metric declares them)
 from core.records import Record
 from core.registry import Registry
 
@@ -29,38 +29,6 @@ class MetricConfig:
 
     enabled: bool = True
     impl: str | None = None  # "package.module": imported to register a metric that is not built in
-
-
-@dataclass(frozen=True)
-class Field:
-    """A per-record value in `scores.jsonl`."""
-
-    name: str
-    higher_is_better: bool | None = None  # None: descriptive, never "best"
-    label: str = ""
-    filter: str | None = None  # `filter=<filter>` selects records by this field ...
-    descending: bool = True  # ... keeping the highest values first (False: the lowest)
-    plot: str | None = None  # "hist" | "kde": its distribution in the report (last round)
-    sample: bool = True  # a column of the W&B sample tables
-
-
-@dataclass(frozen=True)
-class Stat:
-    """A set-level number: metrics.json › score › <metric> › <key> and summary.json
-    `round_<r>/score/<metric>/<key>`."""
-
-    key: str
-    higher_is_better: bool | None = None
-    headline: bool = False  # printed, in comparison.md, compared across jobs
-    label: str = ""
-    per_round: bool = False  # a line over rounds in the report
-    scaling: bool = False  # a panel of the evolver-size figure
-    labels: tuple[str, ...] = ()  # a label distribution (`<key>/percent/<label>`): bars
-    # The per-record field (scores.jsonl) whose mean over the set this stat is, and the number a
-    # record's value counts as (`value`; default: the value itself, None skipped): its bootstrap
-    # CI in summary.json and the two-arm tests of the verdict (reporting.items).
-    of: str | None = None
-    value: Callable[[Any], float | None] | None = None
 
 
 class Metric:
@@ -87,6 +55,15 @@ class Metric:
         self.cfg = cfg  # an instance of `Config`
         self.ctx = ctx
         self.scenario = scenario
+
+    @classmethod
+    def dtype_setting(cls, cfg: Any, run_cfg: Any) -> tuple[Any, str] | None:
+        """(value, config key) of the format its own forward-pass model runs in, for summary.json
+        `hardware/<name>_dtype`: by default its `dtype_field`; None where it runs no model of its
+        own (or one whose format another setting decides: override this)."""
+        if not cls.dtype_field:
+            return None
+        return getattr(cfg, cls.dtype_field), f"metrics.{cls.name}.{cls.dtype_field}"
 
     def cache_key(self) -> dict[str, Any]:
         skip = {"enabled", "impl", *self.key_excludes}

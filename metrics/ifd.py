@@ -389,6 +389,23 @@ class IFDMetric(Metric):
         "missing_output",
     )
 
+    @classmethod
+    def dtype_setting(cls, cfg: Any, run_cfg: Any) -> tuple[Any, str] | None:
+        """With `backend=engine` the scorer is the generation engine, in the engine's format
+        (`engine.dtype`, else the scorer model's own `dtype`), and `metrics.ifd.dtype` is unused."""
+        if cfg.backend != "engine":
+            return super().dtype_setting(cfg, run_cfg)
+        from core.config import role_model
+
+        model_cfg = role_model(run_cfg, cfg.model, "metrics.ifd.model")
+        own = model_cfg.get("engine") or {}
+        if own.get("dtype"):
+            return own.get("dtype"), f"{model_cfg.get('role') or 'model'}.engine.dtype"
+        engine = run_cfg.get("engine") or {}
+        if engine.get("dtype"):
+            return engine.get("dtype"), "engine.dtype"
+        return model_cfg.get("dtype"), f"{model_cfg.get('role') or 'model'}.dtype"
+
     def score(self, set_name: str, records: list[Record]) -> dict[str, dict]:
         from engines.models import resolve_model_path
         from engines.pool import model_identity
@@ -396,15 +413,14 @@ class IFDMetric(Metric):
 
         cfg = self.cfg
         with_output = [r for r in records if (r.get("output") or "").strip()]
-        self.missing = len(records) - len(with_output)
-        if self.missing and cfg.missing_output == "error":
+        missing = len(records) - len(with_output)
+        if missing and cfg.missing_output == "error":
             raise DataError(
-                f"score: {self.missing} of {len(records)} records in {set_name} have no output, "
+                f"score: {missing} of {len(records)} records in {set_name} have no output, "
                 "which IFD needs; run the respond stage first (stages=[...,respond,score]) or set "
                 "metrics.ifd.missing_output=skip"
             )
         model_cfg = self.ctx.role(cfg.model, "metrics.ifd.model")
-        self.model_name = model_cfg.name
         dtype = resolve_dtype(cfg.dtype, what="metrics.ifd.dtype")
 
         def load() -> IFDScorer:
@@ -466,11 +482,12 @@ class IFDMetric(Metric):
         return self._tok[1]
 
     def summarize(self, set_name, records, rows) -> dict[str, Any]:
+        """From its arguments alone: the records without an output are the skipped ones."""
         vals = list(rows.values())
         return {
-            "model": self.model_name,
+            "model": self.ctx.role(self.cfg.model, "metrics.ifd.model").name,
             "form": self.cfg.form,
-            "skipped_no_output": self.missing,
+            "skipped_no_output": sum(not (r.get("output") or "").strip() for r in records),
             "ifd_mean": mean([d["ifd"] for d in vals]),
             "ic_ifd_mean": mean([d["ic_ifd"] for d in vals]),
             "loss_q_mean": mean([d["loss_q"] for d in vals]),

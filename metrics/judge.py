@@ -149,11 +149,10 @@ class JudgeMetric(Metric):
             for r in records:
                 g = gens[r["id"]]
                 rows[r["id"]][kind] = parse(g.text, g.finish_reason)
-        self.model_name = model_cfg.name
         return rows
 
     def summarize(self, set_name, records, rows) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": self.model_name}
+        out: dict[str, Any] = {"model": self.ctx.role(self.cfg.model, "metrics.judge.model").name}
         if self.cfg.complexity:
             values = [row.get("complexity") for row in rows.values()]
             out["complexity_mean"] = mean(values)

@@ -142,23 +142,7 @@ class RewardMetric(Metric):
             for i, p in self.evolution_prompts(records).items()
         }
         if not pairs:
-            self.lengths = {}
             return {}
-        # The length-controlled mean's lengths: the evolved instruction's tokens under the reward
-        # model's own tokenizer (as the paper's eval_reward.py); no model load, so not cached.
-        if not hasattr(self, "_tok"):  # once per stage (score runs once per set)
-            from transformers import AutoTokenizer
-
-            remote = cfg.kind == "get_scores"
-            repo, revision = hub_ref(cfg.model)
-            self._tok = AutoTokenizer.from_pretrained(
-                repo, revision=revision, trust_remote_code=remote
-            )
-        tok = self._tok
-        self.lengths = {
-            i: len(tok(p[-1]["content"], add_special_tokens=False).input_ids)
-            for i, p in pairs.items()
-        }
         dtype = resolve_dtype(cfg.dtype, what="metrics.reward.dtype")
 
         def load() -> RewardScorer:
@@ -179,5 +163,23 @@ class RewardMetric(Metric):
         if not rows:
             return {"skipped": "no evolution prompts (records were not evolved)"}
         ids = list(rows)
-        summary = reward_summary([rows[i]["reward"] for i in ids], [self.lengths[i] for i in ids])
+        lengths = self.lengths({r["id"]: r for r in records}, ids)
+        summary = reward_summary([rows[i]["reward"] for i in ids], [lengths[i] for i in ids])
         return {"model": self.cfg.model, **summary}
+
+    def lengths(self, by_id: dict[str, Record], ids: list[str]) -> dict[str, int]:
+        """The length-controlled mean's lengths: each evolved instruction's tokens under the
+        reward model's own tokenizer (as the paper's eval_reward.py); no model load, so not
+        cached. The tokenizer loads once per stage (summarize runs once per set)."""
+        if not hasattr(self, "_tok"):
+            from transformers import AutoTokenizer
+
+            remote = self.cfg.kind == "get_scores"
+            repo, revision = hub_ref(self.cfg.model)
+            self._tok = AutoTokenizer.from_pretrained(
+                repo, revision=revision, trust_remote_code=remote
+            )
+        tok = self._tok
+        return {
+            i: len(tok(by_id[i]["instruction"], add_special_tokens=False).input_ids) for i in ids
+        }

@@ -1,6 +1,6 @@
 """The arms of a comparison (SPEC §9): jobs of one sweep that differ in one setting.
 
-Two steps need another arm's result inside a job:
+Three stages need another arm's artifact inside a job:
 - `filter.equal_size=smallest` cuts this job's set to the smallest arm's size, the arms being the
   sweep's values of `filter.equal_across` (the evolver, `model`, by default);
   `scenario.equal_size_constraints=smallest` (AutoIF) does the same with constraints, after
@@ -8,10 +8,12 @@ Two steps need another arm's result inside a job:
 - `eval.pairwise.against_arm=filter=ifd` judges this job's model against the model trained by the
   job that differs from this one by that override (the paper's IC-IFD vs IFD win rates).
 
-Another arm is its own config - this job's overrides with the arm's value - run here up to the
-stage needed, in `<run>/arms/<override>/`. Every step is content-addressed in the cache, so when
-that arm's job already ran this costs nothing, and what is computed here is the arm job's own
-work, found in the cache when it runs. No launcher order is assumed.
+Another arm is its own config - this job's overrides with the arm's value - whose artifact comes
+from the same stage loop (`StageContext.arm(overrides).artifact(name)`), run only through the
+stages that produce it, in `<run>/arms/<override>/`. Every step is content-addressed in the cache,
+so when that arm's job already ran this costs nothing, and what is computed here is the arm job's
+own work, found in the cache when it runs. No launcher order is assumed. The loop is handed in by
+the runner (`Arms(..., loop=...)`): this module does not import it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from core.config import compose_config
-from core.errors import ConfigError
+from core.errors import ConfigError, NotCached
 
 log = logging.getLogger(__name__)
 
@@ -103,89 +105,90 @@ def is_this_job(job: JobOverrides, changes: list[str]) -> bool:
     return all(mine.get(k) == v for k, v in parse_overrides(changes).items())
 
 
-def run_arm(
-    job: JobOverrides,
-    changes: list[str],
-    stages: list[str],
-    run_dir: Path,
-    equal_size: bool = True,
-    cache_only: bool = False,
-    cut: str = "filter.equal_size",
-) -> Any:
-    """The arm `changes` run up to `stages` in `<run_dir>/arms/<changes>/`; returns its Run.
-    `equal_size=False`: the arm's set before its own equal-size cut `cut` (the key set to null;
-    what `arm_sizes` needs).
-    `cache_only`: nothing is computed; a result not in the cache is a NotCached error naming the
-    arm and the command that computes it."""
-    from core.errors import NotCached
-    from pipeline.runner import Run
-
-    stage_list = ",".join(stages)
-    # What is not asked of the arm is switched off (its pairwise judge; its equal-size cut when
-    # its size is what is asked, which would otherwise recurse).
-    extras = [f"++stages=[{stage_list}]", "++eval.pairwise.enabled=false"]
-    if not equal_size:
-        extras.append(f"++{cut}=null")
-    overrides = arm_overrides(job, [*changes, *extras])
-    try:
-        cfg = compose_config(overrides)
-    except Exception as e:  # a Hydra composition error: name the arm
-        raise ConfigError(f"arm {' '.join(changes)}: {str(e).splitlines()[0]}") from None
-    name = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", ",".join(changes))
-    log.info("arm %s: running %s (cache hits where its job already ran)", name, stage_list)
-    arm_job = JobOverrides(task=arm_overrides(job, changes), sweep=job.sweep)
-    run = Run(cfg, Path(run_dir) / "arms" / name, job=arm_job, cache_only=cache_only)
-    try:
-        run.run()
-    except NotCached as e:
-        command = " ".join(
-            ["python run.py", *arm_overrides(job, changes), f"stages=[{stage_list}]"]
-        )
-        raise NotCached(
-            f"arm {' '.join(changes)} has not run up to {stages[-1]} (arms.missing=fail; {e}); "
-            f"run it first: {command}"
-        ) from None
-    return run
+# (config, run dir, job, cache_only) -> the stage loop of that job (pipeline.runner.Run):
+# `.artifact(name)` runs the stages that produce it (None when none does), `.stage_names(name)`
+# names them.
+Loop = Callable[[Any, Path, JobOverrides, bool], Any]
 
 
-def arm_sizes(
-    job: JobOverrides,
-    key: str,
-    own: int,
-    stages: list[str],
-    run_dir: Path,
-    cache_only: bool = False,
-    cut: str = "filter.equal_size",
-    size_of: Callable[[Any], int] | None = None,
-) -> dict[str, int]:
-    """{arm value: records it selects} for every value of `key` in the sweep; this job's own
-    size is `own`, the others are run through `stages` (this job's, up to its filter) with the
-    cut `cut` off. `size_of(run)`: another measure of an arm's size than what its filter kept
-    (the constraints of `scenario.equal_size_constraints`)."""
-    values = job.sweep.get(key)
-    if not values or len(values) < 2:
-        raise ConfigError(
-            f"{cut}=smallest: this job is not part of a sweep over {key} "
-            f"(filter.equal_across); sweep it (python run.py -m {key}=a,b ...) or set "
-            f"{cut} to a number"
-        )
-    mine = parse_overrides(job.task).get(key, [None])[0]
-    sizes: dict[str, int] = {}
-    for value in values:
-        if value == mine:
-            sizes[value] = own
-            continue
-        arm = run_arm(
-            job,
-            [f"{key}={value}"],
-            stages,
-            run_dir,
-            equal_size=False,
-            cache_only=cache_only,
-            cut=cut,
-        )
-        if size_of is not None:
-            sizes[value] = int(size_of(arm))
-        else:
-            sizes[value] = int((arm.filter_counts or {}).get("kept", 0))
-    return sizes
+class Arms:
+    """The other arms of this job's sweep, for the stages of one job (on its StageContext)."""
+
+    def __init__(
+        self,
+        job: JobOverrides,
+        run_dir: Path,
+        loop: Loop,
+        equal_across: str = "model",
+        cache_only: bool = False,
+        before: Callable[[], None] | None = None,
+    ):
+        self.job = job
+        self.run_dir = Path(run_dir)
+        self.loop = loop
+        self.equal_across = equal_across
+        self.cache_only = cache_only
+        self.before = before  # frees this job's engine: the arm loads its own models
+
+    def arm(self, changes: list[str]) -> Arm:
+        return Arm(self, list(changes))
+
+    def is_this_job(self, changes: list[str]) -> bool:
+        return is_this_job(self.job, changes)
+
+    def sizes(self, artifact: str, own: int, cut: str) -> dict[str, int]:
+        """{arm value: the arm's `artifact` (a count, or the length of a list)} for every value
+        of `equal_across` in the sweep; this job's own is `own`. `cut` names the setting that
+        asks (for the error when this job is not part of such a sweep)."""
+        key = self.equal_across
+        values = self.job.sweep.get(key)
+        if not values or len(values) < 2:
+            raise ConfigError(
+                f"{cut}=smallest: this job is not part of a sweep over {key} "
+                f"(filter.equal_across); sweep it (python run.py -m {key}=a,b ...) or set "
+                f"{cut} to a number"
+            )
+        mine = parse_overrides(self.job.task).get(key, [None])[0]
+        sizes: dict[str, int] = {}
+        for value in values:
+            if value == mine:
+                sizes[value] = int(own)
+                continue
+            got = self.arm([f"{key}={value}"]).artifact(artifact)
+            sizes[value] = int(got if isinstance(got, int) else len(got or []))
+        return sizes
+
+
+class Arm:
+    def __init__(self, arms: Arms, changes: list[str]):
+        self.arms = arms
+        self.changes = changes
+
+    @property
+    def label(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", ",".join(self.changes))
+
+    def artifact(self, name: str) -> Any:
+        """The arm's artifact `name`, from its stages that produce it (cache hits where its job
+        already ran; with `arms.missing=fail` nothing is computed, and what the cache lacks is
+        an error naming the command that computes it)."""
+        arms, job = self.arms, self.arms.job
+        overrides = arm_overrides(job, self.changes)
+        try:
+            cfg = compose_config(overrides)
+        except Exception as e:  # a Hydra composition error: name the arm
+            raise ConfigError(f"arm {' '.join(self.changes)}: {str(e).splitlines()[0]}") from None
+        if arms.before:
+            arms.before()
+        log.info("arm %s: its %s (cache hits where its job already ran)", self.label, name)
+        arm_job = JobOverrides(task=overrides, sweep=job.sweep)
+        loop = arms.loop(cfg, arms.run_dir / "arms" / self.label, arm_job, arms.cache_only)
+        try:
+            return loop.artifact(name)
+        except NotCached as e:
+            stages = loop.stage_names(name)
+            command = " ".join(["python run.py", *overrides, f"stages=[{','.join(stages)}]"])
+            raise NotCached(
+                f"arm {' '.join(self.changes)} has not run up to {stages[-1]} "
+                f"(arms.missing=fail; {e}); run it first: {command}"
+            ) from None

@@ -14,19 +14,27 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from hydra.experimental.callback import Callback
 
 from core.errors import ConfigError, UserFacingError
 from core.records import write_text_atomic
+from evaluation.benchmarks import BenchmarkRegistry
 from reporting import plots
+from reporting.jobs import (  # noqa: F401  (find_jobs, load_job, sweep_failures: used from here)
+    comparison_registry,
+    find_jobs,
+    load_job,
+    record_invocation,
+    run_record,
+    sweep_failures,
+    write_sweep_outcome,
+)
 from reporting.summary import is_headline
 from reporting.verdict import (
     SEED_KEY,
@@ -38,42 +46,16 @@ from reporting.verdict import (
 
 log = logging.getLogger(__name__)
 
-PATH_KEYS = ("cache_dir", "models_dir", "data.path", "hydra.")
 
-
-def find_jobs(paths: list[str | Path]) -> list[Path]:
-    jobs: list[Path] = []
-    for p in map(Path, paths):
-        if (p / "summary.json").is_file():
-            jobs.append(p)
-        else:
-            jobs += sorted((d.parent for d in p.glob("*/summary.json")), key=_job_order)
-    return jobs
-
-
-def _job_order(p: Path) -> tuple:
-    return (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)
-
-
-def load_job(path: Path) -> dict:
-    summary = json.loads((path / "summary.json").read_text())
-    overrides: dict[str, str] = {}
-    ov = path / ".hydra" / "overrides.yaml"
-    if ov.is_file():
-        for item in yaml.safe_load(ov.read_text()) or []:
-            key, _, value = str(item).partition("=")
-            if not key.startswith(PATH_KEYS):
-                overrides[key.lstrip("+~")] = value
-    return {"dir": str(path), "summary": summary, "overrides": overrides}
-
-
-def headline_keys(jobs: list[dict]) -> list[str]:
+def headline_keys(jobs: list[dict], benchmarks: BenchmarkRegistry | None = None) -> list[str]:
+    """The summary keys shown in comparison.md: every numeric headline of any job (metric and
+    stage stats, benchmarks, job columns), in first-seen order."""
     keys: list[str] = []
     for job in jobs:
         for k, v in job["summary"].items():
             if k in keys or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
-            if is_headline(k):
+            if is_headline(k, benchmarks):
                 keys.append(k)
     return keys
 
@@ -126,16 +108,21 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def headline_table(rows: list[list[dict]], labels: list[list[str]], head: list[str]) -> str:
+def headline_table(
+    rows: list[list[dict]],
+    labels: list[list[str]],
+    head: list[str],
+    benchmarks: BenchmarkRegistry | None = None,
+) -> str:
     """A Markdown table: one row per group of jobs (their mean, ± sd over seeds), each headline
     column's value bold when it is significantly best (reporting.verdict.significant_best)."""
-    cols = headline_keys([j for g in rows for j in g])
+    cols = headline_keys([j for g in rows for j in g], benchmarks)
     lines = [
         "| " + " | ".join([*head, *cols]) + " |",
         "|" + "---|" * (len(head) + len(cols)),
     ]
     values = {c: [group_value(g, c) for g in rows] for c in cols}
-    bold = {c: significant_best(rows, c, [m for m, _ in values[c]]) for c in cols}
+    bold = {c: significant_best(rows, c, [m for m, _ in values[c]], benchmarks) for c in cols}
     for i, group in enumerate(rows):
         cells = list(labels[i])
         for c in cols:
@@ -165,6 +152,7 @@ def compare(
     if not job_dirs:
         raise SystemExit(f"no job with a summary.json under {', '.join(map(str, paths))}")
     jobs = [load_job(p) for p in job_dirs]
+    benchmarks = comparison_registry(jobs)  # every job's own, rebuilt from its saved config
     swept = swept_keys(jobs)
     for job in jobs:
         job["label"] = (
@@ -201,6 +189,7 @@ def compare(
             for job in jobs
         ],
         ["job", *swept, "status"],
+        benchmarks,
     )
     groups = seed_groups([j for j in jobs if j["summary"].get("status") == "ok"])
     if any(len(g) > 1 for g in groups):
@@ -209,6 +198,7 @@ def compare(
             groups,
             [[*(g[0]["overrides"].get(k, "") for k in keys), str(len(g))] for g in groups],
             [*keys, "seeds"],
+            benchmarks,
         )
         table = f"## Over seeds (mean ± sd)\n\n{over_seeds}\n\n## Per job\n\n{table}"
     write_text_atomic(out / "comparison.md", f"{table}\n\n{BOLD_NOTE}\n")
@@ -216,8 +206,9 @@ def compare(
     verdict_error: UserFacingError | None = None
     if pair:
         try:
-            rows = verdict_rows([j for j in jobs if j["summary"].get("status") == "ok"], *pair)
-            files = write_verdict(rows, pair[0], pair[1], out)
+            ok = [j for j in jobs if j["summary"].get("status") == "ok"]
+            rows = verdict_rows(ok, *pair, benchmarks=benchmarks)
+            files = write_verdict(rows, pair[0], pair[1], out, benchmarks=benchmarks)
             verdict_lines = [
                 "## Verdict",
                 "",
@@ -231,7 +222,7 @@ def compare(
             verdict_error = e
             verdict_lines = ["## Verdict", "", f"Not written: {e}", ""]
 
-    figs = plots.figures(jobs, out / "plots")
+    figs = plots.figures(jobs, out / "plots", benchmarks)
     report = [
         "# Comparison",
         "",
@@ -285,53 +276,47 @@ def time_table(jobs: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-# Jobs of the multirun that just ended that did not finish (read by run.py for its exit code).
-SWEEP_FAILURES: list[dict] = []
-
-
-def sweep_failures(sweep_dir: Path, since: float = 0.0) -> list[dict]:
-    """The jobs under `sweep_dir` started at or after `since` (their `.hydra/` folder) whose
-    summary.json is missing or says anything but ok: what the jobs themselves recorded, so it
-    holds whichever process or machine ran them (joblib workers, SLURM tasks)."""
-    failed = []
-    for hydra_dir in sorted(Path(sweep_dir).glob("*/.hydra")):
-        job = hydra_dir.parent
-        if hydra_dir.stat().st_mtime < since:
-            continue
-        try:
-            summary = json.loads((job / "summary.json").read_text())
-        except (OSError, ValueError):
-            failed.append({"dir": str(job), "error": "no readable summary.json (the job died)"})
-            continue
-        if summary.get("status") != "ok":
-            error = summary.get("error") or summary.get("status") or "no status"
-            failed.append({"dir": str(job), "error": str(error)})
-    return failed
-
-
 class CompareCallback(Callback):
-    """At the end of a multirun: the comparison table and report in the sweep directory, and
-    the list of the jobs that failed (run.py exits 1 when there is one)."""
+    """Hydra's callback (conf/config.yaml › hydra.callbacks.compare). At the end of a multirun:
+    the comparison table and report in the sweep directory, its outcome in `<sweep>/sweep.json`
+    (a failed comparison makes run.py exit 1). With `record` (a file run.py names for each
+    invocation): this invocation's run folder, or its sweep folder and start time, which is how
+    run.py finds the summary.json files its exit status reads (reporting.jobs)."""
+
+    def __init__(self, record: str | None = None) -> None:
+        self.record = record
+        self._started = 0.0
+
+    def on_run_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        if self.record and job_return is not None:
+            fields = run_record(job_return)
+            record_invocation(self.record, "run", fields.pop("dir"), **fields)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         self._started = time.time() - 1.0  # file times may be coarser than the clock
+        sweep_dir = Path(config.hydra.sweep.dir)
+        write_sweep_outcome(sweep_dir, "pending")
+        if self.record:
+            record_invocation(self.record, "multirun", sweep_dir, since=self._started)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        SWEEP_FAILURES[:] = sweep_failures(sweep_dir, getattr(self, "_started", 0.0))
-        pair = config_pair(config)
         try:
+            pair = config_pair(config)
             compare([sweep_dir], pair=pair)
-        except SystemExit as e:
+        except SystemExit as e:  # no job wrote a summary.json: the jobs' own failures say why
             log.warning("compare: %s", e)
+            write_sweep_outcome(sweep_dir, "skipped", str(e))
+            return
         except UserFacingError as e:  # e.g. an arm of compare.pair that matches no job
             log.error("compare: %s", e)
-            SWEEP_FAILURES.append({"dir": str(sweep_dir), "error": f"compare: {e}"})
+            write_sweep_outcome(sweep_dir, "failed", str(e))
             return
         except Exception as e:  # a bug here must not hide the jobs' own results or exit code
             log.exception("compare: the comparison failed")
-            SWEEP_FAILURES.append({"dir": str(sweep_dir), "error": f"compare: {e!r}"})
+            write_sweep_outcome(sweep_dir, "failed", repr(e))
             return
+        write_sweep_outcome(sweep_dir, "ok")
         if pair:
             log.info("verdict: %s", sweep_dir / "verdict.md")
             from reporting.tracking import log_verdict

@@ -7,6 +7,11 @@
   records (`Stat.of`), keyed by record id.
 - The pairwise judge: `eval/pairwise.jsonl`, a win as 1 and a tie or loss as 0 over the items the
   judge's verdicts could be read for (the win rate's own denominator).
+- Stages: `<stage>/items.jsonl` (rows with an `id`), the field of every registered stage stat that
+  is a mean over items (`Stat.of`), keyed `<stage>/<stat>` by item id (unpaired, as data metrics).
+
+Which benchmarks, metrics and stages there are is what the job itself ran with: its registries are
+rebuilt from its saved config first (reporting.jobs.job_registries).
 
 `job_items` gives {summary key: (kind, {item: (num, den)})}; `intervals` the `<key>_ci_low` /
 `<key>_ci_high` pairs that summary.json carries beside each number.
@@ -20,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from core.records import read_jsonl
-from evaluation.benchmarks import BENCHMARKS
+from core.stage import STAGES
+from evaluation.benchmarks import BenchmarkRegistry
 from metrics.base import mean_stats
 from reporting import stats
+from reporting.jobs import job_registries
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +39,17 @@ Items = dict[str, tuple[float, float]]  # item key -> (num, den)
 PAIRED, UNPAIRED = "paired", "unpaired"
 
 
-def benchmark_items(job_dir: Path) -> dict[str, Items]:
+def benchmark_items(job_dir: Path, benchmarks: BenchmarkRegistry | None = None) -> dict[str, Items]:
+    """`<benchmark>/<headline>` of every logged task; `benchmarks`: the job's registry (default:
+    rebuilt from its saved config)."""
+    if benchmarks is None:
+        benchmarks = job_registries(job_dir)
     out: dict[str, Items] = {}
     eval_dir = Path(job_dir) / "eval"
     files = sorted(eval_dir.glob("samples_*.jsonl")) if eval_dir.is_dir() else []
     for path in files:
         task = path.stem.removeprefix("samples_")
-        bench = BENCHMARKS.for_task(task)
+        bench = benchmarks.for_task(task)
         if bench is None:
             continue
         rows = list(read_jsonl(path))
@@ -82,18 +93,40 @@ def data_items(job_dir: Path) -> dict[str, Items]:
 def _stat_items(set_name: str, rows: list[dict]) -> dict[str, Items]:
     out: dict[str, Items] = {}
     for metric, stat in mean_stats():
-        items: Items = {}
-        for row in rows:
-            raw = row.get(stat.of)
-            value = stat.value(raw) if stat.value else raw
-            if (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            ):
-                items[str(row["id"])] = (float(value), 1.0)
-        if items:
+        if items := _field_items(stat, rows):
             out[f"{set_name}/score/{metric}/{stat.key}"] = items
+    return out
+
+
+def _field_items(stat: Any, rows: list[dict]) -> Items:
+    """{row id: (value, 1)} of `stat.of` over `rows` (`stat.value` applied; non-numbers skipped)."""
+    items: Items = {}
+    for row in rows:
+        if "id" not in row:
+            continue
+        raw = row.get(stat.of)
+        value = stat.value(raw) if stat.value else raw
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            items[str(row["id"])] = (float(value), 1.0)
+    return items
+
+
+STAGE_ITEMS = "items.jsonl"
+
+
+def stage_items(job_dir: Path) -> dict[str, Items]:
+    """`<stage>/<stat>` for every registered stage stat that is a mean over items (`Stat.of`),
+    from the stage's `<job>/<stage>/items.jsonl`."""
+    out: dict[str, Items] = {}
+    for stage in STAGES:
+        means = [s for s in stage.stats if s.of]
+        path = Path(job_dir) / stage.name / STAGE_ITEMS
+        if not means or not path.is_file():
+            continue
+        rows = list(read_jsonl(path))
+        for stat in means:
+            if items := _field_items(stat, rows):
+                out[f"{stage.name}/{stat.key}"] = items
     return out
 
 
@@ -119,12 +152,18 @@ def judge_items(job_dir: Path) -> dict[str, Items]:
     return {"judge/win_rate": items} if items else {}
 
 
-def job_items(job_dir: Path) -> dict[str, tuple[str, Items]]:
-    """{summary key: (PAIRED | UNPAIRED, items)} of one job."""
+def job_items(
+    job_dir: Path, benchmarks: BenchmarkRegistry | None = None
+) -> dict[str, tuple[str, Items]]:
+    """{summary key: (PAIRED | UNPAIRED, items)} of one job, read with the registries it ran
+    with (`benchmarks`: its benchmark registry where the caller has it; rebuilt from its saved
+    config otherwise, which also imports its metrics' and stages' modules)."""
+    if benchmarks is None:
+        benchmarks = job_registries(job_dir)
     out: dict[str, tuple[str, Items]] = {}
-    for key, items in {**benchmark_items(job_dir), **judge_items(job_dir)}.items():
+    for key, items in {**benchmark_items(job_dir, benchmarks), **judge_items(job_dir)}.items():
         out[key] = (PAIRED, items)
-    for key, items in data_items(job_dir).items():
+    for key, items in {**data_items(job_dir), **stage_items(job_dir)}.items():
         out[key] = (UNPAIRED, items)
     return out
 

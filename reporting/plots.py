@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from evaluation.benchmarks import BENCHMARKS  # noqa: E402
+from evaluation.benchmarks import BENCHMARKS, BenchmarkRegistry  # noqa: E402
 from metrics.base import METRICS  # noqa: E402
 
 
@@ -188,10 +188,12 @@ def _last_round_value(job: dict, key: str) -> Any:
     return None
 
 
-def benchmarks(jobs: list[dict], out: Path) -> Path | None:
+def benchmarks(
+    jobs: list[dict], out: Path, registry: BenchmarkRegistry | None = None
+) -> Path | None:
     keys = [
         k
-        for k in BENCHMARKS.headline_keys()
+        for k in (registry if registry is not None else BENCHMARKS).headline_keys()
         if any(job["summary"].get(k) is not None for job in jobs)
     ]
     if not keys:
@@ -211,13 +213,19 @@ def benchmarks(jobs: list[dict], out: Path) -> Path | None:
 
 
 def benchmarks_by(
-    jobs: list[dict], key: str, override: str, xlabel: str, out: Path, log_x: bool = False
+    jobs: list[dict],
+    key: str,
+    override: str,
+    xlabel: str,
+    out: Path,
+    log_x: bool = False,
+    registry: BenchmarkRegistry | None = None,
 ) -> Path | None:
     """Each benchmark against a number of the summary (`rounds`, `model/size_b`): one line per
     group of jobs that differ only in `override` (the Hydra key that sets it)."""
     present = [
         b
-        for b in BENCHMARKS.headline_keys()
+        for b in (registry if registry is not None else BENCHMARKS).headline_keys()
         if any(job["summary"].get(b) is not None for job in jobs)
     ]
     if not present or len({job["summary"].get(key) for job in jobs} - {None}) < 2:
@@ -286,9 +294,12 @@ def win_tie_lose(jobs: list[dict], out: Path) -> Path | None:
     return _save(fig, out)
 
 
-def figures(jobs: list[dict], out: Path) -> dict[str, Path | None]:
+def figures(
+    jobs: list[dict], out: Path, registry: BenchmarkRegistry | None = None
+) -> dict[str, Path | None]:
     """Every figure of a comparison report, {title: path or None}; the metric figures come from
-    the metric registry, in registry order."""
+    the metric registry, in registry order, the benchmark figures from `registry` (the jobs'
+    benchmarks, reporting.jobs; default: the built-ins)."""
     figs: dict[str, Path | None] = {}
     scaling: list[tuple[str, str]] = []
     for m in METRICS:
@@ -320,9 +331,14 @@ def figures(jobs: list[dict], out: Path) -> dict[str, Path | None]:
                     hist=f.plot == "hist",
                 )
     figs["Scaling with evolver size"] = scaling_figure(jobs, scaling, out / "scaling.png")
-    figs["Benchmarks"] = benchmarks(jobs, out / "benchmarks.png")
+    figs["Benchmarks"] = benchmarks(jobs, out / "benchmarks.png", registry)
     figs["Benchmarks across rounds"] = benchmarks_by(
-        jobs, "rounds", "rounds", "evolution rounds", out / "benchmarks_rounds.png"
+        jobs,
+        "rounds",
+        "rounds",
+        "evolution rounds",
+        out / "benchmarks_rounds.png",
+        registry=registry,
     )
     figs["Benchmarks across evolver size"] = benchmarks_by(
         jobs,
@@ -331,18 +347,26 @@ def figures(jobs: list[dict], out: Path) -> dict[str, Path | None]:
         "evolver size (B parameters)",
         out / "benchmarks_scaling.png",
         log_x=True,
+        registry=registry,
     )
     figs["Pairwise judge"] = win_tie_lose(jobs, out / "win_tie_lose.png")
     return figs
 
 
-def forest(rows: list[Any], arm_a: str, arm_b: str, out: Path) -> Path | None:
+def forest(
+    rows: list[Any],
+    arm_a: str,
+    arm_b: str,
+    out: Path,
+    registry: BenchmarkRegistry | None = None,
+) -> Path | None:
     """The verdict's differences (A − B) with their 95% CIs, one line per metric: benchmarks
     and win rates in points (their scale is shared), data metrics relative to B's value (their
     scales are not). Significant rows (Holm) are filled, the rest hollow."""
     if not rows:
         return None
-    paired = [r for r in rows if BENCHMARKS.for_headline(r.metric) or r.metric.startswith("judge/")]
+    registry = registry if registry is not None else BENCHMARKS
+    paired = [r for r in rows if registry.for_headline(r.metric) or r.metric.startswith("judge/")]
     relative = [r for r in rows if r not in paired and r.b.value]
     panels = [
         (p, title, scale)

@@ -1,8 +1,9 @@
 """summary.json: one flat dict of every headline number of a job, and its printed form.
 
 Which numbers are headlines, and which way each is better, comes from the registries: a metric's
-`Stat`s (metrics.base), a benchmark's headlines (evaluation.benchmarks); the stage counts below
-are the runner's own.
+`Stat`s (metrics.base), a stage's `Stat`s (core.stage, summary keys `<stage>/<key>`), a
+benchmark's headlines (evaluation.benchmarks: the job's own registry, reporting.jobs, where a
+caller has one); the stage counts below are the runner's own.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from core.stage import STAGES, stat_for_stage
 from engines.precision import Hardware, hardware_summary
-from evaluation.benchmarks import BENCHMARKS
+from evaluation.benchmarks import BENCHMARKS, BenchmarkRegistry
 from metrics.base import METRICS, enabled_metrics, stat_for
+from reporting.jobs import job_registries
 
 # The runner's per-set counts shown beside the metrics: key tail -> higher is better.
 STAGE_HEADLINES: dict[str, bool] = {
@@ -44,20 +47,33 @@ def metric_headlines() -> list[str]:
     return [f"score/{m.name}/{s.key}" for m in METRICS for s in m.stats if s.headline]
 
 
+def stage_headlines() -> list[str]:
+    """`<stage>/<stat>` of every registered stage's headline stat."""
+    return [f"{st.name}/{s.key}" for st in STAGES for s in st.stats if s.headline]
+
+
 def headline_tails() -> list[str]:
     """Key tails (after `round_<r>/`) of the per-set headline numbers."""
     return [*STAGE_HEADLINES, *metric_headlines()]
 
 
-def direction(key: str) -> bool | None:
+def _tail(key: str) -> str:
+    return key.split("/", 1)[-1] if key.startswith("round_") else key
+
+
+def direction(key: str, benchmarks: BenchmarkRegistry | None = None) -> bool | None:
     """True when larger is better for summary key `key`, False when smaller is, None when it is a
-    fact, not a score (or unknown)."""
-    tail = key.split("/", 1)[-1] if key.startswith("round_") else key
+    fact, not a score (or unknown). `benchmarks`: the registry the job(s) ran with (default: the
+    built-in benchmarks)."""
+    benchmarks = benchmarks if benchmarks is not None else BENCHMARKS
+    tail = _tail(key)
     if tail in STAGE_HEADLINES:
         return STAGE_HEADLINES[tail]
     if (stat := stat_for(key)) is not None:
         return stat.higher_is_better
-    if (b := BENCHMARKS.for_headline(key)) is not None:
+    if (found := stat_for_stage(tail)) is not None:
+        return found[1].higher_is_better
+    if (b := benchmarks.for_headline(key)) is not None:
         return b.higher_is_better(key)
     if key in JOB_COLUMNS:
         return JOB_COLUMNS[key]
@@ -66,23 +82,26 @@ def direction(key: str) -> bool | None:
     return None
 
 
-def is_headline(key: str) -> bool:
-    tail = key.split("/", 1)[-1] if key.startswith("round_") else key
-    return (
-        tail in headline_tails() or BENCHMARKS.for_headline(key) is not None or key in JOB_COLUMNS
-    )
+def is_headline(key: str, benchmarks: BenchmarkRegistry | None = None) -> bool:
+    benchmarks = benchmarks if benchmarks is not None else BENCHMARKS
+    tail = _tail(key)
+    if tail in headline_tails() or benchmarks.for_headline(key) is not None or key in JOB_COLUMNS:
+        return True
+    found = stat_for_stage(tail)
+    return found is not None and found[1].headline
 
 
 def hardware_facts(cfg: DictConfig, hw: Hardware | None = None) -> dict[str, Any]:
     """`hardware/*`: the device and the format of every model the job runs (the engine, the
-    training precision, and each enabled metric's own forward-pass model, `<metric>_dtype`)."""
+    training precision, and each enabled metric's own forward-pass model, `<metric>_dtype`: the
+    format it really runs in, `Metric.dtype_setting`)."""
     stages = set(cfg.get("stages") or ())
     dtypes = {}
     if not stages or "score" in stages:
         for m, mcfg in enabled_metrics(cfg.get("metrics")):
-            if m.dtype_field:
-                what = f"metrics.{m.name}.{m.dtype_field}"
-                dtypes[f"{m.name}_dtype"] = (getattr(mcfg, m.dtype_field), what)
+            setting = m.dtype_setting(mcfg, cfg)
+            if setting is not None:
+                dtypes[f"{m.name}_dtype"] = setting
     return hardware_summary(cfg, hw, dtypes)
 
 
@@ -131,11 +150,17 @@ def build_summary(
     return s
 
 
-def print_summary(summary: dict, run_dir: Path) -> None:
+def print_summary(
+    summary: dict, run_dir: Path, benchmarks: BenchmarkRegistry | None = None
+) -> None:
+    """The job's headline numbers, printed; `benchmarks`: the registry it ran with (default: the
+    one its saved config names, reporting.jobs)."""
+    if benchmarks is None:
+        benchmarks = job_registries(run_dir)
     tails = headline_tails()
     rows = [(k, v) for k, v in summary.items() if k.split("/", 1)[-1] in tails]
-    extra = ("filter/kept", "train/steps", "train/final_loss", *BENCHMARKS.headline_keys())
-    extra += ("engine/prompts", "cache/hits")
+    extra = ("filter/kept", "train/steps", "train/final_loss", *benchmarks.headline_keys())
+    extra += (*stage_headlines(), "engine/prompts", "cache/hits")
     rows += [(k, summary[k]) for k in extra if k in summary]
     rows += [(k, v) for k, v in summary.items() if k.startswith(("time/", "hardware/"))]
     width = max(len(k) for k, _ in rows)

@@ -9,12 +9,16 @@ own.
 
 Benchmarks and the judge's win rate are paired (the same items in both arms); data metrics
 (complexity, difficulty, IFD, IC-IFD, diversity, confidence, reward) are not (each arm scores its
-own evolved records), so they get an unpaired test. See reporting.stats for the methods.
+own evolved records), so they get an unpaired test. A stage's stat (core.stage, `<stage>/<key>`)
+is tested on its per-item file where it writes one (reporting.items), else over the arms' seeds
+(each job's number one value, unpaired) when both arms have at least two. See reporting.stats for
+the methods.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 from dataclasses import dataclass
@@ -23,8 +27,12 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.records import write_text_atomic
+from core.stage import stat_for_stage
+from evaluation.benchmarks import BenchmarkRegistry
 from reporting import stats
 from reporting.items import PAIRED, job_items
+from reporting.jobs import comparison_registry, find_jobs, load_job
+from reporting.plots import forest
 from reporting.summary import direction
 
 log = logging.getLogger(__name__)
@@ -51,8 +59,9 @@ def context_of(job: dict, skip: set[str]) -> tuple[tuple[str, str], ...]:
 
 
 def items_of(job: dict) -> dict[str, tuple[str, dict]]:
+    """The job's per-item data (reporting.items), read once, with its own benchmark registry."""
     if "items" not in job:
-        job["items"] = job_items(Path(job["dir"]))
+        job["items"] = job_items(Path(job["dir"]), job.get("benchmarks"))
     return job["items"]
 
 
@@ -74,10 +83,33 @@ def _common(jobs: list[dict], key: str) -> list[str]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
-def compare_jobs(a: list[dict], b: list[dict], key: str) -> stats.Difference | None:
-    """Arm A's jobs (its seeds) vs arm B's on summary key `key`; None without per-item data."""
-    if not all(key in items_of(j) for j in (*a, *b)):
+def seed_values(jobs: list[dict], key: str) -> list[float] | None:
+    """Each job's own number for `key` (a job-level stage stat, `<stage>/<key>`, that is a
+    headline or has a direction), or None when a job lacks it or it is not one."""
+    found = stat_for_stage(key)
+    if found is None or (found[1].higher_is_better is None and not found[1].headline):
         return None
+    values = [j["summary"].get(key) for j in jobs]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def _over_seeds(a: list[dict], b: list[dict], key: str) -> stats.Difference | None:
+    """A stage stat without per-item data: each arm's seeds (jobs) are its values, unpaired;
+    None unless both arms have at least two."""
+    va, vb = seed_values(a, key), seed_values(b, key)
+    if va is None or vb is None or len(va) < 2 or len(vb) < 2:
+        return None
+    d = stats.unpaired(stats.Sample.of(va), stats.Sample.of(vb))
+    return dataclasses.replace(d, test=f"{d.test} over seeds")
+
+
+def compare_jobs(a: list[dict], b: list[dict], key: str) -> stats.Difference | None:
+    """Arm A's jobs (its seeds) vs arm B's on summary key `key`; None without per-item data (a
+    stage stat without it: over the arms' seeds, when each has two or more)."""
+    if not all(key in items_of(j) for j in (*a, *b)):
+        return _over_seeds(a, b, key)
     kind = items_of(a[0])[key][0]
     if kind == PAIRED:
         common = _common([*a, *b], key)
@@ -97,10 +129,15 @@ def arm_interval(jobs: list[dict], key: str) -> stats.Interval | None:
     return stats.interval(_sample(jobs, key, kind, common))
 
 
-def significant_best(groups: list[list[dict]], key: str, values: list[Any]) -> int | None:
+def significant_best(
+    groups: list[list[dict]],
+    key: str,
+    values: list[Any],
+    benchmarks: BenchmarkRegistry | None = None,
+) -> int | None:
     """The index of the group whose value of `key` is best and significantly better than every
     other group's (p < 0.05, Holm-corrected over those comparisons); None otherwise."""
-    higher = direction(key)
+    higher = direction(key, benchmarks)
     nums = [(i, v) for i, v in enumerate(values) if isinstance(v, int | float)]
     if higher is None or len(nums) < 2 or len({v for _, v in nums}) < 2:
         return None
@@ -140,7 +177,13 @@ def words(diff: float, p_holm: float, higher: bool | None) -> str:
     return "A better" if (diff > 0) == higher else "B better"
 
 
-def verdict_rows(jobs: list[dict], arm_a: str, arm_b: str) -> list[Row]:
+def verdict_rows(
+    jobs: list[dict], arm_a: str, arm_b: str, benchmarks: BenchmarkRegistry | None = None
+) -> list[Row]:
+    """Arm A vs arm B on every number both have per-item data for, per context. `benchmarks`:
+    the registry of the jobs (default: rebuilt from their saved configs, reporting.jobs)."""
+    if benchmarks is None:
+        benchmarks = comparison_registry(jobs)
     a_spec, b_spec = parse_arm(arm_a), parse_arm(arm_b)
     skip = {SEED_KEY, *a_spec, *b_spec}
 
@@ -173,6 +216,7 @@ def verdict_rows(jobs: list[dict], arm_a: str, arm_b: str) -> list[Row]:
             continue
         label = " ".join(f"{k}={v}" for k, v in ctx)
         keys = [k for k in items_of(a[0]) if all(k in items_of(j) for j in (*a, *b))]
+        keys += [k for k in a[0]["summary"] if k not in keys and seed_values([*a, *b], k)]
         found = []
         for key in keys:
             d = compare_jobs(a, b, key)
@@ -193,7 +237,7 @@ def verdict_rows(jobs: list[dict], arm_a: str, arm_b: str) -> list[Row]:
                     items=d.items,
                     seeds_a=len(a),
                     seeds_b=len(b),
-                    verdict=words(d.diff.value, p_holm, direction(key)),
+                    verdict=words(d.diff.value, p_holm, direction(key, benchmarks)),
                 )
             )
     if not rows:
@@ -212,10 +256,14 @@ def _p(p: float) -> str:
     return f"{p:.3g}" if p >= 1e-4 else "<1e-4"
 
 
-def write_verdict(rows: list[Row], arm_a: str, arm_b: str, out: Path) -> dict[str, Path]:
+def write_verdict(
+    rows: list[Row],
+    arm_a: str,
+    arm_b: str,
+    out: Path,
+    benchmarks: BenchmarkRegistry | None = None,
+) -> dict[str, Path]:
     """verdict.md, verdict.csv and the forest plot under `out`."""
-    from reporting.plots import forest
-
     out = Path(out)
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
@@ -259,7 +307,7 @@ def write_verdict(rows: list[Row], arm_a: str, arm_b: str, out: Path) -> dict[st
             ]
         )
     write_text_atomic(out / "verdict.csv", buf.getvalue())
-    figure = forest(rows, arm_a, arm_b, out / "plots" / "forest_verdict.png")
+    figure = forest(rows, arm_a, arm_b, out / "plots" / "forest_verdict.png", benchmarks)
     write_text_atomic(out / "verdict.md", verdict_markdown(rows, arm_a, arm_b, figure))
     return {"md": out / "verdict.md", "csv": out / "verdict.csv", "plot": figure}
 
@@ -295,7 +343,8 @@ def verdict_markdown(rows: list[Row], arm_a: str, arm_b: str, figure: Path | Non
         "(one seed: McNemar's exact test for pass/fail, else a sign-flip permutation test; several "
         "seeds: the two-way bootstrap's p-value); data "
         "metrics compare each arm's own records (a permutation test; Welch's t-test above 20,000 "
-        "records). A row names a better arm "
+        "records); a stage's number without per-item data compares the arms' seeds (each job's "
+        "number one value, a permutation test). A row names a better arm "
         "only when its Holm-corrected p is below 0.05; otherwise the data cannot tell the arms "
         "apart, whatever the means say.",
         "",
@@ -309,14 +358,13 @@ def verdict(
     paths: list[str | Path], arm_a: str, arm_b: str, out_dir: str | Path | None = None
 ) -> list[Row]:
     """Load the jobs under `paths`, compare arm A with arm B, write the files."""
-    from reporting.compare import find_jobs, load_job
-
     job_dirs = find_jobs(paths)
     if not job_dirs:
         raise ConfigError(f"no job with a summary.json under {', '.join(map(str, paths))}")
     jobs = [load_job(p) for p in job_dirs]
     jobs = [j for j in jobs if j["summary"].get("status") == "ok"]
-    rows = verdict_rows(jobs, arm_a, arm_b)
+    benchmarks = comparison_registry(jobs)
+    rows = verdict_rows(jobs, arm_a, arm_b, benchmarks)
     out = Path(out_dir or (Path(paths[0]) if len(paths) == 1 else Path.cwd()))
-    write_verdict(rows, arm_a, arm_b, out)
+    write_verdict(rows, arm_a, arm_b, out, benchmarks)
     return rows

@@ -91,9 +91,11 @@ def test_equal_size_smallest_cuts_every_arm_to_the_smallest(tmp_path, engines):
     small = job("smollm2_135m")
     assert small["filter/arm_sizes"] == {"smollm2_135m": 6, "smollm2_360m": 4}
     assert small["filter/before_equal_size"] == 6 and small["filter/kept"] == 4
-    # The other arm ran inside this job, in its own folder, up to its filter stage.
+    # The other arm ran inside this job, in its own folder, through the stages its ranked set
+    # needs: not its own equal-size cut (which would ask this arm back), so no selected.jsonl.
     arm = tmp_path / "smollm2_135m" / "arms" / "model=smollm2_360m"
-    assert len(_jsonl(arm / "selected.jsonl")) == 4
+    assert len(_jsonl(arm / "round_2" / "responded.jsonl")) == 4
+    assert not (arm / "selected.jsonl").exists()
     loads = engines["smollm2_360m"].loads
     large = job("smollm2_360m")  # its own work was done by the first job: all cache hits
     assert engines["smollm2_360m"].loads == loads

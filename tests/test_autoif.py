@@ -549,7 +549,7 @@ def test_scenario_end_to_end_counts(tmp_path, scripted, caplog):
     assert len(_jsonl(run_dir / "autoif_augment.jsonl")) == 2
 
     assert m["respond"]["responded"] == 4
-    # The level the machine allowed (core.sandbox), recorded beside the counts.
+    # The level the machine allowed (the sandbox package), recorded beside the counts.
     assert m["verify"].pop("sandbox_isolation") in ("full", "userns", "uid", "process")
     assert m["verify"].pop("sandbox_memory_limit") in ("cgroup", "per process")
     assert m["verify"] == {
@@ -809,6 +809,56 @@ def test_verify_hook_directly(tmp_path):
     assert [r["id"] for r in scenario.verify("set", [half_of_one], None).kept] == ["one"]
     scenario.cfg.pass_rule = "at_least"  # >= 0 keeps everything checkable, the empty one too
     assert len(scenario.verify("set", records, generate=None).kept) == 4
+
+
+def _scripted_generate(augment_reply):
+    """A `generate` for `evolve_round` on AutoIFEngine's replies, with this augmentation reply."""
+    engine = AutoIFEngine()
+
+    def generate(items, max_tokens=None):
+        out = {}
+        for i, prompt in items:
+            text = prompt[-1]["content"]
+            n = engine.seen.get(text, 0)
+            engine.seen[text] = n + 1
+            augment = "new instructions of this kind" in text
+            reply = augment_reply if augment else engine._reply(text, n)
+            out[i] = Generation(reply, len(reply.split()), "stop")
+        return out
+
+    return generate
+
+
+def test_counts_belong_to_their_call_and_the_sandbox_is_injected(tmp_path):
+    """Two evolve_round calls on one scenario: each call's records get that call's counts (the
+    scenario keeps none between calls). The sandbox service given to build_scenario runs the
+    programs and is left open for its owner; without one, AutoIF runs its own per step."""
+    from evolvers.autoif import AutoIF, EvolvedRecords
+    from evolvers.base import build_scenario
+    from sandbox import SandboxService
+
+    cfg = _cfg(tmp_path).scenario
+    with SandboxService() as service:
+        scenario = build_scenario(cfg, sandbox=service)
+        assert isinstance(scenario, AutoIF) and scenario.sandbox is service
+        first = scenario.evolve_round([], 1, "m", _scripted_generate(AUGMENT_REPLY), None)
+        second = scenario.evolve_round([], 1, "m", _scripted_generate(""), None)
+        assert not service.closed and service.usage.ran > 0
+        ran = service.usage.ran
+    one, two = scenario.counts(first), scenario.counts(second)
+    assert (one["instructions_generated"], one["instructions_kept"], one["records"]) == (16, 2, 4)
+    assert (two["instructions_generated"], two["instructions_new"], two["records"]) == (0, 0, 0)
+    assert isinstance(first, EvolvedRecords) and len(first) == 4 and not second
+    # Records from elsewhere: only counted, nothing of an earlier call.
+    assert scenario.counts(list(first)) == {"records": 4}
+    # Without a service: one of its own per sandbox step, closed after it.
+    alone = build_scenario(cfg)
+    assert alone.sandbox is None
+    again = alone.evolve_round([], 1, "m", _scripted_generate(AUGMENT_REPLY), None)
+    assert alone.counts(again) == one and ran > 0
+    # Scenarios that run no program ignore the service.
+    plain = build_scenario(compose_cfg([]).scenario, sandbox=object())
+    assert not hasattr(plain, "sandbox")
 
 
 def test_one_pass_and_template_overrides(tmp_path):

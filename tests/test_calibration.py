@@ -1,4 +1,4 @@
-"""Temperature calibration (pipeline.calibration): the top-1 probability at a temperature from
+"""Temperature calibration (evolvers.calibration): the top-1 probability at a temperature from
 top-K log-probabilities, the solver, a run with a scripted engine, and the bundled model."""
 
 import math
@@ -10,7 +10,7 @@ import engines.pool as engine_pool
 from core.config import validate
 from core.errors import ConfigError
 from engines.base import per_prompt
-from pipeline.calibration import mean_top1, solve_temperature, top1_at
+from evolvers.calibration import mean_top1, solve_temperature, top1_at
 from pipeline.runner import Run
 from tests.conftest import MODELS_DIR, compose_cfg
 from tests.fakes import FakeEngine

@@ -299,12 +299,17 @@ def test_an_unexpected_error_is_a_recorded_failed_job(tmp_path, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(runner.Run, "run", boom)
-    monkeypatch.setattr(runner, "FAILED_JOBS", [])
     cfg = compose_cfg(["stages=[]", "logger=none", f"cache_dir={tmp_path}"])
     assert runner.run_job(cfg, tmp_path / "r") is None
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary == {"status": "failed", "error": "RuntimeError: boom", "stage": "score"}
-    assert runner.FAILED_JOBS == [{"dir": str(tmp_path / "r"), "error": "RuntimeError: boom"}]
+    # What run.py's exit status reads: the job's summary.json, nothing kept in memory.
+    from reporting.jobs import job_failure
+
+    assert job_failure(tmp_path / "r") == {
+        "dir": str(tmp_path / "r"),
+        "error": "RuntimeError: boom",
+    }
 
 
 def test_slurm_launchers_start_one_task_per_gpu():

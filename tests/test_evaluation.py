@@ -139,9 +139,21 @@ def test_canned_answers_score_one_and_zero_on_every_task(tmp_path, bundled_model
 
 
 def test_prompts_are_chat_formatted_and_rerun_makes_no_model_call(tmp_path, bundled_model_dir):
+    """...and the code benchmarks run in the sandbox service given (left open for its owner),
+    or in one of evaluate's own; either way the level reaches headline.json."""
+    from sandbox import SandboxService
+
     engine = CannedEngine(True)
     cfg, pool = _pool(tmp_path, engine)
-    first = evaluate(_eval_cfg("eval.limit=2"), cfg.model, pool, tmp_path / "a", str(tmp_path))
+    with SandboxService() as service:
+        first = evaluate(
+            _eval_cfg("eval.limit=2"), cfg.model, pool, tmp_path / "a", str(tmp_path), 0, service
+        )
+        assert not service.closed and service.usage.ran > 0  # HumanEval's and MBPP's programs
+        assert first["eval/sandbox_isolation"] == service.isolation
+    headline = json.loads((tmp_path / "a" / "headline.json").read_text())
+    assert headline["eval/sandbox_isolation"] == service.isolation
+    assert T._RUNNER.get() is None  # the scorers' service was set for that evaluation only
     assert engine.calls >= 1
     assert all(p.startswith("<|im_start|>system") for p in engine.prompts)  # chat template
     assert any(p.endswith("<|im_start|>assistant\n\n```python\n") for p in engine.prompts)  # MBPP
@@ -196,15 +208,25 @@ def test_answer_extraction():
 
 
 def test_code_runs_only_in_the_sandbox():
-    """A program that tries the network or runs forever fails; nothing runs in this process."""
-    T.close_sandbox(timeout=2)
-    try:
-        assert T.passes("assert 1 + 1 == 2")
-        assert not T.passes("import socket\nsocket.create_connection(('127.0.0.1', 9))")
-        assert not T.passes("while True:\n    pass")
-        assert not T.passes("")
-    finally:
-        T.close_sandbox(timeout=10)
+    """A program that tries the network or runs forever fails; nothing runs in this process.
+    The scorers run programs in the service the evaluation in progress set (`code_runner`),
+    only for its duration, and never close it."""
+    from sandbox import LEVELS, SandboxService
+
+    with pytest.raises(RuntimeError, match="outside an evaluation"):
+        T.passes("assert True")
+    with SandboxService() as service:
+        with T.code_runner(service, timeout=2) as runner:
+            assert T.passes("assert 1 + 1 == 2")
+            assert not T.passes("import socket\nsocket.create_connection(('127.0.0.1', 9))")
+            assert not T.passes("while True:\n    pass")
+            assert not T.passes("")
+            with T.code_runner(service, timeout=3) as inner:  # nested: restored after
+                assert T.passes("assert 2 + 2 == 4")
+            assert T._RUNNER.get() is runner and inner.usage.ran == 1
+        assert runner.usage.isolation in LEVELS and runner.usage.ran == 3
+        assert T._RUNNER.get() is None and not service.closed
+    assert not T.passes("")  # an empty program is a failure without any sandbox
 
 
 def test_punkt_written_for_offline_ifeval(tmp_path):
@@ -247,6 +269,65 @@ def test_variant_is_chosen_by_config_and_checked():
     assert T.run_benchmarks(_eval_cfg("eval.tasks=[gsm8k_oc, gsm8k]")) == ["gsm8k_oc", "gsm8k"]
     with pytest.raises(ConfigError, match="eval.variant 'opencompas'.*lm_eval, opencompass"):
         T.task_configs(_eval_cfg("eval.variant=opencompas"))
+
+
+ECHO = """
+name: echo
+task:
+  output_type: generate_until
+  test_split: test
+  doc_to_text: "Repeat the word: {{word}}"
+  doc_to_target: "{{word}}"
+  dataset_path: json
+  dataset_kwargs: {data_files: {test: /nowhere/test.jsonl}}
+  metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]
+headlines: {exact_match: "exact_match,none"}
+"""
+
+
+def test_benchmark_dirs_make_a_job_registry_and_leave_the_global_one(tmp_path):
+    """eval.benchmark_dirs: the job's registry is the built-ins plus those folders
+    (`registry_for`); the global BENCHMARKS never changes, so a later job (or report) without
+    the folder does not see its benchmarks, and one that replaces a built-in replaces it only
+    for its own job."""
+    from evaluation.benchmarks import BENCHMARKS, registry_for
+
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "echo.yaml").write_text(ECHO)
+    (folder / "gsm8k.yaml").write_text("name: gsm8k\nlm_eval: gsm8k/gsm8k.yaml\norder: 99\n")
+    builtins = BENCHMARKS.names()
+    registry = registry_for([str(folder)])
+    assert "echo" in registry and registry.get("gsm8k").order == 99
+    assert set(registry.names()) == {*builtins, "echo"}
+    assert "echo/exact_match" in registry.headline_keys()
+    job = _eval_cfg("eval.tasks=[echo]", "eval.data_dir=null", f"+eval.benchmark_dirs=[{folder}]")
+    assert [c["task"] for c in T.task_configs(job)] == ["echo"]
+    assert T.run_benchmarks(job) == ["echo"]
+    # The global registry is as it was: no echo, the built-in gsm8k.
+    assert BENCHMARKS.names() == builtins and "echo" not in BENCHMARKS
+    assert BENCHMARKS.get("gsm8k").order != 99 and BENCHMARKS.for_headline("echo/x") is None
+    with pytest.raises(ConfigError, match="unknown eval task 'echo'"):
+        T.task_configs(_eval_cfg("eval.tasks=[echo]"))
+    results = {"echo": {"exact_match,none": 1.0}}
+    assert T.headline(results, registry=registry) == {"echo/exact_match": 1.0}
+    assert T.headline(results) == {}
+    with pytest.raises(ConfigError, match="is not a folder"):
+        registry_for([str(tmp_path / "nope")])
+
+
+def test_benchmarks_and_tasks_import_one_way_only():
+    """evaluation.tasks (builders, scorers) imports evaluation.benchmarks (the registry), never
+    the other way round, at any level: no import cycle hidden in a function."""
+    import ast
+
+    import evaluation.benchmarks as B
+
+    tree = ast.parse(Path(B.__file__).read_text())
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    } | {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert not {m for m in imported if m.startswith("evaluation")}, imported
 
 
 def test_bad_eval_input_is_one_clear_error(tmp_path):

@@ -1,21 +1,25 @@
-"""The three contracts, extended the documented way: a new metric, scenario and benchmark each come
-in as one Python file (or none, for a benchmark) plus one YAML, outside the project's folders, and
-show up everywhere the framework reports without a change to the runner. Fake engine: fast."""
+"""The four contracts, extended the documented way: a new metric, scenario, benchmark and stage each
+come in as one Python file (or none, for a benchmark) plus one YAML or setting, outside the
+project's folders, and show up everywhere the framework reports without a change to the runner,
+from any process. Fake engine: fast."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from core.stage import STAGES
 from evaluation.benchmarks import BENCHMARKS
 from evolvers.base import SCENARIOS
 from metrics.base import METRICS, filters
 from pipeline.runner import Run
 from reporting.compare import compare
-from tests.conftest import MODELS_DIR, compose_cfg, inspect_wandb
+from tests.conftest import MODELS_DIR, ROOT, compose_cfg, inspect_wandb
 from tests.fakes import FakeEngine, use_engine
 
 WORDS_METRIC = '''
@@ -71,6 +75,38 @@ class Shout(Scenario):
         ]
 '''
 
+WORDCOUNT_STAGE = '''
+"""A test stage: the mean length in words of the selected instructions, after the filter."""
+from dataclasses import dataclass
+
+from core.fields import Stat
+from core.stage import STAGES, Stage, StageResult
+
+
+@dataclass
+class WordCountConfig:
+    minimum: int = 1
+
+
+@STAGES.register()
+class WordCount(Stage):
+    name = "wordcount"
+    order = 47
+    Config = WordCountConfig
+    needs = ("selected",)
+    produces = ("long",)
+    stats = (Stat("mean_words", higher_is_better=True, headline=True, label="selected words"),)
+
+    def run(self, ctx, inputs):
+        words = [len(r["instruction"].split()) for r in inputs["selected"]]
+        long = [n for n in words if n >= self.cfg.minimum]
+        mean = sum(words) / len(words) if words else None
+        return StageResult(
+            artifacts={"long": long},
+            summary={"wordcount/mean_words": mean, "wordcount/long": len(long)},
+        )
+'''
+
 ECHO_BENCHMARK = """
 # A test benchmark: repeat a word (lm-eval's own exact_match scores it).
 name: echo
@@ -98,7 +134,8 @@ def extension(tmp_path, monkeypatch):
     METRICS.remove("words")
     SCENARIOS.remove("shout")
     BENCHMARKS.remove("echo")
-    for mod in ("ext_words", "ext_shout"):
+    STAGES.remove("wordcount")
+    for mod in ("ext_words", "ext_shout", "ext_wordcount"):
         sys.modules.pop(mod, None)
 
 
@@ -210,3 +247,67 @@ def test_a_new_benchmark_is_one_yaml(tmp_path, monkeypatch, extension):
     assert (tmp_path / "run" / "eval" / "samples_echo.jsonl").is_file()
     compare([tmp_path / "run"], tmp_path / "cmp", quiet=True)
     assert "echo/exact_match" in (tmp_path / "cmp" / "comparison.csv").read_text()
+
+
+def test_a_new_stage_is_one_file_and_one_setting(tmp_path, monkeypatch, extension):
+    """A stage from outside the tree: named in `plugins`, selected in `stages`, its settings its
+    own top-level section; its numbers reach summary.json, and a comparison and verdict made by a
+    fresh process (which rebuilds the registries from each job's saved config)."""
+    code, conf = extension
+    _write(code / "ext_wordcount.py", WORDCOUNT_STAGE)
+    use_engine(monkeypatch, FakeEngine())
+    jobs = []
+    from pipeline.runner import check_config
+
+    for model in ("smollm2_135m", "smollm2_360m"):
+        for seed in (0, 1):  # the verdict's interval over seeds (the stage has no per-item file)
+            over = [
+                f"model={model}",
+                f"seed={seed}",
+                "plugins=[ext_wordcount]",
+                "+wordcount.minimum=3",
+                "filter=random",
+                "filter.keep_ratio=0.5",
+                "stages=[evolve,respond,filter,wordcount]",
+            ]
+            cfg = _cfg(tmp_path, conf, *over)
+            check_config(cfg)  # the plugin is imported, its settings checked
+            run_dir = tmp_path / "sweep" / f"{model}-{seed}"
+            summary = Run(cfg, run_dir).run()
+            words = [len(r["instruction"].split()) for r in _jsonl(run_dir / "selected.jsonl")]
+            assert summary["wordcount/mean_words"] == pytest.approx(sum(words) / len(words))
+            assert summary["wordcount/long"] == sum(n >= 3 for n in words)
+            assert "time/wordcount" in summary
+            _write(run_dir / ".hydra" / "overrides.yaml", f"- model={model}\n- seed={seed}\n")
+            jobs.append(run_dir)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(ROOT)])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.compare",
+            *map(str, jobs),
+            "--out",
+            str(tmp_path / "cmp"),
+            "--pair",
+            "model=smollm2_135m",
+            "model=smollm2_360m",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wordcount/mean_words" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "wordcount/mean_words" in (tmp_path / "cmp" / "verdict.md").read_text()
+
+
+def test_an_unknown_stage_lists_the_registered_ones(tmp_path):
+    from core.errors import ConfigError
+
+    cfg = compose_cfg([f"cache_dir={tmp_path}", "stages=[evolve,wordcont]"])
+    with pytest.raises(ConfigError, match=r"unknown stage 'wordcont'; valid: .*evolve.*respond"):
+        Run(cfg, tmp_path / "run")

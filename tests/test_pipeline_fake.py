@@ -166,6 +166,7 @@ def test_two_jobs_training_the_same_model_train_it_once(tmp_path, monkeypatch):
 
     import training.run as tr
     from core.records import write_json_atomic
+    from training.stages import train
 
     calls = []
 
@@ -184,15 +185,17 @@ def test_two_jobs_training_the_same_model_train_it_once(tmp_path, monkeypatch):
         r.dir.mkdir()
     got = {}
     threads = [
-        threading.Thread(target=lambda k=k: got.__setitem__(k, runs[k].train(records)))
+        threading.Thread(
+            target=lambda k=k: got.__setitem__(k, train(runs[k].ctx, runs[k].cfg.train, records))
+        )
         for k in range(2)
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert len(calls) == 1 and got[0] == got[1] == {"train/steps": 1}
-    assert runs[0].train_dir == runs[1].train_dir == calls[0]
+    assert len(calls) == 1 and got[0][1] == got[1][1] == {"train/steps": 1}
+    assert got[0][0] == got[1][0] == calls[0]
 
 
 def test_a_failure_after_the_work_is_recorded_and_the_run_stays_a_success(

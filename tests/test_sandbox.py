@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from core.sandbox import Sandbox
+from sandbox import Sandbox
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and the user switch need root")
 GOOD = "def evaluate(response):\n    return response.islower()\n"
@@ -282,15 +282,19 @@ def test_sandbox_results_are_cached_and_replayed(tmp_path):
     from core.cache import StepCache
     from evolvers.autoif import SandboxConfig
     from evolvers.verifiers import run_programs
+    from sandbox import SandboxService
 
     items = [("import random\ndef evaluate(x):\n    return random.random()", "evaluate", [[1]])]
-    counts = {}
-    first = run_programs(items, SandboxConfig(timeout=2), "t", StepCache(tmp_path), counts)
+    counts, replayed = {}, {}
+    with SandboxService(cache=StepCache(tmp_path)) as service:
+        first = run_programs(items, SandboxConfig(timeout=2), "t", service, counts)
     again = StepCache(tmp_path)
-    second = run_programs(items, SandboxConfig(timeout=2), "t", again)
+    with SandboxService(cache=again) as service:
+        second = run_programs(items, SandboxConfig(timeout=2), "t", service, replayed)
     assert first[0].results == second[0].results and again.reports[-1].computed == 0
     assert counts["sandbox_isolation"] in Sandbox.LEVELS
     assert counts["sandbox_memory_limit"] in ("cgroup", "per process")
+    assert replayed == {}  # nothing ran: no level to record
 
 
 def test_a_shared_process_batch_computes_the_same_and_isolates_a_bad_program():
@@ -332,7 +336,7 @@ def evaluate(n):
 
 
 def _cgroups_here() -> bool:
-    from core.sandbox import memory_cgroup, remove_cgroup
+    from sandbox.cgroups import memory_cgroup, remove_cgroup
 
     where = memory_cgroup(1 << 30)
     if where:
@@ -344,7 +348,7 @@ def _cgroups_here() -> bool:
 def test_a_programs_processes_share_one_memory_cap(mode, monkeypatch):
     """memory_mb caps each process's address space, and (where a memory cgroup can be made)
     all of a program's processes together: four children of 150 MB under a 256 MB cap."""
-    import core.sandbox
+    import sandbox.cgroups
 
     if os.geteuid() != 0 or not _cgroups_here():
         pytest.skip("no memory cgroup can be made here (needs root and a memory controller)")
@@ -357,7 +361,7 @@ def test_a_programs_processes_share_one_memory_cap(mode, monkeypatch):
         cgroup = box._cgroup
     assert cgroup and not os.path.exists(cgroup)  # removed with the worker
     # Without the cgroup (as where none can be made) only the per-process limit holds.
-    monkeypatch.setattr(core.sandbox, "memory_cgroup", lambda limit: None)
+    monkeypatch.setattr(sandbox.cgroups, "memory_cgroup", lambda limit: None)
     with Sandbox(timeout=20, memory_mb=256, levels=levels, wrapper=wrapper) as box:
         r = box.run(MANY_PROCESSES, "evaluate", [[4]])
         assert box.memory_limit == "per process" and r.results[0]["value"] == 4
@@ -378,7 +382,7 @@ def test_a_pool_runs_its_workers_side_by_side_and_keeps_the_batch_order(monkeypa
     """SandboxPool: the shares of one batch run in separate workers at the same time (both
     reach the barrier; one after the other, the first would wait on it alone and fail), and the
     results come back in the batch's order, failures included, as one sandbox gives them."""
-    from core.sandbox import SandboxPool
+    from sandbox import SandboxPool
 
     items = [(GOOD + f"# {k}\n", "evaluate", [["abc"], ["ABC"]]) for k in range(6)]
     items[2] = ("def evaluate(x):\n    raise ValueError('two')\n", "evaluate", [["a"]])
@@ -408,7 +412,7 @@ def test_a_pool_runs_its_workers_side_by_side_and_keeps_the_batch_order(monkeypa
 
 
 def test_a_pool_reports_a_worker_that_cannot_start():
-    from core.sandbox import SandboxPool
+    from sandbox import SandboxPool
 
     with SandboxPool(workers=2, wrapper=["/bin/false"]) as pool:  # exits before the worker
         with pytest.raises(RuntimeError, match="sandbox worker failed to start"):
@@ -436,13 +440,14 @@ def test_pool_size_follows_the_cores_and_the_memory_there_is(
     """0 workers: one per CPU this process may use (affinity and cgroup quota), at most 16, and
     no more than the memory there is (host and cgroup) holds with each worker's programs at
     their cap (1 GiB + the worker's 96 MiB)."""
-    import core.sandbox
+    import sandbox.cgroups
+    from sandbox import SandboxPool, default_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-    monkeypatch.setattr(core.sandbox, "_available_bytes", lambda: int(free_gib * (1 << 30)))
-    monkeypatch.setattr(core.sandbox, "cgroup_limits", lambda: cgroup)
-    assert core.sandbox.default_workers(1024) == expected
-    assert core.sandbox.SandboxPool(memory_mb=1024).workers == expected
+    monkeypatch.setattr(sandbox.cgroups, "available_bytes", lambda: int(free_gib * (1 << 30)))
+    monkeypatch.setattr(sandbox.cgroups, "cgroup_limits", lambda: cgroup)
+    assert default_workers(1024) == expected
+    assert SandboxPool(memory_mb=1024).workers == expected
 
 
 def _tree(root, files):
@@ -453,7 +458,7 @@ def _tree(root, files):
 
 
 def test_cgroup_limits_are_read_from_v2_and_v1_trees_up_to_the_root(tmp_path):
-    from core.sandbox import cgroup_limits
+    from sandbox.cgroups import cgroup_limits
 
     # v2: the job's own cgroup sets no CPU quota, its parent does (a SLURM job in a slice).
     v2 = tmp_path / "v2"
@@ -502,7 +507,7 @@ def test_a_pool_runs_one_worker_where_programs_share_the_callers_uid(monkeypatch
     """At the `process` level the programs of two workers would run at once as the caller's
     uid without namespaces, able to signal each other: the pool uses one worker there, and
     both where the level keeps them apart."""
-    from core.sandbox import SandboxPool
+    from sandbox import SandboxPool
 
     used = set()
     real = Sandbox.run_batch
@@ -530,7 +535,7 @@ def test_an_interrupted_pool_kills_its_workers_and_starts_no_further_share(monke
     exception goes on."""
     import signal
 
-    from core.sandbox import SandboxPool
+    from sandbox import SandboxPool
 
     class Stop(Exception):
         pass
@@ -619,3 +624,157 @@ def test_sandbox_settings_are_checked_at_start_up():
     with pytest.raises(ConfigError, match=r"scenario.sandbox.workers: must be >= 0"):
         _check_config(compose_cfg(["scenario=autoif", "scenario.sandbox.workers=-1"]))
     _check_config(compose_cfg(["scenario=autoif", "scenario.sandbox.workers=3"]))
+
+
+# ------------------------------------------------------------------ the package and its worker
+PROJECT = ("core", "engines", "evolvers", "metrics", "training", "evaluation", "reporting")
+
+
+def _imported(path):
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_sandbox_is_layer_0_and_its_worker_the_standard_library_only():
+    """sandbox/ imports nothing of the project; the worker (started with -I -S) imports the
+    standard library only, not even the package it belongs to."""
+    import sys
+    from pathlib import Path
+
+    import sandbox
+
+    folder = Path(sandbox.__file__).parent
+    for path in folder.glob("*.py"):
+        assert not _imported(path) & {*PROJECT, "pipeline", "run"}, path
+    worker = _imported(folder / "worker.py")
+    assert worker <= set(sys.stdlib_module_names), worker - set(sys.stdlib_module_names)
+
+
+def test_the_worker_is_a_module_that_ruff_passes():
+    """The worker is a real file: importing it runs nothing, its source is what a Sandbox
+    starts, and the linter reads it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sandbox.worker as worker
+    from sandbox import worker_source
+
+    assert worker_source() == Path(worker.__file__).read_text()
+    assert 'if __name__ == "__main__":\n    main(sys.argv[1:])' in worker_source()
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).is_file():
+        pytest.skip("ruff is not installed")
+    for args in (["check"], ["format", "--check"]):
+        proc = subprocess.run([ruff, *args, worker.__file__], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_worker_helpers():
+    import sandbox.worker as w
+
+    assert w.item_budget({"inputs": [[1], [2]]}, 0.5) == 2.5  # a timeout per case, + the top
+    assert w.item_budget({"code": "x"}, 2) == 3.0
+    assert w.valid({"ok": True, "results": [{"ok": False, "error": "e"}]})
+    for bad in (None, [], {"ok": 1}, {"ok": True, "results": {}}, {"ok": True, "results": [3]}):
+        assert not w.valid(bad), bad
+    assert not w.valid({"ok": False, "error": 3})
+    assert w.failed([1, 2], "x") == [{"ok": False, "error": "x"}] * 2
+    # A process name may hold spaces and parentheses: the parent PID is after the last ")".
+    assert w.parent_pid(b"42 (a) (b c) S 7 42 42 0") == 7
+    assert w.describe(w.CaseTimeout(), 0.5) == "timeout after 0.5s"
+    assert w.describe(ValueError("x" * 300), 1) == "ValueError: " + "x" * 200
+    uid = w.free_uid()
+    assert uid >= 4100000000 and all(_uid(p) != uid for p in os.listdir("/proc") if p.isdigit())
+    rows, prog = w.seccomp_program()
+    assert len(rows.raw) == 8 * len(w.SECCOMP) + 1  # 8 bytes a row, and the buffer's NUL
+    with pytest.raises(PermissionError, match="network access is disabled"):
+        w.refuse()
+
+
+# ------------------------------------------------------------------ the service
+def test_the_service_reuses_its_workers_until_closed():
+    """One pool per settings, started once and reused by every call (the same worker serves
+    both); what ran is recorded per call and in all; close() stops the workers and ends it."""
+    from sandbox import SandboxService, SandboxSettings, Usage
+
+    settings = SandboxSettings(timeout=2, workers=1, batch_size=1)
+    service = SandboxService()
+    try:
+        first, second = Usage(), Usage()
+        (a,) = service.run_batch([(GOOD, "evaluate", [["abc"]])], settings, "t", first)
+        (pool,) = service._pools.values()
+        worker = pool.boxes[0]._proc
+        (b,) = service.run_batch([(GOOD, "evaluate", [["ABC"]])], settings, "t", second)
+        one = service.run(GOOD, "evaluate", [["abc"]], settings)
+        assert list(service._pools.values()) == [pool] and pool.boxes[0]._proc is worker
+        assert worker.poll() is None  # still serving
+        assert [a.results[0]["value"], b.results[0]["value"], one.results[0]["value"]] == [
+            True,
+            False,
+            True,
+        ]
+        assert first.isolation in Sandbox.LEVELS and first.ran == 1 and second.ran == 1
+        assert first.counts() == {
+            "sandbox_isolation": first.isolation,
+            "sandbox_memory_limit": first.memory_limit,
+        }
+        assert service.usage.ran == 3 and service.isolation == first.isolation
+    finally:
+        service.close()
+    assert worker.poll() is not None  # the worker is gone
+    with pytest.raises(RuntimeError, match="closed"):
+        service.run(GOOD, "evaluate", [["abc"]])
+
+
+def test_the_service_caches_under_the_keys_autoif_always_used(tmp_path):
+    """With a cache: results come from it on a rerun (nothing runs, so no level is recorded),
+    a program twice in a batch runs once, and the cache folder is the one the code before the
+    service wrote (step `sandbox`, the limits, each program's stable_hash): old caches hit."""
+    from core.cache import StepCache, stable_hash
+    from sandbox import SandboxService, SandboxSettings, Usage, program_key
+
+    item = ("import random\ndef evaluate(x):\n    return random.random()", "evaluate", [[1]])
+    assert program_key(item) == stable_hash(list(item))[:24]
+    settings = SandboxSettings(timeout=2, memory_mb=512, workers=1)
+    payload = {"timeout": 2.0, "memory_mb": 512}
+    key = stable_hash({"step": "sandbox", "payload": payload, "ids": [program_key(item)]})[:20]
+    cache, usage = StepCache(tmp_path), Usage()
+    with SandboxService(cache=cache) as service:
+        first = service.run_batch([item, item], settings, "t", usage)
+    assert usage.ran == 1 and first[0].results == first[1].results
+    assert cache.reports[-1].key == key and (tmp_path / "steps" / "sandbox" / key).is_dir()
+    again, replayed = StepCache(tmp_path), Usage()
+    with SandboxService(cache=again) as service:
+        (second,) = service.run_batch(
+            [item], SandboxSettings(timeout=2, memory_mb=512), "t", replayed
+        )
+    assert second.results == first[0].results and again.reports[-1].computed == 0
+    assert replayed.ran == 0 and replayed.cached == 1 and replayed.isolation is None
+    shared = SandboxSettings(timeout=2, memory_mb=512, share_process=True)
+    assert shared.cache_key() == {**payload, "share_process": True}
+
+
+def test_service_settings_come_from_a_config_section():
+    from evolvers.autoif import SandboxConfig
+    from sandbox import SandboxSettings
+
+    s = SandboxSettings.of(SandboxConfig(timeout=3, workers=2, batch_size=8))
+    assert (s.timeout, s.memory_mb, s.workers, s.batch_size, s.share_process) == (
+        3.0,
+        1024,
+        2,
+        8,
+        False,
+    )
+    assert SandboxSettings.of(object()) == SandboxSettings()
+    with pytest.raises(ValueError, match="must be >= 0"):
+        SandboxSettings(workers=-1)

@@ -9,6 +9,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from core.errors import unknown_option
+from core.schemas import SCHEDULERS
 from core.signals import check_interrupt
 
 
@@ -145,21 +147,28 @@ class SFTModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
-
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = make_optimizer(
             params, float(self.cfg.lr), float(self.cfg.weight_decay), offload=self.offload
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(float(self.cfg.warmup_ratio) * total))
-        make = (
-            get_cosine_schedule_with_warmup
-            if self.cfg.scheduler == "cosine"
-            else get_linear_schedule_with_warmup
-        )
-        sched = make(opt, warmup, total)
+        sched = make_scheduler(str(self.cfg.scheduler), opt, warmup, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def make_scheduler(name: str, opt: Any, warmup: int, total: int) -> Any:
+    """`train.scheduler` (core.schemas.SCHEDULERS, checked at start-up): linear warm-up, then
+    cosine or linear decay; an unknown name is an error, never a silent default."""
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    schedules = {
+        "cosine": get_cosine_schedule_with_warmup,
+        "linear": get_linear_schedule_with_warmup,
+    }
+    if name not in schedules:
+        raise unknown_option("train.scheduler", name, SCHEDULERS)
+    return schedules[name](opt, warmup, total)
 
 
 class StopOnSignal(pl.Callback):

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from core.errors import ConfigError, unknown_option
 from core.records import Record, hash_records, write_json_atomic
+from core.schemas import STRATEGIES
 from core.signals import Interrupted
 from engines.hf import load_tokenizer
 from engines.models import resolve_model_path
@@ -24,8 +25,6 @@ from engines.turns import eos_ids, turn_end_token
 from training.data import SFTDataModule, ensure_chat_template
 
 log = logging.getLogger(__name__)
-
-STRATEGIES = ("auto", "ddp", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload")
 
 
 def zero_stage(strategy: str) -> int | None:
