@@ -13,7 +13,10 @@ A stage (distilabel's steps are the model) declares
   folder); None where its steps are cached inside it (every generation is);
 - `resources()`: the role models it loads (their GPUs follow from tensor x pipeline parallel) or
   CPU only, and whether it trains (the training footprint): what a launcher sizes a job by;
-- `stats`: summary.json numbers (`<name>/<key>`) the comparison and the verdict show;
+- `stats`: summary.json numbers (`<name>/<key>`) the comparison and the verdict show. The verdict
+  compares a stat on its per-item values where the stage writes them (`<run>/<name>/items.jsonl`,
+  rows of `id` and the stat's `of` field: a CI in summary.json too), else over seeds (each job's
+  number one value: two or more seeds per arm);
 - `run(ctx, inputs) -> StageResult`: new artifacts and summary entries.
 
 To add a stage: a module with a `Stage` subclass registered by `@STAGES.register()`, named in

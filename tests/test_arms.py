@@ -170,7 +170,9 @@ def test_a_real_sweep_cuts_arms_equal_and_judges_one_arm_against_another(tmp_pat
     sizes = first["filter/arm_sizes"]
     assert set(sizes) == {"0.7", "1.3"} and second["filter/arm_sizes"] == sizes
     assert first["filter/kept"] == second["filter/kept"] == min(sizes.values())
-    assert (sweep / "0" / "arms" / "generation.evolve.temperature=1.3" / "selected.jsonl").is_file()
+    # The other arm's ranked set came from its own stages, up to its filter (not its cut).
+    arm = sweep / "0" / "arms" / "generation.evolve.temperature=1.3"
+    assert (arm / "round_1" / "responded.jsonl").is_file() and not (arm / "selected.jsonl").exists()
     # The reference arm judges nothing; the other is judged against the reference's model,
     # which its own job trained (the same folder in the train cache).
     assert "judge/win" not in first
