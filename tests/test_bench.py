@@ -103,4 +103,5 @@ def test_bench_smoke_runs_and_names_its_machine(name):
 
 def test_every_bench_script_is_smoke_tested():
     scripts = {p.stem for p in (ROOT / "bench").glob("*.py") if not p.stem.startswith("_")}
-    assert scripts == set(FIGURES)
+    # cost.py measures nothing: arithmetic on a preset's sizes, tested in tests/test_cost.py.
+    assert scripts - {"cost"} == set(FIGURES)
