@@ -112,7 +112,16 @@ class WindowBatchSampler(torch.utils.data.Sampler):
     epoch's end, which the step-token count already accounts for.
 
     The order is `self.sampler`'s (a seeded shuffle), whose `set_epoch` Lightning calls at each
-    epoch's start."""
+    epoch's start.
+
+    Stateful: `state_dict` is the epoch and how many of its micro-batches were yielded, and after
+    `load_state_dict` the next pass over that epoch starts after them. Lightning checkpoints the
+    loader's state (ResumableLoader) and restarts its iterator on resume while counting the
+    batches done, so without it a resumed epoch replays its first batches and skips its last.
+    The count is what the loader took from this sampler: exact with the loader's default
+    `num_workers=0` (Lightning does not prefetch from a sized loader); worker processes would
+    draw batches ahead. Every rank yields as many micro-batches per epoch, so rank 0's saved
+    count holds for all."""
 
     def __init__(
         self,
@@ -128,6 +137,8 @@ class WindowBatchSampler(torch.utils.data.Sampler):
         self.accumulate = accumulate
         self.whole_steps = whole_steps
         self.sampler = SeededShuffle(len(tokens), seed)
+        self.yielded = 0  # micro-batches of the current epoch yielded so far
+        self._resume: dict[str, int] | None = None
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -148,10 +159,32 @@ class WindowBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         rank, world = self._rank_world()
+        # Read on the first batch, after Lightning's `set_epoch`: the restored count applies to
+        # the restored epoch only (a checkpoint from an epoch's end resumes with the next one).
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume and resume["epoch"] == self.sampler.epoch else 0
+        self.yielded = 0
         for step in self._steps(world):
             total = sum(self.tokens[i] for b in step for i in b)
             for b in step[rank::world]:
-                yield [(i, total) for i in b]
+                self.yielded += 1
+                if self.yielded > skip:
+                    yield [(i, total) for i in b]
+
+    def state_dict(self) -> dict[str, int]:
+        # A restored position not yet iterated is still the position (a save before the first
+        # resumed batch).
+        at = self._resume or {"epoch": self.sampler.epoch, "batches": self.yielded}
+        return {**at, "seed": self.sampler.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("seed", self.sampler.seed) != self.sampler.seed:
+            raise ConfigError(
+                f"the checkpoint's data order is seed {state['seed']}, this run's seed "
+                f"{self.sampler.seed}: resume with the seed it was saved with"
+            )
+        self.sampler.set_epoch(int(state["epoch"]))
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
     def __len__(self) -> int:
         rank, world = self._rank_world()
@@ -213,6 +246,18 @@ def collate(batch: list, pad_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A loader whose state is its batch sampler's: Lightning saves the state of loaders that have
+    `state_dict`/`load_state_dict` in a checkpoint's loop state and restores it on resume, so a
+    mid-epoch resume continues after the last batch trained (WindowBatchSampler)."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
+
+
 def make_loader(
     examples: list[Encoded],
     batch_size: int,
@@ -223,7 +268,7 @@ def make_loader(
 ):
     tokens = [target_tokens(e) for e in examples]
     sampler = WindowBatchSampler(tokens, batch_size, accumulate, seed, whole_steps)
-    return torch.utils.data.DataLoader(
+    return ResumableLoader(
         _Examples(examples), batch_sampler=sampler, collate_fn=lambda b: collate(b, pad_id)
     )
 
