@@ -84,7 +84,9 @@ def build_engine(engine_cfg: Any, model_cfg: Any, models_dir: str | Path) -> Eng
         per_replica = m.tensor_parallel_size * m.pipeline_parallel_size
         replicas = resolve_replicas(e.replicas, per_replica, cuda_device_count())
         if replicas > 1:  # vLLM's data-parallel server (engines/vllm_server.py)
-            return VLLMServerEngine(path, replicas=replicas, **common)
+            return VLLMServerEngine(
+                path, replicas=replicas, request_timeout_s=e.timeout_s, **common
+            )
         return VLLMEngine(
             path,
             cpu_memory_utilization=e.cpu_memory_utilization,

@@ -98,6 +98,9 @@ class OpenAIEngine:
     # Token ids to stop on beside the server's own EOS: vLLM's extension of the API, sent only
     # to a server known to take it (engines.vllm_server); a hosted API would refuse the field.
     stop_token_ids: tuple[int, ...] = ()
+    # vLLM's other extensions, sent likewise only to vLLM's own server (engines.vllm_server).
+    vllm_fields = False
+    unreachable_hint = "start the server (e.g. `vllm serve <model>`) or set engine.base_url"
 
     def __init__(
         self,
@@ -128,6 +131,15 @@ class OpenAIEngine:
         self._opener = urllib.request.build_opener(_NoRedirect)
         self._sleep = time.sleep
 
+    @property
+    def description(self) -> str:
+        """The engine as errors name it."""
+        return f"the {self.name} engine at {self.shown_url}"
+
+    def _check_server(self) -> None:
+        """Before each try: raise if the server is known to be gone (a server this engine
+        started, engines.vllm_server); a remote one can only be tried."""
+
     def generate(
         self, prompts: list[Chat | str], params: Sampling | list[Sampling]
     ) -> list[Generation]:
@@ -156,6 +168,10 @@ class OpenAIEngine:
             body["stop_token_ids"] = list(self.stop_token_ids)
         if isinstance(prompt, str):
             body["prompt"] = prompt
+            if self.vllm_fields:
+                # A plain string is the whole prompt (lm-eval's contexts already hold the BOS),
+                # as the offline engine sends it; vLLM's server would add special tokens.
+                body["add_special_tokens"] = False
             if p.top1_logprobs:
                 body["logprobs"] = max(1, p.top_logprobs)
             data = self._post("/completions", body, _tokens(prompt, p))
@@ -211,6 +227,7 @@ class OpenAIEngine:
         )
         last, refused = "", 0
         for attempt in range(self.retries + 1):
+            self._check_server()
             self.limiter.acquire(tokens)
             wait = None
             try:
@@ -255,11 +272,13 @@ class OpenAIEngine:
                     wait = backoff * (0.5 + random.random() / 2)
                 else:  # the server's own Retry-After, within reason
                     wait = min(wait, 10 * self.max_backoff_s)
+                self._check_server()  # a dead server: no point in waiting
                 self._sleep(wait)
+        self._check_server()
         if refused == self.retries + 1:
             raise UserFacingError(
                 f"openai engine: no answer from {shown} after {self.retries + 1} tries ({last}); "
-                "start the server (e.g. `vllm serve <model>`) or set engine.base_url"
+                f"{self.unreachable_hint}"
             )
         raise RequestFailed(f"{last} (after {self.retries + 1} tries)")
 

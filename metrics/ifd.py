@@ -280,7 +280,12 @@ class IFDScorer:
         return out  # type: ignore[return-value]
 
     def close(self) -> None:
-        del self.model
+        # Dropping the reference is not enough for the next engine: the weights stay in
+        # PyTorch's cache (and in any cycle holding them) until freed.
+        from engines.memory import free_gpu_memory
+
+        self.model = None
+        free_gpu_memory()
 
 
 class EngineIFDScorer(IFDScorer):
@@ -294,10 +299,11 @@ class EngineIFDScorer(IFDScorer):
         from transformers import AutoTokenizer
 
         if not hasattr(engine, "prompt_logprobs"):
+            used = getattr(engine, "description", None) or f"the {engine.name} engine"
             raise ConfigError(
                 f"metrics.ifd.backend=engine needs an engine that returns prompt "
-                f"log-probabilities (engine=vllm); the {engine.name} engine does not: use "
-                "metrics.ifd.backend=transformers"
+                f"log-probabilities (engine=vllm, one engine or replicas); {used} "
+                f"({type(engine).__name__}) does not: use metrics.ifd.backend=transformers"
             )
         self.engine = engine
         self.tokenizer = AutoTokenizer.from_pretrained(path)
