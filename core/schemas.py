@@ -223,8 +223,12 @@ class TrainConfig:
     strategy: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
+    # A rank other than 0 stops when rank 0 has not beaten for this long (training.ranks).
+    follower_timeout_min: float = 30.0
     gradient_checkpointing: bool = False
     save_every_n_steps: int = 0
+    save_every_n_minutes: float = 0.0  # > 0: checkpoint by wall clock instead of by steps
+    export_dtype: str = "auto"  # auto: the dtype training computed in (training.run.export_dtype)
     resume: bool = True
     keep_checkpoints: bool = False
     chat_template: str | None = None
@@ -233,7 +237,9 @@ class TrainConfig:
         one_of(self.method, "method", ("full", "lora"))
         one_of(self.strategy, "strategy", STRATEGIES)
         one_of(self.scheduler, "scheduler", SCHEDULERS)
+        one_of(self.export_dtype, "export_dtype", ("auto", "float32", "bfloat16", "float16"))
         check(self.lr > 0, "lr", "must be > 0")
+        check(self.follower_timeout_min > 0, "follower_timeout_min", "must be > 0")
         check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
         check(
             self.effective_batch_size >= self.micro_batch_size,
@@ -339,6 +345,9 @@ class ArmsConfig:
     launchers of different sizes, where this job's resources do not fit the other arm)."""
 
     missing: str = "run"
+    # An artifact name: run this job only through the stages that produce it (what other arms
+    # read, e.g. `ranked`), as the sized SLURM launcher's first pass does; null: the whole job.
+    produce: str | None = None
 
     def __post_init__(self) -> None:
         one_of(self.missing, "missing", ("run", "fail"))

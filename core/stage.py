@@ -13,6 +13,8 @@ A stage (distilabel's steps are the model) declares
   folder); None where its steps are cached inside it (every generation is);
 - `resources()`: the role models it loads (their GPUs follow from tensor x pipeline parallel) or
   CPU only, and whether it trains (the training footprint): what a launcher sizes a job by;
+- `arm_needs()`: the artifacts of other arms of the sweep it reads (`ranked` for a cut to the
+  smallest arm): what a launcher runs first, in every arm, before the jobs that read them;
 - `stats`: summary.json numbers (`<name>/<key>`) the comparison and the verdict show. The verdict
   compares a stat on its per-item values where the stage writes them (`<run>/<name>/items.jsonl`,
   rows of `id` and the stat's `of` field: a CI in summary.json too), else over seeds (each job's
@@ -97,6 +99,9 @@ class Stage:
     def resources(self) -> Resources:
         return Resources()
 
+    def arm_needs(self) -> tuple[str, ...]:
+        return ()
+
     def run(self, ctx: Any, inputs: dict[str, Any]) -> StageResult:
         raise NotImplementedError
 
@@ -121,6 +126,27 @@ STAGES: Registry[type[Stage]] = Registry(
 
 def stage_order() -> list[type[Stage]]:
     return sorted(STAGES, key=lambda s: s.order)
+
+
+def plan_for(stages: list[Stage], artifact: str | None = None) -> list[Stage]:
+    """Of a job's stages (in order): all, or only those that `artifact` depends on."""
+    if artifact is None:
+        return list(stages)
+    wanted, chosen = {artifact}, []
+    for stage in reversed(stages):
+        if wanted & set(stage.produces):
+            chosen.append(stage)
+            wanted |= set(stage.needs)
+    return chosen[::-1]
+
+
+def stage_names(stages: list[Stage]) -> list[str]:
+    """The `stages=[...]` names that select `stages`."""
+    names: list[str] = []
+    for stage in stages:
+        if not stage.always and (name := stage.part_of or stage.name) not in names:
+            names.append(name)
+    return names
 
 
 def stat_for_stage(key: str) -> tuple[type[Stage], Stat] | None:

@@ -4,7 +4,6 @@ is needed. Every generation goes through `generate`, which caches and resumes it
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import logging
 import time
@@ -13,7 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from core.cache import StepCache
-from engines import build_engine, resolve_engine_kind
+from engines import build_engine, memory, resolve_engine_kind
 from engines.base import Chat, Engine, EngineStats, Generation, Sampling, sampling_key
 from engines.precision import resolve_dtype
 
@@ -70,11 +69,30 @@ def _not_failed(result: dict) -> bool:
     return result.get("finish_reason") != "error"
 
 
+def data_parallel(engine_cfg: Any, model_cfg: Any, kind: str) -> bool:
+    """Whether the model is served by vLLM's data-parallel server (engines.vllm_server), as
+    engines.build_engine decides it."""
+    if kind != "vllm":
+        return False
+    from engines.vllm_engine import cuda_device_count
+    from engines.vllm_server import resolve_replicas
+
+    per_replica = int(model_cfg.get("tensor_parallel_size") or 1) * int(
+        model_cfg.get("pipeline_parallel_size") or 1
+    )
+    return (
+        resolve_replicas(engine_cfg.get("replicas", "auto"), per_replica, cuda_device_count()) > 1
+    )
+
+
 class EnginePool:
-    def __init__(self, engine_cfg: Any, cache: StepCache, models_dir: str):
+    def __init__(
+        self, engine_cfg: Any, cache: StepCache, models_dir: str, log_dir: str | None = None
+    ):
         self.engine_cfg = engine_cfg
         self.cache = cache
         self.models_dir = models_dir
+        self.log_dir = log_dir  # where a served engine's own log goes (the run folder)
         self.kind = resolve_engine_kind(engine_cfg.kind)
         self.stats = EngineStats()
         self._loaded: tuple[str, Engine] | None = None
@@ -123,6 +141,10 @@ class EnginePool:
         key = {"model": model_identity(model_cfg), "kind": kind, "engine": engine, "load": load}
         return json.dumps(key, sort_keys=True, default=str)
 
+    def loaded_key(self) -> str | None:
+        """The engine_key of the engine loaded now, if any."""
+        return self._loaded[0] if self._loaded else None
+
     def engine_for(self, model_cfg: Any) -> Engine:
         key = self.engine_key(model_cfg)
         if self._loaded and self._loaded[0] in (key, _any_of(model_cfg.name)):
@@ -131,8 +153,11 @@ class EnginePool:
         e, kind = self.settings(model_cfg)
         log.info("loading %s with the %s engine", model_cfg.name, kind)
         cfg = OmegaConf.merge(e, {"kind": kind})
+        from engines.vllm_server import server_logs_in
+
         t0 = time.perf_counter()
-        self._loaded = (key, build_engine(cfg, model_cfg, self.models_dir))
+        with server_logs_in(self.log_dir):
+            self._loaded = (key, build_engine(cfg, model_cfg, self.models_dir))
         self.stats.load_seconds += time.perf_counter() - t0
         return self._loaded[1]
 
@@ -148,7 +173,9 @@ class EnginePool:
         if self._loaded:
             self._loaded[1].close()
             self._loaded = None
-            gc.collect()
+            # The next engine (or a forward-pass model) needs the memory this one held: vLLM
+            # refuses to start below its share of the free GPU memory.
+            memory.free_gpu_memory()
 
     def generate(
         self,
@@ -175,6 +202,14 @@ class EnginePool:
         }
         if runtime := self.runtime_identity(model_cfg):
             payload["runtime"] = runtime
+        # Texts are the same through vLLM's offline engine and its data-parallel server (both
+        # tokenise a plain prompt without special tokens and render chats with the same
+        # template), so those keys are shared and either path's results serve the other.
+        # Log-probabilities are not: the server returns them through the OpenAI format (top
+        # tokens keyed by text, no vocabulary size), so a call that asks for them is keyed by
+        # the path.
+        if any(s.top1_logprobs for _, _, s in items) and data_parallel(engine_cfg, model_cfg, kind):
+            payload["path"] = "vllm-server"
 
         def compute(ids: list[str]) -> list[dict]:
             engine = self.engine_for(model_cfg)

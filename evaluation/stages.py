@@ -55,6 +55,10 @@ class Evaluate(Stage):
         log.info("evaluate: %s", ", ".join(f"{k}={v}" for k, v in numbers.items()))
         return StageResult(artifacts={"eval": numbers}, summary=numbers)
 
+    def arm_needs(self) -> tuple[str, ...]:
+        pairwise = self.cfg.pairwise
+        return ("train_dir",) if pairwise.enabled and pairwise.against_arm else ()
+
     def against_arm(self, ctx: Any) -> Any:
         """`eval.pairwise.against_arm`: the other arm's trained model (its job's, from the
         cache, or trained here once); False for the arm itself (it is the reference); None when

@@ -128,6 +128,10 @@ class Cut(Stage):
         size = getattr(self.cfg, "equal_size_constraints", None)
         return size is not None and bool(inputs.get("sets")) and "constraints" in inputs
 
+    def arm_needs(self) -> tuple[str, ...]:
+        smallest = getattr(self.cfg, "equal_size_constraints", None) == "smallest"
+        return ("constraints",) if smallest else ()
+
     def run(self, ctx: Any, inputs: dict[str, Any]) -> StageResult:
         scenario, sets = ctx.scenario, inputs["sets"]
         name = list(sets)[-1]

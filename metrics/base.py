@@ -44,6 +44,9 @@ class Metric:
     # The setting that names a role model (null | conf/model name | mapping), if any: its weights
     # and dtype are checked at start-up like every other role's.
     role_field: ClassVar[str | None] = None
+    # It generates with the run's own model, the evolver (the confidence metric): the score
+    # stage then loads the evolver too (its resources, for a launcher's sizing).
+    uses_evolver: ClassVar[bool] = False
     # The setting that picks its own forward-pass model's format (`auto` resolved from the
     # hardware), reported as summary.json `hardware/<name>_dtype`.
     dtype_field: ClassVar[str | None] = None
@@ -64,6 +67,11 @@ class Metric:
         if not cls.dtype_field:
             return None
         return getattr(cfg, cls.dtype_field), f"metrics.{cls.name}.{cls.dtype_field}"
+
+    def engine_model(self) -> Any | None:
+        """The model config it generates with through the job's engine pool, if any (the score
+        stage runs the metrics of one engine together, so no model is loaded twice)."""
+        return None
 
     def cache_key(self) -> dict[str, Any]:
         skip = {"enabled", "impl", *self.key_excludes}

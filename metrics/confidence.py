@@ -52,6 +52,7 @@ class ConfidenceMetric(Metric):
     name = "confidence"
     Config = ConfidenceConfig
     order = 11
+    uses_evolver = True
     fields = (
         Field("top1_mean", higher_is_better=False, label="top-1 probability"),
         Field(
@@ -73,6 +74,9 @@ class ConfidenceMetric(Metric):
         Stat("scored"),
         Stat("failed", higher_is_better=False),
     )
+
+    def engine_model(self) -> Any:
+        return self.ctx.role(None, "model")  # the evolver
 
     def score(self, set_name: str, records: list[Record]) -> dict[str, dict]:
         k = int(self.cfg.positions)

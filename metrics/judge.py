@@ -127,9 +127,12 @@ class JudgeMetric(Metric):
         Stat("difficulty/failed", higher_is_better=False),
     )
 
+    def engine_model(self) -> Any:
+        return self.ctx.role(self.cfg.model, "metrics.judge.model")
+
     def score(self, set_name: str, records: list[Record]) -> dict[str, dict[str, Any]]:
         cfg, run_cfg = self.cfg, self.ctx.cfg
-        model_cfg = self.ctx.role(cfg.model, "metrics.judge.model")
+        model_cfg = self.engine_model()
         templates = load_judge_templates(cfg.templates)
         rows: dict[str, dict[str, Any]] = {r["id"]: {} for r in records}
         for kind, parse in (("complexity", parse_complexity), ("difficulty", parse_difficulty)):

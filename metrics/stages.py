@@ -1,8 +1,9 @@
 """The `score`, `filter` and `equal_size` stages over the metric registry (`metrics.base.METRICS`).
 
-Score: every enabled metric, metric by metric over all sets in the metrics' `order`, so each model
-loads once per stage (the generation-based metrics while the engine is up, then the embedder, then
-the forward-pass models); per record into `<set>/scores.jsonl`, set summaries into metrics.json.
+Score: every enabled metric, metric by metric over all sets, so each model loads once per stage:
+the generation-based metrics grouped by the engine they use, the loaded one first (`by_engine`),
+then the embedder and the forward-pass models in their `order`; per record into
+`<set>/scores.jsonl`, set summaries into metrics.json.
 Filter: `filter.keep_ratio` of one set by a registered field (`ranked`). Equal size (with filter,
 when `filter.equal_size` is set): a seeded sample of exactly N of them, or the smallest arm's
 count. Whichever runs last writes `selected.jsonl`, once.
@@ -33,9 +34,13 @@ class Scorer:
         """{set name: {id: scores}} for every set; writes each set's scores.jsonl and metrics."""
         scores = {name: {r["id"]: {"id": r["id"]} for r in recs} for name, recs in sets.items()}
         summaries: dict[str, dict[str, Any]] = {n: {"records": len(r)} for n, r in sets.items()}
-        metrics = [
-            cls(cfg, self.ctx, self.scenario) for cls, cfg in enabled_metrics(self.ctx.cfg.metrics)
-        ]
+        metrics = by_engine(
+            [
+                cls(cfg, self.ctx, self.scenario)
+                for cls, cfg in enabled_metrics(self.ctx.cfg.metrics)
+            ],
+            self.ctx.engines,
+        )
         try:
             for metric in metrics:
                 for name, records in sets.items():
@@ -52,6 +57,21 @@ class Scorer:
         return scores
 
 
+def by_engine(metrics: list[Any], pool: Any) -> list[Any]:
+    """The metrics in the order they run: those that generate through the engine pool first,
+    grouped by the engine they need (the one loaded now, e.g. the responder's, first), then the
+    rest in their `order`. Before, a judge between two uses of the evolver (the confidence
+    metric) unloaded it, and it was loaded again."""
+    loaded = pool.loaded_key() if pool is not None else None
+    groups: dict[str | None, list[Any]] = {}
+    for m in metrics:
+        model = m.engine_model()
+        groups.setdefault(pool.engine_key(model) if model is not None else None, []).append(m)
+    keys = [k for k in groups if k is not None]
+    keys.sort(key=lambda k: (k != loaded, min(m.order for m in groups[k])))
+    return [m for k in keys for m in groups[k]] + groups.get(None, [])
+
+
 @STAGES.register()
 class Score(Stage):
     name = "score"
@@ -61,11 +81,10 @@ class Score(Stage):
     produces = ("scores",)
 
     def resources(self) -> Resources:
-        roles = [
-            f"metrics.{m.name}.{m.role_field}"
-            for m, _ in enabled_metrics(self.run_cfg.metrics)
-            if m.role_field
-        ]
+        enabled = [m for m, _ in enabled_metrics(self.run_cfg.metrics)]
+        roles = [f"metrics.{m.name}.{m.role_field}" for m in enabled if m.role_field]
+        if any(m.uses_evolver for m in enabled):
+            roles.insert(0, "model")
         return Resources(models=tuple(roles))
 
     def run(self, ctx: Any, inputs: dict[str, Any]) -> StageResult:
@@ -135,6 +154,9 @@ class EqualSize(Stage):
 
     def active(self, inputs: dict[str, Any]) -> bool:
         return self.cfg.equal_size is not None and "ranked" in inputs
+
+    def arm_needs(self) -> tuple[str, ...]:
+        return ("ranked",) if self.cfg.equal_size == "smallest" else ()
 
     def run(self, ctx: Any, inputs: dict[str, Any]) -> StageResult:
         kept = inputs["ranked"]

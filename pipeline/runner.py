@@ -25,15 +25,46 @@ from core.errors import ConfigError, UserFacingError, unknown_option
 from core.extensions import load_extensions
 from core.records import write_json_atomic, write_text_atomic
 from core.signals import Interrupted, check_interrupt, unwinding
-from core.stage import STAGES, Stage, stage_order
+from core.stage import STAGES, Stage, plan_for, stage_names, stage_order
+from engines.memory import gpu_memory_report
 from pipeline.arms import Arms, JobOverrides
 from pipeline.services import build_context
+from pipeline.weights import resolve_weights
 from reporting.summary import hardware_facts
 from reporting.tracking import Tracker
 from training import ranks
 from training.stages import follow
 
 log = logging.getLogger(__name__)
+
+
+def check_stage_names(names: list[str]) -> None:
+    for s in names:
+        if s not in STAGES:
+            raise unknown_option("stage", s, [c.name for c in stage_order()])
+
+
+def build_stages(cfg: DictConfig, scenario: Any = None) -> list[Stage]:
+    """The job's selected stages in order, each with its typed settings: what a Run loops over,
+    and what a launcher sizes the job by (no services are built for them)."""
+    load_extensions(cfg)
+    names = list(cfg.stages)
+    check_stage_names(names)
+    if scenario is None:
+        from evolvers.base import build_scenario
+
+        scenario = build_scenario(cfg.scenario)
+    out: list[Stage] = []
+    for cls in stage_order():
+        if not cls.selected(names):
+            continue
+        if cls.scenario_settings:
+            out.append(cls(scenario.cfg, cfg))
+            continue
+        key = cls.config_key()
+        settings = typed_section(cls.Config, cfg.get(key), key) if cls.Config else None
+        out.append(cls(settings, cfg))
+    return out
 
 
 class Run:
@@ -50,9 +81,7 @@ class Run:
         self.cfg, self.dir = cfg, Path(run_dir)
         load_extensions(cfg)  # idempotent: a stage a plugin registers is known below
         names = list(cfg.stages)
-        for s in names:
-            if s not in STAGES:
-                raise unknown_option("stage", s, [c.name for c in stage_order()])
+        check_stage_names(names)
         self.ctx = build_context(cfg, self.dir, tracker, cache_only)
         self.ctx.arms = Arms(
             job or JobOverrides(),
@@ -62,7 +91,7 @@ class Run:
             cache_only=cache_only or cfg.arms.missing == "fail",
             before=self.ctx.release_engine,
         )
-        self.stages = [self._build(cls) for cls in stage_order() if cls.selected(names)]
+        self.stages = build_stages(cfg, self.ctx.scenario)
         for stage in self.stages:
             stage.check(names)
         self.t0 = time.perf_counter()
@@ -70,31 +99,13 @@ class Run:
         self.stage: str | None = None  # the stage running now
         self.stopped_in: str | None = None  # the stage an exception (a signal) ended
 
-    def _build(self, cls: type[Stage]) -> Stage:
-        if cls.scenario_settings:
-            return cls(self.ctx.scenario.cfg, self.cfg)
-        key = cls.config_key()
-        settings = typed_section(cls.Config, self.cfg.get(key), key) if cls.Config else None
-        return cls(settings, self.cfg)
-
     def plan(self, artifact: str | None = None) -> list[Stage]:
         """The stages to run: all selected ones, or only those that `artifact` depends on."""
-        if artifact is None:
-            return list(self.stages)
-        wanted, chosen = {artifact}, []
-        for stage in reversed(self.stages):
-            if wanted & set(stage.produces):
-                chosen.append(stage)
-                wanted |= set(stage.needs)
-        return chosen[::-1]
+        return plan_for(self.stages, artifact)
 
     def stage_names(self, artifact: str) -> list[str]:
         """The `stages=[...]` names that run the stages `artifact` depends on."""
-        names: list[str] = []
-        for stage in self.plan(artifact):
-            if not stage.always and (name := stage.part_of or stage.name) not in names:
-                names.append(name)
-        return names
+        return stage_names(self.plan(artifact))
 
     @contextlib.contextmanager
     def timed(self, stage: Stage) -> Iterator[None]:
@@ -119,6 +130,10 @@ class Run:
                 inputs = {**artifacts, "summary": summary}
                 if not stage.active(inputs):
                     continue
+                free = [d["free"] for d in gpu_memory_report().values()]
+                if free:  # what the previous stage left: vLLM will not start short of its share
+                    name = stage.part_of or stage.name
+                    summary[f"gpu/free_gib_at/{name}"] = round(min(free) / 2**30, 2)
                 with self.timed(stage):
                     result = stage.run(self.ctx, inputs)
                 artifacts.update(result.artifacts)
@@ -154,10 +169,17 @@ class Run:
         ranks.announce(self.dir, "running")
         write_text_atomic(self.dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         work = [s for s in self.stages if not s.final]
+        produce = self.cfg.arms.get("produce")
+        if produce:  # a first pass: only what other arms of the sweep read from this one
+            work = plan_for(work, produce)
+        if not self.ctx.cache.read_only:  # another arm read from the cache loads nothing
+            t0 = time.perf_counter()
+            resolve_weights(self.cfg, work)
+            self.ctx.load_seconds += time.perf_counter() - t0
         _, summary = self.loop(work)
         summary.update(self.time_summary())
         write_json_atomic(self.dir / "summary.json", summary)
-        final = [s for s in self.stages if s.final]
+        final = [s for s in self.stages if s.final and not produce]
         if final:
             _, more = self.loop(final)
             summary.update(more)

@@ -66,7 +66,8 @@ def build_context(
     cfg: Any, run_dir: Path, tracker: Tracker | None, cache_only: bool
 ) -> StageContext:
     cache = StepCache(Path(cfg.cache_dir), read_only=cache_only)
-    pool = EnginePool(cfg.engine, cache, cfg.models_dir)
+    # A data-parallel server's log goes to the run folder (a node's /tmp is lost with it).
+    pool = EnginePool(cfg.engine, cache, cfg.models_dir, log_dir=str(run_dir))
     # AutoIF's verifiers and the code benchmarks: one pooled service, its results in this job's
     # cache (so a resumed run replays them); the runner closes it.
     sandbox = SandboxService(cache=cache)

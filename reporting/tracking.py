@@ -50,6 +50,10 @@ class Tracker:
             config=config,
             dir=str(run_dir),
             reinit="finish_previous",
+            # One W&B run per run folder: a job requeued after preemption (same folder,
+            # core.config.launch_folder) or rerun in it continues its run, not a new one.
+            id=run_id(run_dir),
+            resume="allow",
         )
         log.info("wandb: run %s (%s) in %s", self.run.id, os.environ["WANDB_MODE"], self.run.dir)
 
@@ -109,6 +113,13 @@ class Tracker:
             self.run.summary.update(summary)
         self.run.finish(exit_code=1 if failed else 0)
         self.run = None
+
+
+def run_id(run_dir: Path) -> str:
+    """The W&B run id of a run folder: a digest of its absolute path."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:20]
 
 
 def sweep_group(sweep_dir: str) -> str:

@@ -7,10 +7,21 @@ import engines.pool as engine_pool
 from engines.base import Chat, Generation, Sampling, per_prompt
 
 
+def no_weights(monkeypatch):
+    """Fake engines load no weights: the start-up check that every role's weights can be had
+    (pipeline.weights) is given a stand-in folder per model, so hub models need no download."""
+    import pipeline.weights as weights
+
+    monkeypatch.setattr(
+        weights, "resolve_model_path", lambda model, models_dir: f"<weights of {model.name}>"
+    )
+
+
 def use_engine(monkeypatch, engine):
     """Every engine the pipeline loads during the test is `engine`; `engine.loads` counts how
     often the pipeline loaded one."""
     engine.loads = 0
+    no_weights(monkeypatch)
 
     def build(*args, **kwargs):
         engine.loads += 1

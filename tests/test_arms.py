@@ -10,7 +10,7 @@ from core.errors import ConfigError, DataError
 from pipeline.arms import JobOverrides, arm_overrides, is_this_job, parse_overrides
 from pipeline.runner import Run
 from tests.conftest import MODELS_DIR, compose_cfg
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, no_weights
 
 SEEDS = [
     "Explain why the sky appears blue during the day.",
@@ -41,6 +41,7 @@ def engines(monkeypatch):
         return built[name]
 
     monkeypatch.setattr(engine_pool, "build_engine", build)
+    no_weights(monkeypatch)
     return built
 
 
@@ -48,6 +49,7 @@ def test_keep_failed_keeps_failures_with_text_and_their_lineage(tmp_path, monkey
     # s1's evolution is empty (dropped either way), s2's echoes its parent ("unchanged": kept).
     fake = FakeEngine(fail_when={SEEDS[0]: "#Rewritten Prompt#:", SEEDS[1]: SEEDS[1]})
     monkeypatch.setattr(engine_pool, "build_engine", lambda *args: fake)
+    no_weights(monkeypatch)
 
     def run(keep):
         over = ["rounds=2", f"scenario.keep_failed={keep}", "stages=[evolve,respond]"]

@@ -34,7 +34,7 @@ from evolvers.verifiers import (
 from pipeline.arms import JobOverrides
 from pipeline.runner import Run
 from tests.conftest import MODELS_DIR, compose_cfg, run_cli
-from tests.fakes import use_engine
+from tests.fakes import no_weights, use_engine
 
 FUNC = "def evaluate(response):\n    return len(response.split()) <= 3"
 OBJ = {
@@ -734,6 +734,7 @@ def test_equal_size_constraints_smallest_across_arms(tmp_path, monkeypatch):
         return built[name]
 
     monkeypatch.setattr(engine_pool, "build_engine", build)
+    no_weights(monkeypatch)
     sweep = {"model": ["smollm2_135m", "smollm2_360m"]}
     extra = ["scenario.equal_size_constraints=smallest", "scenario.verify_responses=false"]
 

@@ -82,3 +82,31 @@ def test_an_adopted_engine_serves_its_model(tmp_path, monkeypatch):
     assert pool.engine_for(OmegaConf.create({"name": "m", "path": "/ckpt/x"})) is not mine
     pool.adopt("m", mine)  # by name: every model called m (the caller vouches for it)
     assert pool.engine_for(OmegaConf.create({"name": "m", "path": "/ckpt/y"})) is mine
+
+
+def test_the_score_stage_runs_the_metrics_of_one_engine_together(tmp_path, monkeypatch):
+    """The responder is the evolver, so it is loaded when scoring starts; the judge is another
+    model. In the metrics' own order (judge 10, confidence 11) the judge unloaded the evolver and
+    the confidence metric loaded it again: three loads. Grouped by engine: two."""
+    from metrics.stages import by_engine
+
+    pool, built = _pool(tmp_path, monkeypatch)
+    evolver = OmegaConf.create({"name": "evo", "path": "/ckpt/evo"})
+    judge = OmegaConf.create({"name": "judge", "path": "/ckpt/judge"})
+    pool.engine_for(evolver)
+
+    class Metric:
+        def __init__(self, name, order, model):
+            self.name, self.order, self.model = name, order, model
+
+        def engine_model(self):
+            return self.model
+
+    metrics = [Metric("judge", 10, judge), Metric("confidence", 11, evolver)]
+    metrics.append(Metric("ifd", 30, None))
+    ordered = by_engine(metrics, pool)
+    assert [m.name for m in ordered] == ["confidence", "judge", "ifd"]
+    for m in ordered:
+        if m.engine_model() is not None:
+            pool.engine_for(m.engine_model())
+    assert [e.weights for e in built] == ["/ckpt/evo", "/ckpt/judge"]

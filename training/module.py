@@ -105,7 +105,11 @@ class SFTModule(pl.LightningModule):
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
         model.train()  # from_pretrained returns eval mode (dropout off)
         if self.cfg.get("gradient_checkpointing"):
-            model.gradient_checkpointing_enable()
+            # Non-reentrant: works with LoRA's frozen inputs without enable_input_require_grads.
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            model.config.use_cache = False
         if self.cfg.method == "lora":
             from peft import LoraConfig, get_peft_model
 
@@ -138,7 +142,15 @@ class SFTModule(pl.LightningModule):
         loss, mean, logits_dtype = step_loss(self.model, batch, scale)
         if self.compute_dtype is None:
             self.compute_dtype = logits_dtype
-        self.log("train/loss", mean, prog_bar=True, on_step=True, batch_size=len(batch["labels"]))
+        # Averaged over ranks (each logs its own micro-batch's mean): the loss of the global batch.
+        self.log(
+            "train/loss",
+            mean,
+            prog_bar=True,
+            on_step=True,
+            batch_size=len(batch["labels"]),
+            sync_dist=world > 1,
+        )
         now = time.perf_counter()
         if self._t_last is not None:
             tokens = int(batch["attention_mask"].sum())

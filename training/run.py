@@ -85,8 +85,7 @@ def train_sft(
     # A base student's format: train.chat_template, else its model config's (conf/model/*_base).
     ensure_chat_template(tokenizer, cfg.get("chat_template") or student_cfg.get("chat_template"))
     turn_end_token(tokenizer)  # a template the export could not stop on fails before training
-    devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
-    world = devices * int(cfg.num_nodes) if cfg.devices == "auto" else int(cfg.devices)
+    world = world_size(cfg)
     accumulate = max(1, int(cfg.effective_batch_size) // (int(cfg.micro_batch_size) * world))
     deepspeed = zero_stage(cfg.strategy) is not None
     data = SFTDataModule(
@@ -135,13 +134,11 @@ def train_sft(
         # One CSV version per (re)start, so a resumed run keeps the earlier logs.
         logger=[CSVLogger(out_dir, name="logs"), *(loggers or [])],
         callbacks=[
-            # One resumable checkpoint, last.ckpt, rewritten every `save_every_n_steps`: a
-            # numbered copy beside it would double the disk a full optimizer state takes.
+            # One resumable checkpoint, last.ckpt, rewritten every `save_every_n_steps` or every
+            # `save_every_n_minutes` (sized to preemption: a ZeRO-3 state of an 8B student with
+            # its optimizer is ~120 GB): a numbered copy beside it would double the disk.
             ModelCheckpoint(
-                dirpath=ckpt_dir,
-                save_last=True,
-                save_top_k=0,
-                every_n_train_steps=int(cfg.save_every_n_steps),
+                dirpath=ckpt_dir, save_last=True, save_top_k=0, **checkpoint_every(cfg)
             ),
             LearningRateMonitor(logging_interval="step"),
             StopOnSignal(),
@@ -166,7 +163,8 @@ def train_sft(
         trainer.save_checkpoint(last)  # the final state, so a longer rerun resumes from here
 
     hf_dir = out_dir / "hf"
-    export_hf(trainer, module, tokenizer, hf_dir, zero_stage(cfg.strategy))
+    dtype = export_dtype(cfg.get("export_dtype", "auto"), str(trainer.precision))
+    export_hf(trainer, module, tokenizer, hf_dir, zero_stage(cfg.strategy), dtype)
     loss = trainer.callback_metrics.get("train/loss")
     summary = {
         "train/student": student_cfg.name,
@@ -177,6 +175,8 @@ def train_sft(
         # Read back from what ran: Lightning's precision and the dtype the forward pass computed in.
         "train/precision": str(trainer.precision),
         "train/compute_dtype": module.compute_dtype,
+        "train/export_dtype": str(dtype).removeprefix("torch."),
+        "train/world_size": world,
         "train/resumed_from_step": start_step,
         "train/final_loss": float(loss) if loss is not None else None,
         "train/data_sha256": data_hash,
@@ -184,6 +184,7 @@ def train_sft(
     }
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "summary.json", summary)
+    release_training(trainer, module, deepspeed)
     if trainer.is_global_zero and not cfg.get("keep_checkpoints"):
         # The export is the result; the optimizer state is only needed to resume a run that did
         # not finish. Deleted only after summary.json is written, so a kill before that resumes.
@@ -193,6 +194,56 @@ def train_sft(
     return summary
 
 
+def release_training(trainer: Any, module: Any, deepspeed: bool) -> None:
+    """Free what training holds on the GPU before the next stage loads a model: Lightning's
+    teardown leaves a DeepSpeed engine's ZeRO partitions and optimizer state in place, so the
+    engine is destroyed, the module's model dropped and the allocator's cache returned."""
+    from engines.memory import free_gpu_memory
+
+    engine = getattr(trainer.strategy, "model", None)
+    destroy = getattr(engine, "destroy", None)
+    if deepspeed and callable(destroy):
+        destroy()
+    module.model = None
+    free_gpu_memory()
+
+
+def world_size(cfg: Any) -> int:
+    """The processes training together: devices per node (every visible GPU for `auto`, one
+    without GPUs) times `num_nodes`. The gradient accumulation that reaches the effective batch
+    follows from it, so 2 nodes x 8 GPUs accumulate half as much as one node."""
+    if cfg.devices == "auto":
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    else:
+        devices = int(cfg.devices)
+    return max(1, devices) * max(1, int(cfg.num_nodes))
+
+
+def checkpoint_every(cfg: Any) -> dict:
+    """ModelCheckpoint's interval: `save_every_n_minutes` (wall clock) when set, else
+    `save_every_n_steps` (0: only the final state). Lightning takes one of the two."""
+    from datetime import timedelta
+
+    minutes = float(cfg.get("save_every_n_minutes") or 0)
+    if minutes > 0:
+        return {"train_time_interval": timedelta(minutes=minutes)}
+    return {"every_n_train_steps": int(cfg.get("save_every_n_steps") or 0)}
+
+
+def export_dtype(value: str | None, precision: str) -> torch.dtype:
+    """The dtype the export is written in: `auto` is the one training computed in (bf16-mixed
+    and bf16-true: bfloat16, 16-mixed: float16, else float32), so an 8B student exports at
+    16 GB, not the 32 GB of its fp32 master weights; or a dtype by name."""
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if value in (None, "auto"):
+        if precision.startswith("bf16"):
+            return torch.bfloat16
+        return torch.float16 if precision.startswith("16") else torch.float32
+    if value not in names:
+        raise ConfigError(f"train.export_dtype={value}: one of auto, {', '.join(names)}")
+    return names[value]
+
+
 def _checkpoint_step(path: Path) -> int:
     try:
         return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))
@@ -200,7 +251,14 @@ def _checkpoint_step(path: Path) -> int:
         return 0
 
 
-def export_hf(trainer: Any, module: Any, tokenizer: Any, hf_dir: Path, stage: int | None) -> None:
+def export_hf(
+    trainer: Any,
+    module: Any,
+    tokenizer: Any,
+    hf_dir: Path,
+    stage: int | None,
+    dtype: torch.dtype = torch.float32,
+) -> None:
     """An HF checkpoint beside its tokenizer and chat template; LoRA merged, ZeRO consolidated.
     Called on every rank: a ZeRO checkpoint is saved by all ranks together (each writes its shard
     and Lightning ends the save in a barrier), then rank 0 alone writes the export while the
@@ -209,11 +267,17 @@ def export_hf(trainer: Any, module: Any, tokenizer: Any, hf_dir: Path, stage: in
         ckpt = hf_dir.parent / "final_zero"
         trainer.save_checkpoint(ckpt)  # collective: every rank must call it
     if trainer.is_global_zero:
-        _write_export(module, tokenizer, hf_dir, stage)
+        _write_export(module, tokenizer, hf_dir, stage, dtype)
     trainer.strategy.barrier("export_hf")
 
 
-def _write_export(module: Any, tokenizer: Any, hf_dir: Path, stage: int | None) -> None:
+def _write_export(
+    module: Any,
+    tokenizer: Any,
+    hf_dir: Path,
+    stage: int | None,
+    dtype: torch.dtype = torch.float32,
+) -> None:
     tmp = hf_dir.with_name(hf_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model = module.model
@@ -242,6 +306,7 @@ def _write_export(module: Any, tokenizer: Any, hf_dir: Path, stage: int | None) 
     turn, turn_id = turn_end_token(tokenizer)
     stops = [turn_id, *eos_ids(tokenizer, getattr(model, "generation_config", None))]
     stops = list(dict.fromkeys(stops))
+    model = model.to(dtype)  # training is over: the fp32 master copy is not needed after this
     model.save_pretrained(tmp, safe_serialization=True)
     write_generation_config(model, tmp, stops)
     tokenizer.padding_side = "left"  # what generation wants

@@ -34,6 +34,8 @@ TRAIN_KEY_EXCLUDES = (
     "devices",
     "num_nodes",
     "save_every_n_steps",
+    "save_every_n_minutes",
+    "follower_timeout_min",
     "name",
     "student",  # the key holds the student's identity instead
 )
@@ -139,7 +141,7 @@ def follow(ctx: Any) -> dict:
     """A rank other than 0: wait for rank 0's records, train with it, stop."""
     rank = launch_rank()
     log.info("rank %d: waiting for rank 0 to publish the training records", rank)
-    state = ranks.wait_for_leader(ctx.dir)
+    state = ranks.wait_for_leader(ctx.dir, float(ctx.cfg.train.follower_timeout_min))
     if state["state"] == "failed":
         raise UserFacingError(f"rank {rank}: rank 0 failed ({state.get('error')}); stopping")
     if state["state"] == "train":
