@@ -73,6 +73,7 @@ TIMEOUTS = {
     "generate": 120,
     "ifd": 180,
     "prompt_logprobs": 240,
+    "stop_tokens": 420,
     "ddp_sweep": 420,
     "ifd_replicas": 420,
 }
@@ -365,7 +366,8 @@ def check_stop_tokens(model: str, work: Path) -> dict:
     turn, turn_id = turn_end_token(tok)
     eos = _json.loads((export / "generation_config.json").read_text())["eos_token_id"]
     eos = eos if isinstance(eos, list) else [eos]
-    eng = HFEngine(str(export), dtype="bfloat16", batch_size=8)
+    dtype = "bfloat16" if _device() == "cuda" else "float32"  # a --smoke run on a plain CPU
+    eng = HFEngine(str(export), dtype=dtype, batch_size=8)
     prompts = [[{"role": "user", "content": r["instruction"]}] for r in records(8)]
     cap = SIZES["gen_tokens"]
     gens = eng.generate(prompts, Sampling(max_tokens=cap, seed=0))

@@ -138,7 +138,7 @@ def test_one_sweep_of_a_small_and_a_large_evolver_with_per_job_gpus(tmp_path, bu
     assert asked == [1, 8] and all(j.get("submitit_job_id") for j in launch["passes"][1]["jobs"])
     comparison = (sweep / "comparison.md").read_text()
     assert "qwen2.5_0.5b" in comparison and "qwen2.5_72b" in comparison
-    assert json.loads((sweep / "sweep.json").read_text())["status"] == "ok"
+    assert json.loads((sweep / "sweep.json").read_text())["comparison"]["status"] == "ok"
 
 
 def test_the_score_stage_is_sized_for_the_evolver_the_confidence_metric_loads():
