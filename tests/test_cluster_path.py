@@ -258,10 +258,19 @@ def test_the_loss_is_averaged_over_ranks(monkeypatch, bundled_model_dir):
 def test_missing_weights_fail_before_the_first_stage(tmp_path, monkeypatch):
     """A judge whose weights cannot be had fails at start-up, before the evolver runs (before,
     hours in, in the score stage)."""
+    import engines.pool as engine_pool
     from pipeline.runner import run_job
-    from tests.fakes import FakeEngine, use_engine
+    from tests.fakes import FakeEngine
 
-    fake = use_engine(monkeypatch, FakeEngine())
+    # A fake engine, but the real weight check (tests.fakes.use_engine stubs it).
+    fake = FakeEngine()
+    fake.loads = 0
+
+    def build(*args):
+        fake.loads += 1
+        return fake
+
+    monkeypatch.setattr(engine_pool, "build_engine", build)
     cfg = compose_cfg(
         [
             "engine=hf",
